@@ -1,0 +1,269 @@
+"""Load and validate the model configs in `configs/*.json`.
+
+A config is one plain JSON file with these sections:
+
+- `model`: the bert4keras config (`bert_config.json` fields) plus `type`
+  (`bert`, `roberta` or `t5s`) and, for SimBERT, `with_pool`/`application`;
+- `tokenizer`: a BERT `vocab` (optionally simplified or shrunk with
+  `keep_tokens`) or a SentencePiece `spm_model`;
+- `data`: sequence lengths, masking, or the SimBERT group settings;
+- `train`: the optimizer and the list of training `phases`;
+- `smoke`: a partial config merged over the rest by `--smoke`, so the CPU
+  smoke run is the TPU run with smaller numbers.
+
+`load_config` returns a plain dict. Unknown or missing keys raise
+`ConfigError` naming the file and the key.
+"""
+import copy
+import json
+import os
+
+import tensorflow as tf  # noqa: F401  (tf.io.gfile; imported after pretrain/__init__ set the env)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+
+# section -> (required keys, optional keys with defaults)
+_MODEL_REQUIRED = ("type", "vocab_size", "hidden_size", "num_hidden_layers",
+                   "num_attention_heads", "intermediate_size", "hidden_act")
+_MODEL_OPTIONAL = {
+    "embedding_size": None,
+    "attention_head_size": None,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "with_pool": False,
+    "application": "encoder",
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "layer_norm_eps": 1e-12,
+}
+_MODEL_TYPES = ("bert", "roberta", "t5s")
+
+_TOKENIZER_OPTIONAL = {
+    "vocab": None,
+    "do_lower_case": True,
+    # bert4keras load_vocab(simplified=True): drop tokens a Chinese model
+    # never needs ([unused*], most non-CJK pieces); keep_tokens are derived.
+    "simplified": False,
+    "startswith": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+    # A JSON list written by `python -m pretrain.preprocess vocab`.
+    "keep_tokens": None,
+    "spm_model": None,
+}
+
+_DATA_OPTIONAL = {
+    "task": "mlm",  # "mlm" or "simbert"
+    "seq_lens": [128, 512],
+    "max_predictions": [20, 80],
+    "masked_lm_prob": 0.15,
+    "whole_word_mask": True,
+    "mask_token_prob": 0.8,
+    "random_token_prob": 0.1,
+    "dupe_factor": 10,
+    "user_dict": None,
+    "maxlen": 32,  # simbert: tokens per sentence
+    "validation_fraction": 0.01,
+}
+
+_TRAIN_OPTIONAL = {
+    "optimizer": "lamb",  # "lamb" or "adamw"
+    "batch_size": 32,
+    "grad_accum_steps": 1,
+    "weight_decay": 0.01,
+    "beta_1": 0.9,
+    "beta_2": 0.999,
+    "epsilon": 1e-6,
+    "bias_correction": False,
+    "clip_norm": None,
+    "exclude_from_weight_decay": ["Norm", "bias"],
+    "exclude_from_layer_adaptation": ["Norm", "bias"],
+    "log_every": 100,
+    "save_every": 1000,
+    "eval_every": 1000,
+    "eval_steps": 20,
+    "keep_checkpoints": 3,
+    "seed": 12345,
+    "phases": None,
+}
+_PHASE_REQUIRED = ("seq_len", "steps", "learning_rate")
+_PHASE_OPTIONAL = {"warmup_steps": 0, "name": None, "end_learning_rate": 0.0}
+
+_SECTIONS = {
+    "model": (_MODEL_REQUIRED, _MODEL_OPTIONAL),
+    "tokenizer": ((), _TOKENIZER_OPTIONAL),
+    "data": ((), _DATA_OPTIONAL),
+    "train": (("phases",), _TRAIN_OPTIONAL),
+}
+_TOP_LEVEL = {"name", "description", "smoke"} | set(_SECTIONS)
+
+
+class ConfigError(ValueError):
+    """A config file has a missing, unknown or invalid key."""
+
+
+def resolve_config_path(name_or_path):
+    """A bare name (`roberta_tiny` or `roberta_tiny.json`) resolves in configs/."""
+    if tf.io.gfile.exists(name_or_path):
+        return name_or_path
+    name = os.path.basename(name_or_path)
+    if not name.endswith(".json"):
+        name += ".json"
+    candidate = os.path.join(CONFIG_DIR, name)
+    if os.path.exists(candidate):
+        return candidate
+    known = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
+    raise ConfigError("config %r not found (looked for it as a path and in %s; "
+                      "known configs: %s)" % (name_or_path, CONFIG_DIR, ", ".join(known)))
+
+
+def resolve_path(path):
+    """Relative data paths in a config are relative to the project root."""
+    if path is None or path.startswith("gs://") or os.path.isabs(path):
+        return path
+    return os.path.join(REPO_ROOT, path)
+
+
+def _merge(base, override):
+    """Deep-merge `override` into `base`; lists of dicts merge item by item."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        elif (isinstance(value, list) and isinstance(out.get(key), list)
+              and value and all(isinstance(v, dict) for v in value)):
+            merged = [_merge(b, v) if isinstance(b, dict) else v
+                      for b, v in zip(out[key], value)]
+            out[key] = merged + copy.deepcopy(value[len(out[key]):])
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_keys(where, section, required, optional, path):
+    if not isinstance(section, dict):
+        raise ConfigError("%s: %s must be a JSON object" % (path, where))
+    for key in section:
+        if key not in required and key not in optional:
+            raise ConfigError("%s: unknown key %s.%s (allowed: %s)" % (
+                path, where, key, ", ".join(sorted(set(required) | set(optional)))))
+    for key in required:
+        if key not in section:
+            raise ConfigError("%s: missing required key %s.%s" % (path, where, key))
+    filled = copy.deepcopy(optional)
+    filled.update(section)
+    return filled
+
+
+def validate(raw, path="<config>"):
+    """Check keys and values, fill defaults; return a new dict."""
+    if not isinstance(raw, dict):
+        raise ConfigError("%s: top level must be a JSON object" % path)
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            raise ConfigError("%s: unknown top-level key %r (allowed: %s)" % (
+                path, key, ", ".join(sorted(_TOP_LEVEL))))
+    for key in ("model", "tokenizer", "train"):
+        if key not in raw:
+            raise ConfigError("%s: missing required section %r" % (path, key))
+    cfg = {"name": raw.get("name") or os.path.basename(path).rsplit(".", 1)[0],
+           "description": raw.get("description", "")}
+    for name, (required, optional) in _SECTIONS.items():
+        cfg[name] = _check_keys(name, raw.get(name, {}), required, optional, path)
+
+    model, tok, data, train = cfg["model"], cfg["tokenizer"], cfg["data"], cfg["train"]
+    if model["type"] not in _MODEL_TYPES:
+        raise ConfigError("%s: model.type must be one of %s, got %r" % (
+            path, _MODEL_TYPES, model["type"]))
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers",
+                "num_attention_heads", "intermediate_size"):
+        if not isinstance(model[key], int) or model[key] <= 0:
+            raise ConfigError("%s: model.%s must be a positive integer, got %r" % (
+                path, key, model[key]))
+    if (tok["vocab"] is None) == (tok["spm_model"] is None):
+        raise ConfigError("%s: tokenizer needs exactly one of tokenizer.vocab or "
+                          "tokenizer.spm_model" % path)
+    if data["task"] not in ("mlm", "simbert"):
+        raise ConfigError("%s: data.task must be 'mlm' or 'simbert', got %r" % (
+            path, data["task"]))
+    if len(data["seq_lens"]) != len(data["max_predictions"]):
+        raise ConfigError("%s: data.seq_lens and data.max_predictions must have the "
+                          "same length (%d vs %d)" % (
+                              path, len(data["seq_lens"]), len(data["max_predictions"])))
+    if not 0.0 < data["masked_lm_prob"] < 1.0:
+        raise ConfigError("%s: data.masked_lm_prob must be in (0, 1)" % path)
+    if train["optimizer"] not in ("lamb", "adamw"):
+        raise ConfigError("%s: train.optimizer must be 'lamb' or 'adamw', got %r" % (
+            path, train["optimizer"]))
+    for key in ("batch_size", "grad_accum_steps"):
+        if not isinstance(train[key], int) or train[key] <= 0:
+            raise ConfigError("%s: train.%s must be a positive integer" % (path, key))
+    if not isinstance(train["phases"], list) or not train["phases"]:
+        raise ConfigError("%s: train.phases must be a non-empty list" % path)
+    phases = []
+    for i, phase in enumerate(train["phases"]):
+        phase = _check_keys("train.phases[%d]" % i, phase, _PHASE_REQUIRED,
+                            _PHASE_OPTIONAL, path)
+        if data["task"] == "mlm" and phase["seq_len"] not in data["seq_lens"]:
+            raise ConfigError("%s: train.phases[%d].seq_len=%d is not in data.seq_lens %s"
+                              % (path, i, phase["seq_len"], data["seq_lens"]))
+        if phase["warmup_steps"] > phase["steps"]:
+            raise ConfigError("%s: train.phases[%d].warmup_steps exceeds steps" % (path, i))
+        if phase["name"] is None:
+            phase["name"] = "phase%d_seq%d" % (i + 1, phase["seq_len"])
+        phases.append(phase)
+    train["phases"] = phases
+    return cfg
+
+
+def max_predictions_for(cfg, seq_len):
+    """The masked-position budget P for records of length `seq_len`."""
+    data = cfg["data"]
+    if seq_len not in data["seq_lens"]:
+        raise ConfigError("config %s has no seq_len %d (data.seq_lens=%s)" % (
+            cfg["name"], seq_len, data["seq_lens"]))
+    return data["max_predictions"][data["seq_lens"].index(seq_len)]
+
+
+def load_config(name_or_path, smoke=False):
+    """Read, merge the `smoke` overrides if asked, validate, return a dict."""
+    path = resolve_config_path(name_or_path)
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError("%s: not valid JSON (line %d, column %d: %s)" % (
+            path, e.lineno, e.colno, e.msg)) from None
+    smoke_over = raw.pop("smoke", None) if isinstance(raw, dict) else None
+    if smoke_over is not None and not isinstance(smoke_over, dict):
+        raise ConfigError("%s: smoke must be a JSON object" % path)
+    if smoke:
+        if not smoke_over:
+            raise ConfigError("%s: --smoke needs a 'smoke' section" % path)
+        bad = set(smoke_over) - set(_SECTIONS)
+        if bad:
+            raise ConfigError("%s: unknown key smoke.%s" % (path, sorted(bad)[0]))
+        raw = _merge(raw, smoke_over)
+    cfg = validate(raw, path)
+    if smoke_over:
+        validate(_merge(raw, smoke_over), path + " (smoke)")  # catch typos early
+    cfg["path"] = path
+    cfg["smoke"] = bool(smoke)
+    return cfg
+
+
+def bert4keras_config(cfg):
+    """The `bert_config.json` dict bert4keras's build_transformer_model reads."""
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "hidden_act", "hidden_dropout_prob",
+            "attention_probs_dropout_prob", "max_position_embeddings",
+            "type_vocab_size", "initializer_range", "embedding_size",
+            "attention_head_size")
+    model = cfg["model"]
+    out = {k: model[k] for k in keys if model.get(k) is not None}
+    if model["type"] == "t5s":
+        out["relative_attention_num_buckets"] = model["relative_attention_num_buckets"]
+        out["relative_attention_max_distance"] = model["relative_attention_max_distance"]
+    return out

@@ -1,0 +1,16 @@
+"""Shared test setup: select tf_keras before TensorFlow loads; locate shared data."""
+import os
+
+import pretrain  # noqa: F401  (sets TF_KERAS / TF_USE_LEGACY_KERAS)
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
+
+
+def shared_path(*parts):
+    """A file under ../shared/data, or skip the test saying why."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip("needs %s (../shared/data is absent on this machine)" % path)
+    return path
