@@ -29,7 +29,8 @@ setup(
     extras_require={
         "fast": ["rjieba"],
         "hf": ["transformers", "torch"],
+        "plot": ["matplotlib"],
         "dev": ["pytest", "gcp-storage-emulator", "nbclient", "nbformat",
-                "ipykernel", "rjieba"],
+                "ipykernel", "rjieba", "matplotlib"],
     },
 )
