@@ -1,0 +1,107 @@
+"""`python pretrain/run.py`: flags → config → train (and the CPU `--smoke` run).
+
+    python pretrain/run.py --config roberta_tiny.json --tpu local \\
+        --data gs://bucket/records --output gs://bucket/runs/tiny
+    python pretrain/run.py --config roberta_tiny.json --smoke
+
+`--smoke` is the same code path with the config's `smoke` numbers: it
+preprocesses the shipped sample if needed, trains every phase for a few dozen
+steps, exports and reloads the export in bert4keras.
+"""
+import os
+import sys
+
+# Run as a script, Python puts pretrain/ itself first on sys.path; put the
+# project root there instead so the package imports absolutely.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_ROOT, "pretrain"):
+    sys.path[0] = _ROOT
+
+import pretrain  # noqa: E402,F401  (selects tf_keras before TensorFlow loads)
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, "Config name in configs/ (roberta_tiny) or a JSON path.")
+flags.DEFINE_string("tpu", None, "TPU to use: 'local' on a Colab/Cloud TPU VM, a TPU name, "
+                    "or grpc://IP:8470. Omit for GPU/CPU.")
+flags.DEFINE_bool("smoke", False, "CPU smoke run: the config's small numbers, shipped sample.")
+flags.DEFINE_string("data", None, "Records dir from pretrain.preprocess (MLM) or a groups "
+                    "JSON file (SimBERT). Local or gs://.")
+flags.DEFINE_string("output", None, "Run dir for checkpoints, TensorBoard and exports. "
+                    "Local or gs://.")
+flags.DEFINE_string("init_checkpoint", None, "Warm start from a Google/bert4keras checkpoint "
+                    "(e.g. chinese_L-12_H-768_A-12/bert_model.ckpt).")
+flags.DEFINE_string("phase", None, "Start from this phase (1-based index or name); "
+                    "default: the first unfinished one.")
+flags.DEFINE_integer("steps_per_loop", 100, "Optimizer updates per host call.")
+flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
+                  "bf16 = mixed bfloat16 (TPU); auto picks bf16 on TPU, fp32 elsewhere.")
+flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU before failing.")
+flags.mark_flag_as_required("config")
+
+SAMPLE_CORPUS = os.path.join(_ROOT, "data", "sample", "clue_small.txt")
+SAMPLE_GROUPS = os.path.join(_ROOT, "data", "sample", "similarity_groups.json")
+
+
+def _phase_index(cfg, phase):
+    phases = cfg["train"]["phases"]
+    if phase is None:
+        return 0
+    if phase.isdigit() and 1 <= int(phase) <= len(phases):
+        return int(phase) - 1
+    names = [p["name"] for p in phases]
+    if phase in names:
+        return names.index(phase)
+    raise app.UsageError("--phase %r: this config's phases are 1..%d (%s)" % (
+        phase, len(phases), ", ".join(names)))
+
+
+def smoke_data(cfg, output):
+    """The shipped sample, preprocessed under the run dir if not done yet."""
+    if cfg["data"]["task"] == "simbert":
+        return SAMPLE_GROUPS
+    from pretrain import preprocess
+    records_dir = os.path.join(output, "records")
+    seq_lens = sorted({p["seq_len"] for p in cfg["train"]["phases"]})
+    preprocess.run(cfg, [SAMPLE_CORPUS], records_dir, seq_lens=seq_lens,
+                   dupe_factor=cfg["data"]["dupe_factor"], workers=1,
+                   seed=cfg["train"]["seed"])
+    return records_dir
+
+
+def main(argv):
+    del argv
+    from pretrain import train
+    from pretrain.config import load_config
+
+    cfg = load_config(FLAGS.config, smoke=FLAGS.smoke)
+    output = FLAGS.output or (os.path.join("runs", cfg["name"] + "-smoke") if FLAGS.smoke
+                              else None)
+    if output is None:
+        raise app.UsageError("--output is required (a local dir or gs://bucket/path)")
+    data = FLAGS.data or (smoke_data(cfg, output) if FLAGS.smoke else None)
+    if data is None:
+        raise app.UsageError("--data is required: the records dir written by "
+                             "`python -m pretrain.preprocess` (or SimBERT groups JSON)")
+    precision = FLAGS.precision
+    if precision == "auto":
+        precision = "bf16" if FLAGS.tpu is not None else "fp32"
+    try:
+        strategy = train.make_strategy(FLAGS.tpu, FLAGS.tpu_timeout)
+        trainer = train.Trainer(cfg, data, output, strategy=strategy,
+                                init_checkpoint=FLAGS.init_checkpoint,
+                                steps_per_loop=FLAGS.steps_per_loop, precision=precision)
+        exports = trainer.run(start_phase=_phase_index(cfg, FLAGS.phase))
+    except train.TrainingError as e:
+        logging.error("%s", e)
+        sys.exit(1)
+    print("\nrun finished: %s" % cfg["name"])
+    print("  data:        %s" % data)
+    print("  checkpoints: %s" % os.path.join(output, "checkpoints"))
+    print("  tensorboard: %s" % os.path.join(output, "tensorboard"))
+    for path in exports:
+        print("  export:      %s  (loads with bert4keras build_transformer_model)" % path)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,448 @@
+"""The trainer: strategy, compiled step with gradient accumulation, the loop
+over phases, checkpoints, eval and TensorBoard.
+
+One code path serves a TPU, GPUs, a CPU and the CPU smoke run; only the
+numbers in the config differ. The data flow per optimizer update:
+
+    host pipeline ─► [accum, b, L] per replica ─► replica_step: accum
+    micro-batches summed into one gradient (no host round trip) ─► all-reduce
+    ─► global-norm clip ─► LAMB/AdamW update
+
+Losses are sums normalised by a *global* denominator (all replicas, all
+micro-batches), so 4 micro-batches of 8 give the update of one batch of 32.
+"""
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from pretrain import export, models, optim
+from pretrain.config import bert4keras_config, max_predictions_for
+
+# The sections of a config that define what a run directory holds; a resume
+# with any of them changed would silently mix two runs.
+_RUN_IDENTITY = ("name", "model", "tokenizer", "data")
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or must stop; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------
+# Strategy
+# --------------------------------------------------------------------------
+def make_strategy(tpu=None, timeout_s=300):
+    """TPUStrategy if `tpu` is given, MirroredStrategy on >1 GPU, else default."""
+    if tpu is None:
+        if len(tf.config.list_logical_devices("GPU")) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    name = "local" if tpu in ("", "local") else tpu
+    hint = ("On a Colab or Cloud TPU VM use --tpu local; on a TPU Node pass its "
+            "name or grpc://IP:8470.")
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
+    except Exception as e:  # name lookups go through the Cloud TPU API
+        raise TrainingError("cannot resolve TPU %r: %s. %s" % (name, e, hint)) from None
+    outcome = {}
+
+    def connect():
+        try:
+            if name != "local":
+                tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except Exception as e:  # pragma: no cover - message is what matters
+            outcome["error"] = e
+
+    # initialize_tpu_system blocks forever on an unreachable grpc address.
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TrainingError("TPU %r did not answer within %d s. %s" % (name, timeout_s, hint))
+    if "error" in outcome:
+        first = str(outcome["error"]).strip().splitlines()[0]
+        raise TrainingError("no TPU reachable at %r: %s. %s" % (name, first, hint))
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _use_xla(strategy):
+    # XLA cannot compile MirroredStrategy over logical CPU devices (COMPAT.md);
+    # TPUs compile the whole step with XLA anyway.
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return False
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return bool(tf.config.list_logical_devices("GPU"))
+    return True
+
+
+# --------------------------------------------------------------------------
+# Tasks: what a batch is and how its loss is summed
+# --------------------------------------------------------------------------
+class MlmTask(object):
+    """Masked LM on records written by `pretrain.preprocess`."""
+
+    metrics = ("mlm_loss", "mlm_acc")
+
+    def __init__(self, cfg, bundle, data_dir):
+        self.cfg, self.bundle, self.data_dir = cfg, bundle, data_dir
+        self.model = bundle.mlm_model  # its variables are the ones trained
+
+    def dataset(self, seq_len, batch_size, split, seed, skip_batches, input_context):
+        from pretrain import records
+        return records.make_dataset(self.data_dir, self.cfg, seq_len, batch_size,
+                                    split=split, seed=seed, skip_batches=skip_batches,
+                                    input_context=input_context)
+
+    @staticmethod
+    def denominator(batch):
+        return tf.reduce_sum(batch["masked_lm_weights"])
+
+    def loss_sums(self, batch, training):
+        """Sum of weighted cross-entropy over masked positions, and metric sums."""
+        logits = self.bundle.mlm_model({
+            "input_ids": batch["input_ids"],
+            "segment_ids": batch["segment_ids"],
+            "masked_lm_positions": batch["masked_lm_positions"]}, training=training)
+        logits = tf.cast(logits, tf.float32)
+        labels = batch["masked_lm_ids"]
+        weights = batch["masked_lm_weights"]
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
+                          tf.float32)
+        loss_sum = tf.reduce_sum(ce * weights)
+        return loss_sum, {"mlm_loss": loss_sum, "mlm_acc": tf.reduce_sum(correct * weights)}
+
+
+class SimbertTask(object):
+    """SimBERT: UniLM seq2seq + in-batch similarity (pretrain/simbert.py)."""
+
+    def __init__(self, cfg, bundle, data_path):
+        from pretrain import simbert
+        self.simbert = simbert
+        self.cfg, self.bundle, self.data_path = cfg, bundle, data_path
+        self.model = bundle.encoder
+        self.metrics = tuple(simbert.METRICS)
+
+    def dataset(self, seq_len, batch_size, split, seed, skip_batches, input_context):
+        split = "validation" if split == "eval" else split
+        return self.simbert.make_dataset(self.cfg, self.data_path, batch_size, split=split,
+                                         seed=seed, skip_batches=skip_batches,
+                                         input_context=input_context)
+
+    @staticmethod
+    def denominator(batch):
+        # One mean loss per micro-batch: the denominator counts micro-batches.
+        return tf.cast(tf.shape(batch["token_ids"])[0], tf.float32)
+
+    def loss_sums(self, batch, training):
+        loss, metrics = self.simbert.forward_loss(self.bundle, batch, training)
+        return loss, dict(metrics)
+
+
+def make_task(cfg, bundle, data):
+    if cfg["data"]["task"] == "simbert":
+        return SimbertTask(cfg, bundle, data)
+    return MlmTask(cfg, bundle, data)
+
+
+# --------------------------------------------------------------------------
+# The compiled step
+# --------------------------------------------------------------------------
+def _dense(g, v):
+    if g is None:
+        return tf.zeros_like(v)
+    return tf.convert_to_tensor(g)
+
+
+def make_replica_step(task, optimizer, variables):
+    """One optimizer update from a stack of micro-batches [accum, b, ...].
+
+    Returns (loss, metrics, grad_norm, lr), identical on every replica. The
+    optimizer sums the gradients over replicas and clips (pretrain/optim.py).
+    """
+
+    def replica_step(stack):
+        ctx = tf.distribute.get_replica_context()
+        accum = tf.shape(next(iter(stack.values())))[0]
+        denom = ctx.all_reduce("sum", task.denominator(stack))
+        denom = tf.maximum(denom, 1e-9)
+
+        def micro(i, grads, loss_sum, metric_sums):
+            batch = {k: v[i] for k, v in stack.items()}
+            with tf.GradientTape() as tape:
+                part, metrics = task.loss_sums(batch, training=True)
+                scaled = part / denom
+            new = tape.gradient(scaled, variables)
+            grads = [g + _dense(n, v) for g, n, v in zip(grads, new, variables)]
+            metric_sums = [m + metrics[k] for m, k in zip(metric_sums, task.metrics)]
+            return i + 1, grads, loss_sum + part, metric_sums
+
+        init = (tf.constant(0), [tf.zeros_like(v) for v in variables],
+                tf.constant(0.0), [tf.constant(0.0) for _ in task.metrics])
+        _, grads, loss_sum, metric_sums = tf.while_loop(
+            lambda i, *_: i < accum, micro, init)
+        grad_norm, lr = optimizer.apply_gradients_with_norm(grads, variables)
+        sums = ctx.all_reduce("sum", [loss_sum] + metric_sums)
+        metrics = {k: s / denom for k, s in zip(task.metrics, sums[1:])}
+        metrics["learning_rate"] = lr
+        return sums[0] / denom, metrics, grad_norm
+
+    return replica_step
+
+
+def make_train_loop(strategy, replica_step, metric_names, xla):
+    """`loop(iterator, n)`: n updates in one host call; per-update losses."""
+    step_fn = tf.function(replica_step, jit_compile=xla)
+
+    def first(x):
+        return strategy.experimental_local_results(x)[0]
+
+    @tf.function
+    def loop(iterator, n):
+        losses = tf.TensorArray(tf.float32, size=n)
+        norms = tf.TensorArray(tf.float32, size=n)
+        metric_sums = {k: tf.constant(0.0) for k in metric_names}
+        last_lr = tf.constant(0.0)
+        for i in tf.range(n):
+            loss, metrics, norm = strategy.run(step_fn, args=(next(iterator),))
+            losses = losses.write(i, first(loss))
+            norms = norms.write(i, first(norm))
+            metric_sums = {k: metric_sums[k] + first(metrics[k]) for k in metric_names}
+            last_lr = first(metrics["learning_rate"])
+        return losses.stack(), norms.stack(), metric_sums, last_lr
+
+    return loop
+
+
+def make_eval_fn(strategy, task, xla):
+    def replica_eval(batch):
+        ctx = tf.distribute.get_replica_context()
+        denom = ctx.all_reduce("sum", task.denominator(
+            {k: v[tf.newaxis] for k, v in batch.items()}))
+        loss, metrics = task.loss_sums(batch, training=False)
+        sums = ctx.all_reduce("sum", [loss] + [metrics[k] for k in task.metrics])
+        return [s / tf.maximum(denom, 1e-9) for s in sums]
+
+    step_fn = tf.function(replica_eval, jit_compile=xla)
+
+    @tf.function
+    def evaluate(iterator, n):
+        total = [tf.constant(0.0) for _ in range(len(task.metrics) + 1)]
+        for _ in tf.range(n):
+            out = strategy.run(step_fn, args=(next(iterator),))
+            total = [t + strategy.experimental_local_results(o)[0]
+                     for t, o in zip(total, out)]
+        return [t / tf.cast(n, tf.float32) for t in total]
+
+    return evaluate
+
+
+# --------------------------------------------------------------------------
+# Data per phase
+# --------------------------------------------------------------------------
+def distributed_dataset(strategy, task, phase, cfg, split, start_step, accum):
+    """Per-replica stacks of `accum` micro-batches, resuming after start_step updates.
+
+    With accum=None the elements are plain batches (eval).
+    """
+    batch_size = cfg["train"]["batch_size"]
+    seed = cfg["train"]["seed"]
+
+    def dataset_fn(input_context):
+        per_replica = input_context.get_per_replica_batch_size(batch_size)
+        replicas_here = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        skip = start_step * (accum or 1) * replicas_here
+        ds = task.dataset(phase["seq_len"], per_replica, split, seed, skip, input_context)
+        if accum:
+            ds = ds.batch(accum, drop_remainder=True)
+        return ds.prefetch(2)
+
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    return strategy.distribute_datasets_from_function(dataset_fn, options)
+
+
+# --------------------------------------------------------------------------
+# Run directory
+# --------------------------------------------------------------------------
+def _check_output_dir(cfg, output_dir):
+    """Refuse to mix two configs' runs in one directory."""
+    identity = {k: cfg[k] for k in _RUN_IDENTITY}
+    identity["smoke"] = cfg.get("smoke", False)
+    path = os.path.join(output_dir, "run_config.json")
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            previous = json.load(f)
+        if {k: previous.get(k) for k in identity} != identity:
+            diff = sorted(k for k in identity if previous.get(k) != identity[k])
+            raise TrainingError(
+                "%s holds a run of config %r (smoke=%s) that differs from %r (smoke=%s) in "
+                "%s. Choose another --output, or delete that directory to start over."
+                % (output_dir, previous.get("name"), previous.get("smoke"), cfg["name"],
+                   identity["smoke"], ", ".join(diff)))
+        return
+    tf.io.gfile.makedirs(output_dir)
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(identity, f, indent=2, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------
+# The loop over phases
+# --------------------------------------------------------------------------
+class Trainer(object):
+    """Builds everything once, then runs the config's phases in order."""
+
+    def __init__(self, cfg, data, output_dir, strategy=None, init_checkpoint=None,
+                 steps_per_loop=100, precision="fp32", xla=None):
+        self.cfg, self.data, self.output_dir = cfg, data, output_dir
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.steps_per_loop = max(1, int(steps_per_loop))
+        self.xla = _use_xla(self.strategy) if xla is None else xla
+        self.init_checkpoint = init_checkpoint
+        _check_output_dir(cfg, output_dir)
+        if precision == "bf16":
+            tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        tf.keras.utils.set_random_seed(cfg["train"]["seed"])
+        with self.strategy.scope():
+            self.bundle = models.build_model(cfg)
+        self.task = make_task(cfg, self.bundle, data)
+        self.variables = self.task.model.trainable_variables
+        self.writers = {s: tf.summary.create_file_writer(
+            os.path.join(output_dir, "tensorboard", s)) for s in ("train", "eval")}
+        self.history = []  # (global_step, phase name, loss) for tests and scripts
+
+    # -- checkpoints ---------------------------------------------------------
+    def _checkpoint(self, optimizer, phase_step):
+        return tf.train.Checkpoint(model=self.bundle.encoder, optimizer=optimizer,
+                                   phase_step=phase_step)
+
+    def _phase_dir(self, phase):
+        return os.path.join(self.output_dir, "checkpoints", phase["name"])
+
+    def _start_weights(self, index):
+        """Weights for a phase with no checkpoint: the previous phase's, or a warm start."""
+        phases = self.cfg["train"]["phases"]
+        for prev in reversed(phases[:index]):
+            latest = tf.train.latest_checkpoint(self._phase_dir(prev))
+            if latest:
+                tf.train.Checkpoint(model=self.bundle.encoder).restore(
+                    latest).expect_partial()
+                logging.info("phase %s starts from %s", phases[index]["name"], latest)
+                return
+        if self.init_checkpoint:
+            export.load_pretrained(self.cfg, self.bundle, self.init_checkpoint)
+            logging.info("warm start from %s", self.init_checkpoint)
+
+    # -- one phase -----------------------------------------------------------
+    def run_phase(self, index, max_steps=None):
+        """Train phase `index` to its end (or `max_steps` updates this call)."""
+        cfg, train = self.cfg, self.cfg["train"]
+        phase = train["phases"][index]
+        accum = train["grad_accum_steps"]
+        with self.strategy.scope():
+            optimizer = optim.make_optimizer(cfg, phase)
+            phase_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase_step")
+        ckpt = self._checkpoint(optimizer, phase_step)
+        manager = tf.train.CheckpointManager(ckpt, self._phase_dir(phase),
+                                             max_to_keep=train["keep_checkpoints"])
+        if manager.latest_checkpoint:
+            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            logging.info("resumed %s at step %d from %s", phase["name"],
+                         int(phase_step.numpy()), manager.latest_checkpoint)
+        else:
+            self._start_weights(index)
+        start = int(phase_step.numpy())
+        offset = sum(p["steps"] for p in train["phases"][:index])
+        if start >= phase["steps"]:
+            logging.info("phase %s already complete", phase["name"])
+            return self._export(phase)
+
+        train_ds = distributed_dataset(self.strategy, self.task, phase, cfg, "train",
+                                       start, accum)
+        iterator = iter(train_ds)
+        eval_fn = make_eval_fn(self.strategy, self.task, self.xla)
+        loop = make_train_loop(self.strategy, make_replica_step(
+            self.task, optimizer, self.variables), self.task.metrics, self.xla)
+        step = start
+        end = phase["steps"] if max_steps is None else min(phase["steps"], start + max_steps)
+        seqs_per_update = train["batch_size"] * accum
+        logging.info("phase %s: steps %d..%d, seq_len %d, batch %d x accum %d, xla=%s, "
+                     "replicas=%d", phase["name"], start, end, phase["seq_len"],
+                     train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync)
+        while step < end:
+            n = self._loop_length(step, end)
+            t0 = time.time()
+            losses, norms, metric_sums, lr = loop(iterator, tf.constant(n))
+            losses = losses.numpy()
+            elapsed = time.time() - t0
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if bad.size:
+                raise TrainingError(
+                    "loss became %s at step %d of phase %s (global step %d); stopped without "
+                    "saving. The last good checkpoint is %s." % (
+                        losses[bad[0]], step + bad[0] + 1, phase["name"],
+                        offset + step + bad[0] + 1, manager.latest_checkpoint))
+            step += n
+            phase_step.assign(step)
+            self.history.extend((offset + step - n + i + 1, phase["name"], float(l))
+                                for i, l in enumerate(losses))
+            scalars = {k: float(v) / n for k, v in metric_sums.items()}
+            scalars.update(loss=float(losses.mean()), grad_norm=float(norms.numpy().mean()),
+                           learning_rate=float(lr),
+                           seqs_per_sec=n * seqs_per_update / max(elapsed, 1e-9))
+            self._write("train", offset + step, scalars)
+            logging.info("%s step %d/%d  %s", phase["name"], step, phase["steps"],
+                         "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())))
+            if step % train["save_every"] == 0 or step == phase["steps"]:
+                manager.save(checkpoint_number=step)
+            if step % train["eval_every"] == 0 or step == phase["steps"]:
+                self.evaluate(phase, eval_fn, offset + step)
+        if step >= phase["steps"]:
+            return self._export(phase)
+        return None
+
+    def _loop_length(self, step, end):
+        """Updates in the next host call: stop at log/save/eval boundaries."""
+        train = self.cfg["train"]
+        n = min(self.steps_per_loop, end - step)
+        for every in (train["log_every"], train["save_every"], train["eval_every"]):
+            n = min(n, every - step % every)
+        return max(1, n)
+
+    def evaluate(self, phase, eval_fn=None, global_step=None):
+        """Held-out loss/metrics over `eval_steps` batches from the start of the split."""
+        eval_fn = eval_fn or make_eval_fn(self.strategy, self.task, self.xla)
+        ds = distributed_dataset(self.strategy, self.task, phase, self.cfg, "eval", 0, None)
+        values = eval_fn(iter(ds), tf.constant(self.cfg["train"]["eval_steps"]))
+        result = {"loss": float(values[0])}
+        result.update({k: float(v) for k, v in zip(self.task.metrics, values[1:])})
+        if global_step is not None:
+            self._write("eval", global_step, result)
+            logging.info("eval %s at step %d: %s", phase["name"], global_step,
+                         "  ".join("%s=%.4f" % kv for kv in sorted(result.items())))
+        return result
+
+    def _write(self, split, step, scalars):
+        with self.writers[split].as_default():
+            for k, v in scalars.items():
+                tf.summary.scalar(k, v, step=step)
+        self.writers[split].flush()
+
+    def _export(self, phase):
+        out = os.path.join(self.output_dir, "export", phase["name"])
+        if not tf.io.gfile.exists(os.path.join(out, "bert_config.json")):
+            export.export_bert4keras(self.cfg, self.bundle, out)
+            diff = export.check_export(self.cfg, out, self.bundle)
+            logging.info("exported %s (bert4keras reload max |diff| = %.2e)", out, diff)
+        return out
+
+    # -- all phases ----------------------------------------------------------
+    def run(self, start_phase=0):
+        exports = []
+        for index in range(start_phase, len(self.cfg["train"]["phases"])):
+            exports.append(self.run_phase(index))
+        return exports
