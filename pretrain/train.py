@@ -20,8 +20,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pretrain import export, models, optim
-from pretrain.config import bert4keras_config, max_predictions_for
+from pretrain import dropout
+
+dropout.install()  # before models.py binds bert4keras's Dropout
+
+from pretrain import export, models, optim  # noqa: E402
 
 # The sections of a config that define what a run directory holds; a resume
 # with any of them changed would silently mix two runs.
@@ -159,7 +162,7 @@ def _dense(g, v):
     return tf.convert_to_tensor(g)
 
 
-def make_replica_step(task, optimizer, variables):
+def make_replica_step(task, optimizer, variables, seed=0):
     """One optimizer update from a stack of micro-batches [accum, b, ...].
 
     Returns (loss, metrics, grad_norm, lr), identical on every replica. The
@@ -174,7 +177,9 @@ def make_replica_step(task, optimizer, variables):
 
         def micro(i, grads, loss_sum, metric_sums):
             batch = {k: v[i] for k, v in stack.items()}
-            with tf.GradientTape() as tape:
+            # dropout masks derive from (update, micro-batch, replica): exact resume
+            mask_seed = dropout.step_seed(seed, optimizer.iterations, i)
+            with tf.GradientTape() as tape, dropout.seeded(mask_seed):
                 part, metrics = task.loss_sums(batch, training=True)
                 scaled = part / denom
             new = tape.gradient(scaled, variables)
@@ -366,7 +371,7 @@ class Trainer(object):
         iterator = iter(train_ds)
         eval_fn = make_eval_fn(self.strategy, self.task, self.xla)
         loop = make_train_loop(self.strategy, make_replica_step(
-            self.task, optimizer, self.variables), self.task.metrics, self.xla)
+            self.task, optimizer, self.variables, train["seed"]), self.task.metrics, self.xla)
         step = start
         end = phase["steps"] if max_steps is None else min(phase["steps"], start + max_steps)
         seqs_per_update = train["batch_size"] * accum

@@ -16,15 +16,16 @@ from pretrain.config import load_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(tmp_path, name="tiny", phases=((128, 6), (512, 2)), **train_over):
-    """roberta_tiny's recipe on a 2-layer, 64-wide model without dropout."""
+def tiny_config(tmp_path, name="tiny", phases=((128, 6), (512, 2)), dropout=0.0,
+                **train_over):
+    """roberta_tiny's recipe on a 2-layer, 64-wide model (no dropout by default)."""
     with open(os.path.join(ROOT, "configs", "roberta_tiny.json")) as f:
         raw = json.load(f)
     raw.pop("smoke")
     raw["name"] = name
     raw["model"].update(hidden_size=64, embedding_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=128,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     raw["data"]["dupe_factor"] = 1
     raw["train"].update(batch_size=8, grad_accum_steps=2, log_every=2, save_every=3,
                         eval_every=4, eval_steps=2, **train_over)
@@ -91,7 +92,7 @@ def _train(cfg, records_dir, out, max_steps=None, phases=None, **kw):
 
 
 def test_resume_is_bit_identical_within_and_across_phases(tmp_path, records_dir):
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_config(tmp_path, dropout=0.1)  # masks must replay exactly too
     full = _train(cfg, records_dir, str(tmp_path / "full"))
     assert [s for s, _, _ in full] == list(range(1, 9))
     run = str(tmp_path / "resumed")
