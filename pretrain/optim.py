@@ -22,10 +22,10 @@ first step. Both passed all three. The legacy base was chosen because of how it 
 It saves each slot under the variable it belongs to (`<var>/.OPTIMIZER_SLOT/<opt>/m`). The
 new-style base saves slots as `_variables/<i>`, by their position in the list of variables
 first passed to it. If the trainer lists the variables in a different order, a resume could
-silently give a variable another variable's moments when the shapes agree. The legacy base
-also restores slots that are not created yet, so a trainer may restore before the first step.
-It has no per-variable XLA of its own (the new base only adds one on GPU); the trainer's step
-is compiled as a whole.
+silently give a variable another variable's moments when the shapes agree. (Both bases
+restore slots that are created after `restore()`, so a trainer may restore before the first
+step.) The legacy base has no per-variable XLA of its own; the new one adds it only on GPU.
+Either way the trainer compiles the whole step.
 
 Variables stay fp32 under a `mixed_bfloat16` policy. The slots take the variable's true dtype.
 The update is computed in that dtype, and bf16 gradients are cast up first.
@@ -49,6 +49,7 @@ def _matches(variable, patterns):
     return any(re.search(p, name) for p in patterns)
 
 
+@tf.keras.utils.register_keras_serializable(package="pretrain")
 class WarmupLinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
     """0 -> learning_rate linearly over warmup_steps, then linearly to end_learning_rate at steps.
 
@@ -85,11 +86,11 @@ class WarmupLinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
                 "start_step": self.start_step, "name": self.name}
 
 
+@tf.keras.utils.register_keras_serializable(package="pretrain")
 class AdamW(tf.keras.optimizers.legacy.Optimizer):
     """Adam with decoupled weight decay: x -= lr (m^/(sqrt(v^)+eps) + wd x). See module doc."""
 
     _HAS_AGGREGATE_GRAD = True
-    _layer_adaptation = False
 
     def __init__(self, learning_rate=1e-3, weight_decay=0.01, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-6, bias_correction=False, clip_norm=None,
@@ -181,10 +182,9 @@ class AdamW(tf.keras.optimizers.legacy.Optimizer):
         return config
 
 
+@tf.keras.utils.register_keras_serializable(package="pretrain")
 class LAMB(AdamW):
     """AdamW with the layer-wise trust ratio ||x|| / ||r||. See module doc."""
-
-    _layer_adaptation = True
 
     def __init__(self, learning_rate=1e-3, exclude_from_layer_adaptation=("Norm", "bias"),
                  name="LAMB", **kwargs):

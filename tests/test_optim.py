@@ -103,8 +103,9 @@ def run_tf(cfg, init, grads, jit=True):
     opt = optim.make_optimizer(cfg, PHASE)
 
     @tf.function(jit_compile=jit)
-    def step(g):
-        return opt.apply_gradients_with_norm(g, variables)
+    def step(g):  # the trainer's shape: strategy.run inside a compiled function
+        return tf.distribute.get_strategy().run(
+            lambda g: opt.apply_gradients_with_norm(g, variables), args=(g,))
 
     history = []
     for step_grads in grads:
@@ -195,6 +196,14 @@ def test_schedule_start_step_shifts_origin_and_end_lr_holds():
     for t in (0, 2, 4, 12, 20, 50):
         np.testing.assert_allclose(float(shifted(100 + t)), ref_lr(t, phase), rtol=1e-6)
     assert float(shifted(50)) <= 0.0  # before the phase starts: warmup line below 0, never used
+
+
+def test_config_round_trip_through_keras_serialization():
+    opt = optim.make_optimizer(make_cfg("lamb", clip_norm=1.0, bias_correction=True), PHASE)
+    again = tf.keras.optimizers.deserialize(tf.keras.optimizers.serialize(opt),
+                                            use_legacy_optimizer=True)
+    assert type(again) is optim.LAMB and again.get_config() == opt.get_config()
+    assert float(again._decayed_lr(tf.float32)) == float(opt._decayed_lr(tf.float32)) == 0.0
 
 
 def test_checkpoint_resume_is_bit_identical_even_with_variables_in_another_order(tmp_path):
