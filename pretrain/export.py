@@ -1,0 +1,346 @@
+"""Export to and import from bert4keras / Google-BERT-format checkpoints.
+
+Export writes what bert4keras's `build_transformer_model(config, checkpoint)`
+loads unchanged: `bert_config.json`, `vocab.txt`, `bert_model.ckpt.*` (the
+exact names of the model's `variable_mapping()`, written with an eager
+`SaveV2` because bert4keras's own `save_weights_as_checkpoint` needs TF1
+sessions) and a `checkpoint` file. `check_export` reloads the directory with
+bert4keras in a fresh Python process and compares outputs on real text.
+
+Import (`load_pretrained`) is the warm start: it reads a Google-format
+checkpoint by those same names, optionally shrinking the vocabulary with
+`keep_tokens`, and refuses to load partially.
+
+    python -m pretrain.export --config roberta_tiny --output /tmp/rt [--checkpoint CKPT] [--check]
+    python -m pretrain.export --config roberta_tiny --output /tmp/rt_hf --format hf
+"""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from bert4keras.backend import K
+
+from pretrain import models
+from pretrain.config import bert4keras_config, resolve_path
+from pretrain.tokenization import load_vocab
+
+CONFIG_NAME = "bert_config.json"
+CKPT_NAME = "bert_model.ckpt"
+INFO_NAME = "pretrain_export.json"
+SAMPLE_TEXT = "data/sample/clue_small.txt"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the model; the message lists every variable."""
+
+
+def variable_pairs(bert):
+    """[(checkpoint name, keras weight)] in `variable_mapping()` order.
+
+    Unlike bert4keras's zip(), a layer whose weight count differs from its
+    list of names is an error (the gated-FFN trap in COMPAT.md).
+    """
+    pairs = []
+    for layer_name, names in bert.variable_mapping().items():
+        layer = bert.layers.get(bert.prefixed(layer_name))
+        if layer is None:
+            continue
+        weights = layer.weights
+        if len(weights) != len(names):
+            raise ValueError("layer %s has %d weights (%s) but variable_mapping names %d "
+                             "(%s)" % (layer_name, len(weights),
+                                       ", ".join(w.name for w in weights), len(names),
+                                       ", ".join(names)))
+        pairs.extend(zip(names, weights))
+    mapped = {id(w) for _, w in pairs}
+    unmapped = [w.name for layer in bert.layers.values()
+                for w in getattr(layer, "weights", []) if id(w) not in mapped]
+    if unmapped:
+        raise ValueError("weights with no checkpoint name: %s" % ", ".join(unmapped))
+    return pairs
+
+
+def _to_checkpoint_layout(bert, name, value):
+    # bert4keras's load_variable transposes some variables on load (T5's
+    # relative_attention_bias, NSP weights); those transposes are their own
+    # inverse. keep_tokens is None on our models, so embeddings pass through.
+    assert bert.keep_tokens is None and bert.compound_tokens is None
+    return np.asarray(bert.load_variable({name: value}, name), dtype=np.float32)
+
+
+def checkpoint_prefix(path):
+    """A checkpoint prefix from a prefix, an export dir or a dir with `checkpoint`."""
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest:
+            return latest
+        if tf.io.gfile.exists(os.path.join(path, CKPT_NAME + ".index")):
+            return os.path.join(path, CKPT_NAME)
+        raise FileNotFoundError("no checkpoint in directory %s" % path)
+    if not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError("no checkpoint %s (%s.index is missing)" % (path, path))
+    return path
+
+
+def export_bert4keras(cfg, bundle, out_dir):
+    """Write the bert4keras model directory; returns the checkpoint prefix."""
+    tf.io.gfile.makedirs(out_dir)
+    pairs = variable_pairs(bundle.bert)
+    values = K.batch_get_value([w for _, w in pairs])  # float32 even under bf16
+    names = [n for n, _ in pairs]
+    tensors = [tf.constant(_to_checkpoint_layout(bundle.bert, n, v))
+               for n, v in zip(names, values)]
+    prefix = os.path.join(out_dir, CKPT_NAME)
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
+                      shape_and_slices=[""] * len(names), tensors=tensors)
+    with tf.io.gfile.GFile(os.path.join(out_dir, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "%s"\nall_model_checkpoint_paths: "%s"\n'
+                % (CKPT_NAME, CKPT_NAME))
+    with tf.io.gfile.GFile(os.path.join(out_dir, CONFIG_NAME), "w") as f:
+        json.dump(bert4keras_config(cfg), f, indent=2)
+    tok = cfg["tokenizer"]
+    info = {"config": cfg["name"], "build_transformer_model": _load_kwargs(cfg),
+            "do_lower_case": tok["do_lower_case"]}
+    if tok["vocab"] is not None:
+        vocab = load_vocab(cfg)
+        vocab.write(os.path.join(out_dir, "vocab.txt"))
+        info["vocab_sha256"] = vocab.sha256
+    else:
+        tf.io.gfile.copy(resolve_path(tok["spm_model"]),
+                         os.path.join(out_dir, "spm.model"), overwrite=True)
+    with tf.io.gfile.GFile(os.path.join(out_dir, INFO_NAME), "w") as f:
+        json.dump(info, f, indent=2)
+    return prefix
+
+
+def _load_kwargs(cfg):
+    """JSON-able build_transformer_model kwargs a user passes to load the export."""
+    kwargs = dict(models.model_kwargs(cfg))
+    if kwargs["model"] is models.T5SEncoder:
+        kwargs["model"] = "pretrain.models.T5SEncoder"
+    return kwargs
+
+
+def load_pretrained(cfg, bundle, ckpt_path, keep_tokens=None, allow_missing=()):
+    """Warm-start `bundle` from a Google/bert4keras-format checkpoint.
+
+    keep_tokens: row indices into the checkpoint's vocabulary (e.g.
+        `load_vocab(cfg).keep_tokens`) to shrink the word embeddings and the
+        MLM output bias, exactly as bert4keras does.
+    allow_missing: checkpoint-name prefixes the checkpoint may lack (say
+        "bert/pooler/" when SimBERT starts from an MLM-only model); those
+        weights keep their fresh initialisation and are reported.
+    Any other missing name or any shape mismatch raises
+    CheckpointMismatchError listing them all; nothing is assigned then.
+    Returns {"loaded": [...], "kept_init": [...], "unused": [...]}.
+    """
+    prefix = checkpoint_prefix(ckpt_path)
+    reader = tf.train.load_checkpoint(prefix)
+    shapes = reader.get_variable_to_shape_map()
+    bert = bundle.bert
+    pairs, missing, bad_shape, kept_init = [], [], [], []
+    old_keep = bert.keep_tokens
+    bert.keep_tokens = keep_tokens  # bert4keras's load_variable applies it
+    try:
+        for name, weight in variable_pairs(bert):
+            if name not in shapes:
+                (kept_init if name.startswith(tuple(allow_missing)) else missing).append(name)
+                continue
+            value = bert.load_variable({name: reader.get_tensor(name)}, name)
+            if tuple(value.shape) != tuple(weight.shape):
+                bad_shape.append("%s: checkpoint %s (after keep_tokens: %s) vs model %s" % (
+                    name, shapes[name], list(value.shape), list(weight.shape)))
+            else:
+                pairs.append((weight, value))
+    finally:
+        bert.keep_tokens = old_keep
+    if missing or bad_shape:
+        lines = ["checkpoint %s does not fit config %s; nothing was loaded." % (
+            prefix, cfg["name"])]
+        if missing:
+            lines.append("missing from the checkpoint (%d):" % len(missing))
+            lines += ["  " + n for n in missing]
+        if bad_shape:
+            lines.append("shape mismatches (%d):" % len(bad_shape))
+            lines += ["  " + s for s in bad_shape]
+            if keep_tokens is None:
+                lines.append("(a vocabulary-size mismatch needs keep_tokens, e.g. "
+                             "load_vocab(cfg).keep_tokens)")
+        raise CheckpointMismatchError("\n".join(lines))
+    K.batch_set_value(pairs)
+    used = {n for n, _ in variable_pairs(bert)}
+    unused = sorted(n for n in shapes if n not in used and not _is_training_state(n))
+    loaded = sorted(used - set(kept_init))
+    if kept_init:
+        print("load_pretrained: %d weights not in %s keep their initialisation: %s" % (
+            len(kept_init), prefix, ", ".join(kept_init)))
+    return {"loaded": loaded, "kept_init": kept_init, "unused": unused}
+
+
+def _is_training_state(name):
+    return (name == "global_step" or name.endswith(("/adam_m", "/adam_v"))
+            or name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"))
+
+
+def restore_training_checkpoint(bundle, path):
+    """Restore a trainer checkpoint (object-based, `tf.train.Checkpoint(model=
+    bundle.encoder, ...)`) into `bundle`; every model weight must be restored."""
+    prefix = checkpoint_prefix(path)
+    status = tf.train.Checkpoint(model=bundle.encoder).restore(prefix)
+    status.expect_partial()  # the optimizer state is not ours to restore
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise CheckpointMismatchError("trainer checkpoint %s does not restore every "
+                                      "weight of %s: %s" % (prefix, bundle.encoder.name, e))
+    return prefix
+
+
+def is_name_based(path):
+    """True for Google/bert4keras checkpoints, False for object-based (trainer) ones."""
+    names = [n for n, _ in tf.train.list_variables(checkpoint_prefix(path))]
+    return "_CHECKPOINTABLE_OBJECT_GRAPH" not in names
+
+
+# ------------------------------------------------------------------ checking
+
+def sample_pairs(n, min_chars=8, max_chars=60):
+    """`n` (sentence, next sentence) pairs of real text from the shipped sample."""
+    pairs = []
+    with open(resolve_path(SAMPLE_TEXT), encoding="utf-8") as f:
+        for doc in f:
+            sents = [s.strip() + "。" for s in doc.split("。")
+                     if min_chars <= len(s.strip()) <= max_chars]
+            pairs += list(zip(sents[0::2], sents[1::2]))
+            if len(pairs) >= n:
+                return pairs[:n]
+    return pairs
+
+
+def encode_pairs(out_dir, pairs, maxlen):
+    """Token and segment ids (0-padded) with bert4keras's own Tokenizer."""
+    from bert4keras.tokenizers import Tokenizer
+    with open(os.path.join(out_dir, INFO_NAME)) as f:
+        lower = json.load(f)["do_lower_case"]
+    tokenizer = Tokenizer(os.path.join(out_dir, "vocab.txt"), do_lower_case=lower)
+    encoded = [tokenizer.encode(a, b, maxlen=maxlen) for a, b in pairs]
+    width = max(len(t) for t, _ in encoded)
+    ids = np.zeros((len(encoded), width), np.int32)
+    segs = np.zeros_like(ids)
+    for i, (t, s) in enumerate(encoded):
+        ids[i, :len(t)], segs[i, :len(s)] = t, s
+    return ids, segs
+
+
+def reload_outputs(out_dir, ids, segs):
+    """Outputs of the export as bert4keras loads it (run this in a fresh process)."""
+    from bert4keras.models import build_transformer_model
+    with open(os.path.join(out_dir, INFO_NAME)) as f:
+        kwargs = json.load(f)["build_transformer_model"]
+    if kwargs["model"] == "pretrain.models.T5SEncoder":
+        kwargs["model"] = models.T5SEncoder
+    model = build_transformer_model(os.path.join(out_dir, CONFIG_NAME),
+                                    os.path.join(out_dir, CKPT_NAME), **kwargs)
+    outputs = model.predict([ids, segs], verbose=0)
+    return outputs if isinstance(outputs, list) else [outputs]
+
+
+@contextlib.contextmanager
+def _float32_policy():
+    policy = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
+
+
+def float32_outputs(cfg, bundle, ids, segs):
+    """bundle.encoder's outputs computed in float32, also when trained under bf16.
+
+    Under a mixed policy a float32 twin gets the weights; it must also run
+    under the float32 policy, because bert4keras creates its attention
+    Dropout layer inside call().
+    """
+    encoder = bundle.encoder
+    with _float32_policy():
+        if any(getattr(layer, "compute_dtype", "float32") != "float32"
+               for layer in bundle.bert.layers.values()):
+            twin = models.build_model(cfg, check_vocab=False)
+            K.batch_set_value([(w, K.get_value(v)) for (_, w), (_, v) in zip(
+                variable_pairs(twin.bert), variable_pairs(bundle.bert))])
+            encoder = twin.encoder
+        outputs = encoder.predict([ids, segs], verbose=0)
+    return outputs if isinstance(outputs, list) else [outputs]
+
+
+def check_export(cfg, out_dir, bundle, n_pairs=8, maxlen=64):
+    """Max |difference| between `bundle` and its export reloaded by bert4keras
+    in a fresh Python process, over every output (MLM logits; for SimBERT also
+    the pooled vector, with the UniLM mask active) on real sentence pairs."""
+    ids, segs = encode_pairs(out_dir, sample_pairs(n_pairs), maxlen)
+    expected = float32_outputs(cfg, bundle, ids, segs)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(os.path.join(tmp, "in.npz"), ids=ids, segs=segs)
+        code = ("import pretrain, numpy as np\n"
+                "from pretrain import export\n"
+                "d = np.load(%r)\n"
+                "outs = export.reload_outputs(%r, d['ids'], d['segs'])\n"
+                "np.savez(%r, *outs)\n") % (os.path.join(tmp, "in.npz"), out_dir,
+                                            os.path.join(tmp, "out.npz"))
+        subprocess.run([sys.executable, "-c", code], check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        got = np.load(os.path.join(tmp, "out.npz"))
+        got = [got["arr_%d" % i] for i in range(len(got.files))]
+    if len(got) != len(expected):
+        raise ValueError("reloaded model has %d outputs, expected %d" % (len(got), len(expected)))
+    valid = ids > 0
+    diffs = []
+    for e, g in zip(expected, got):
+        d = np.abs(e - g)
+        diffs.append(float(d[valid].max() if d.ndim == 3 else d.max()))
+    return max(diffs)
+
+
+# ---------------------------------------------------------------------- CLI
+
+def main(argv):
+    from absl import flags
+    from pretrain.config import load_config
+    FLAGS = flags.FLAGS
+    del argv
+    cfg = load_config(FLAGS.config)
+    bundle = models.build_model(cfg)
+    if FLAGS.checkpoint:
+        if is_name_based(FLAGS.checkpoint):
+            load_pretrained(cfg, bundle, FLAGS.checkpoint)
+        else:
+            restore_training_checkpoint(bundle, FLAGS.checkpoint)
+    if FLAGS.format == "hf":
+        from pretrain import hf_export
+        hf_export.export_hf(cfg, bundle, FLAGS.output)
+        if FLAGS.check:
+            print("max |TF - HF| MLM logits: %.3g" % hf_export.check_hf(
+                cfg, FLAGS.output, bundle))
+        return
+    prefix = export_bert4keras(cfg, bundle, FLAGS.output)
+    print("wrote", prefix)
+    if FLAGS.check:
+        print("max |trained - bert4keras reload|: %.3g" % check_export(cfg, FLAGS.output, bundle))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    flags.DEFINE_string("config", None, "config name or path")
+    flags.DEFINE_string("checkpoint", None, "trainer checkpoint or Google-format "
+                        "checkpoint to export (default: the fresh initialisation)")
+    flags.DEFINE_string("output", None, "output directory (local or gs://)")
+    flags.DEFINE_enum("format", "bert4keras", ["bert4keras", "hf"], "output format")
+    flags.DEFINE_bool("check", False, "reload the export and print the max abs difference")
+    flags.mark_flags_as_required(["config", "output"])
+    app.run(main)

@@ -1,0 +1,339 @@
+"""Models: `build_model(cfg)` (a bert4keras model plus a sparse MLM training
+head), the T5s encoder, and the `summary` CLI.
+
+The bert4keras model is built exactly as a user would build it from an
+exported `bert_config.json` (same class, same layer names), so what the trainer
+trains is what `build_transformer_model` later loads. The training head does
+not add weights: it gathers the hidden states at `masked_lm_positions` and runs
+them through the model's own MLM-Dense / MLM-Norm / tied Embedding-Token /
+MLM-Bias layers, so the vocabulary projection costs P rows instead of L.
+
+    python -m pretrain.models summary --config roberta_tiny
+"""
+import collections
+import json
+import warnings
+
+import numpy as np
+import tensorflow as tf
+from bert4keras.backend import K, keras
+from bert4keras.layers import (Add, Dense, Dropout, Embedding, Input,
+                               LayerNormalization, RelativePositionEmbeddingT5,
+                               ScaleOffset, Activation)
+from bert4keras.models import T5_Encoder, build_transformer_model
+
+from pretrain.config import bert4keras_config
+from pretrain.tokenization import load_vocab
+
+# The published checkpoint sizes the issue asks us to compare with (MB as
+# printed on the download pages).
+PUBLISHED_MB = {"roberta_tiny": 27, "roberta_small": 48, "simbert_base": 344}
+
+
+class T5SEncoder(T5_Encoder):
+    """A T5.1.1-style encoder for MLM pretraining ("T5s").
+
+    On top of bert4keras's `T5_Encoder` (pre-norm RMSNorm, relative position
+    bias, no biases, no attention scaling, gated FFN) it adds segment
+    embeddings, an optional low-rank token embedding (embedding_size ->
+    hidden_size mapping), configurable relative-position buckets, and the MLM
+    head Dense(embedding_size, gelu) -> RMSNorm -> tied embedding -> bias.
+
+    Load an export with
+    `build_transformer_model(config, ckpt, model=T5SEncoder, with_mlm='linear')`.
+    """
+
+    def __init__(self, segment_vocab_size=3, with_mlm=False,
+                 relative_attention_num_buckets=32,
+                 relative_attention_max_distance=128, **kwargs):
+        super(T5SEncoder, self).__init__(**kwargs)
+        self.segment_vocab_size = segment_vocab_size
+        self.with_mlm = with_mlm
+        self.num_buckets = relative_attention_num_buckets
+        self.max_distance = relative_attention_max_distance
+
+    def get_inputs(self):
+        # int32 ids: the trainer feeds int32, and float ids would be cast
+        # back anyway (and are unsafe under a bf16 policy).
+        inputs = [self.apply(layer=Input, shape=(self.sequence_length,),
+                             dtype="int32", name="Encoder-Input-Token")]
+        if self.segment_vocab_size > 0:
+            inputs.append(self.apply(layer=Input, shape=(self.sequence_length,),
+                                     dtype="int32", name="Encoder-Input-Segment"))
+        return inputs
+
+    def apply_embeddings(self, inputs):
+        inputs = list(inputs) if isinstance(inputs, list) else [inputs]
+        x = self.apply(inputs=inputs[0], layer=Embedding, input_dim=self.vocab_size,
+                       output_dim=self.embedding_size,
+                       embeddings_initializer=self.initializer, mask_zero=True,
+                       name="Embedding-Token")
+        if self.segment_vocab_size > 0:
+            s = self.apply(inputs=inputs[1], layer=Embedding,
+                           input_dim=self.segment_vocab_size,
+                           output_dim=self.embedding_size,
+                           embeddings_initializer=self.initializer,
+                           name="Embedding-Segment")
+            x = self.apply(inputs=[x, s], layer=Add, name="Embedding-Token-Segment")
+        x = self.apply(inputs=x, layer=Dropout, rate=self.dropout_rate,
+                       name="Encoder-Embedding-Dropout")
+        if self.embedding_size != self.hidden_size:
+            x = self.apply(inputs=x, layer=Dense, units=self.hidden_size,
+                           use_bias=False, kernel_initializer=self.initializer,
+                           name="Encoder-Embedding-Mapping")
+        return x
+
+    def apply_final_layers(self, inputs):
+        x = super(T5SEncoder, self).apply_final_layers(inputs)
+        self.sequence_output = x
+        if not self.with_mlm:
+            return x
+        x = self.apply(inputs=x, layer=Dense, units=self.embedding_size,
+                       activation="gelu", use_bias=False,
+                       kernel_initializer=self.initializer, name="MLM-Dense")
+        x = self.apply(inputs=x, layer=LayerNormalization, zero_mean=False,
+                       offset=False, epsilon=1e-6, name="MLM-Norm")
+        x = self.apply(inputs=x, layer=Embedding, arguments={"mode": "dense"},
+                       name="Embedding-Token")
+        x = self.apply(inputs=x, layer=ScaleOffset, scale=False, name="MLM-Bias")
+        activation = "softmax" if self.with_mlm is True else self.with_mlm
+        return self.apply(inputs=x, layer=Activation, activation=activation,
+                          name="MLM-Activation")
+
+    def compute_position_bias(self, inputs=None):
+        # T5_Encoder hard-codes 32 buckets and the layer's default distance.
+        if self.position_bias is None:
+            self.position_bias = self.apply(
+                inputs=[inputs, inputs], layer=RelativePositionEmbeddingT5,
+                input_dim=self.num_buckets, output_dim=self.num_attention_heads,
+                max_distance=self.max_distance, bidirectional=True,
+                embeddings_initializer=self.initializer,
+                name="Encoder-Embedding-Relative-Position")
+        return self.position_bias
+
+    def load_variable(self, checkpoint, name):
+        variable = super(T5SEncoder, self).load_variable(checkpoint, name)
+        if name == "mlm/output_bias":  # vocab-indexed like shared/embedding
+            return self.load_embeddings(variable)
+        return variable
+
+    def variable_mapping(self):
+        """T5.1.1 names for the body; the extra layers get names in the same style.
+
+        The gated FFN has one kernel per activation plus the output kernel
+        (3 weights without biases), named wi_0, wi_1, ..., wo.
+        """
+        n_in = len(self.hidden_act) if isinstance(self.hidden_act, list) else 1
+        mapping = {
+            "Embedding-Token": ["shared/embedding"],
+            "Embedding-Segment": ["shared/segment_embedding"],
+            "Encoder-Embedding-Mapping": ["encoder/embedding_hidden_mapping_in/kernel"],
+            "Encoder-Embedding-Relative-Position": [
+                "encoder/block_000/layer_000/SelfAttention/relative_attention_bias"],
+            "Encoder-Output-Norm": ["encoder/final_layer_norm/scale"],
+            "MLM-Dense": ["mlm/transform/dense/kernel"],
+            "MLM-Norm": ["mlm/transform/layer_norm/scale"],
+            "MLM-Bias": ["mlm/output_bias"],
+        }
+        for i in range(self.num_hidden_layers):
+            prefix = "encoder/block_%03d/" % i
+            name = "Encoder-Transformer-%d-" % i
+            mapping[name + "MultiHeadSelfAttention"] = [
+                prefix + "layer_000/SelfAttention/" + w for w in "qkvo"]
+            mapping[name + "MultiHeadSelfAttention-Norm"] = [
+                prefix + "layer_000/layer_norm/scale"]
+            ffn = prefix + "layer_001/DenseReluDense/"
+            wi = ([ffn + "wi_%d/kernel" % j for j in range(n_in)] if n_in > 1
+                  else [ffn + "wi/kernel"])
+            mapping[name + "FeedForward"] = wi + [ffn + "wo/kernel"]
+            mapping[name + "FeedForward-Norm"] = [prefix + "layer_001/layer_norm/scale"]
+        return mapping
+
+
+class GatherPositions(keras.layers.Layer):
+    """[B, L, H] hidden states, [B, P] positions -> [B, P, H]; drops the mask."""
+
+    def call(self, inputs):
+        sequence, positions = inputs
+        return tf.gather(sequence, positions, batch_dims=1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
+Bundle = collections.namedtuple("Bundle", ["bert", "encoder", "mlm_model", "sequence_model"])
+Bundle.__doc__ = """What `build_model` returns.
+
+bert: the bert4keras Transformer object (.model, .layers, .variable_mapping()).
+encoder: bert.model as bert4keras builds it with with_mlm='linear' (MLM
+    *logits*), plus with_pool / application from the config; outputs float32.
+mlm_model: {input_ids, segment_ids, masked_lm_positions} (int32) -> float32
+    MLM logits [B, P, V] at the masked positions, sharing encoder's weights.
+sequence_model: [input_ids, segment_ids] -> last hidden states [B, L, H].
+"""
+
+
+def model_kwargs(cfg):
+    """build_transformer_model arguments (besides the bert_config.json fields).
+
+    `model` is a string for bert4keras's own classes and T5SEncoder for t5s;
+    the MLM head always returns logits ('linear').
+    """
+    model = cfg["model"]
+    kwargs = {"with_mlm": "linear"}
+    if model["type"] == "t5s":
+        kwargs["model"] = T5SEncoder
+    else:
+        kwargs["model"] = model["type"]
+        kwargs["application"] = model["application"]
+        if model["with_pool"]:
+            kwargs["with_pool"] = model["with_pool"]
+    return kwargs
+
+
+def check_vocab_size(cfg):
+    """model.vocab_size must equal the tokenizer's size (the rows of the embedding)."""
+    if cfg["tokenizer"]["vocab"] is None:
+        return
+    n = len(load_vocab(cfg))
+    if n != cfg["model"]["vocab_size"]:
+        raise ValueError("%s: model.vocab_size=%d but the tokenizer section gives %d "
+                         "tokens; make them equal" % (cfg.get("path", cfg["name"]),
+                                                      cfg["model"]["vocab_size"], n))
+
+
+def sequence_output(bert):
+    """The last hidden states tensor of a built bert4keras model."""
+    if isinstance(bert, T5SEncoder):
+        return bert.sequence_output
+    return bert.layers["Transformer-%d-FeedForward-Norm" % (bert.num_hidden_layers - 1)].output
+
+
+def apply_mlm_head(bert, hidden):
+    """The model's own MLM layers on `hidden` [..., H] -> logits [..., V]."""
+    x = bert.layers["MLM-Dense"](hidden)
+    x = bert.layers["MLM-Norm"](x)
+    x = bert.layers["Embedding-Token"](x, mode="dense")
+    return bert.layers["MLM-Bias"](x)
+
+
+def _float32(x, name):
+    # Under a mixed (bf16) policy the last layers compute in bf16: losses and
+    # exports want float32.
+    return Activation("linear", dtype="float32", name=name)(x)
+
+
+def reinitialize(bert, seed, stddev):
+    """Redraw every randomly initialised weight independently (seeded).
+
+    bert4keras hands ONE initializer instance to each MultiHeadAttention /
+    FeedForward layer, and a tf_keras 2.21 initializer instance returns the
+    same values on every call: as built, q, k, v and o kernels of a layer are
+    identical, and so are the two GEGLU input kernels. Constant-initialised
+    weights (biases, norms) are left alone.
+    """
+    weights = []
+    for name in sorted(bert.layers):
+        for w in getattr(bert.layers[name], "weights", []):
+            if all(w is not v for v in weights):
+                weights.append(w)
+    values = K.batch_get_value(weights)
+    pairs = [(w, tf.random.stateless_truncated_normal(w.shape, seed=[seed, i],
+                                                      stddev=stddev, dtype=w.dtype))
+             for i, (w, v) in enumerate(zip(weights, values)) if np.ptp(v) > 0]
+    for w, v in pairs:
+        w.assign(v)
+
+
+def build_model(cfg, check_vocab=True, seed=None):
+    """The bert4keras model for `cfg` and its training heads (see `Bundle`).
+
+    Weights are freshly initialised from `seed` (default: train.seed).
+    """
+    if check_vocab:
+        check_vocab_size(cfg)
+    config = bert4keras_config(cfg)
+    kwargs = model_kwargs(cfg)
+    if cfg["model"]["type"] != "t5s":
+        # Pre-made int32 inputs: bert4keras's apply() reuses layers passed in
+        # `layers` by name, so its get_inputs() picks these up.
+        kwargs["layers"] = {
+            "Input-Token": Input(shape=(None,), dtype="int32", name="Input-Token"),
+            "Input-Segment": Input(shape=(None,), dtype="int32", name="Input-Segment")}
+    with warnings.catch_warnings():
+        # The "unseeded initializer called multiple times" warning: handled
+        # by reinitialize() below.
+        warnings.filterwarnings("ignore", message="The initializer")
+        bert = build_transformer_model(return_keras_model=False, **kwargs, **config)
+    reinitialize(bert, cfg["train"]["seed"] if seed is None else seed,
+                 cfg["model"]["initializer_range"])
+    outputs = [_float32(o, "Output-Float32-%d" % i) for i, o in enumerate(bert.model.outputs)]
+    encoder = keras.Model(bert.model.inputs, outputs if len(outputs) > 1 else outputs[0])
+    token_ids, segment_ids = bert.model.inputs[:2]
+    hidden = sequence_output(bert)
+    positions = Input(shape=(None,), dtype="int32", name="Input-Masked-Positions")
+    gathered = GatherPositions(name="MLM-Gather")([hidden, positions])
+    logits = _float32(apply_mlm_head(bert, gathered), "MLM-Logits-Float32")
+    mlm_model = keras.Model({"input_ids": token_ids, "segment_ids": segment_ids,
+                             "masked_lm_positions": positions}, logits)
+    sequence_model = keras.Model([token_ids, segment_ids], hidden)
+    return Bundle(bert, encoder, mlm_model, sequence_model)
+
+
+# ---------------------------------------------------------------- summary
+
+def count_params(bert):
+    """Distinct weights of the bert4keras layers (the tied embedding once)."""
+    seen = {}
+    for layer in bert.layers.values():
+        for w in getattr(layer, "weights", []):
+            seen[id(w)] = int(np.prod(w.shape))
+    return sum(seen.values())
+
+
+def flops_per_token(cfg, seq_len):
+    """Forward multiply-adds x2 per token: encoder, and the MLM head per prediction.
+
+    Counts matmuls only (embedding lookups, norms, softmax are negligible).
+    Attention adds 2 * 2 * seq_len * heads * head_size per layer (QK^T and AV).
+    A training step costs about 3x the forward.
+    """
+    m = cfg["model"]
+    h, e, ff, n = m["hidden_size"], m["embedding_size"] or m["hidden_size"], \
+        m["intermediate_size"], m["num_hidden_layers"]
+    inner = m["num_attention_heads"] * (m["attention_head_size"] or h // m["num_attention_heads"])
+    n_in = len(m["hidden_act"]) if isinstance(m["hidden_act"], list) else 1
+    per_layer = 2 * (4 * h * inner + (n_in + 1) * h * ff) + 2 * 2 * seq_len * inner
+    mapping = 2 * e * h if e != h else 0
+    encoder = n * per_layer + mapping
+    head = 2 * (h * e + e * m["vocab_size"])
+    return encoder, head
+
+
+def summary(cfg, seq_lens=None):
+    """A dict of sizes for `cfg` (builds the model once, float32)."""
+    bundle = build_model(cfg, check_vocab=False)
+    params = count_params(bundle.bert)
+    out = {"name": cfg["name"], "params": params, "fp32_MB": params * 4 / 1e6,
+           "fp32_MiB": params * 4 / 2 ** 20, "published_MB": PUBLISHED_MB.get(cfg["name"])}
+    for L in seq_lens or cfg["data"]["seq_lens"]:
+        enc, head = flops_per_token(cfg, L)
+        out["seq%d" % L] = {"encoder_GFLOPs_per_token": enc / 1e9,
+                            "mlm_head_GFLOPs_per_prediction": head / 1e9}
+    return out
+
+
+def main(argv):
+    from absl import flags
+    from pretrain.config import load_config
+    if len(argv) != 2 or argv[1] != "summary":
+        raise SystemExit("usage: python -m pretrain.models summary --config NAME")
+    cfg = load_config(flags.FLAGS.config)
+    print(json.dumps(summary(cfg), indent=2))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    flags.DEFINE_string("config", None, "config name or path")
+    flags.mark_flag_as_required("config")
+    app.run(main)
