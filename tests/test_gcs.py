@@ -295,3 +295,18 @@ def test_cli(emulator, bucket, tmp_path):
 
     usage = _cli(["upload"], env)
     assert usage.returncode != 0 and "upload needs --src --dst" in usage.stderr
+
+
+def test_tpu_fetch_script_downloads_the_export(emulator, bucket, tmp_path):
+    export = tmp_path / "run" / "export"
+    _write(str(export / "phase1" / "bert_config.json"), b'{"hidden_size": 64}')
+    _write(str(export / "phase1" / "bert_model.ckpt.data-00000-of-00001"), os.urandom(3000))
+    gcs.upload_dir(str(export), "gs://%s/runs/tiny/export" % bucket.name,
+                   state_dir=str(tmp_path / "state"))
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator, PROJECT="unused", BUCKET=bucket.name,
+               RUN_NAME="tiny", EXPORT_LOCAL=str(tmp_path / "got"), PYTHON=sys.executable)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(["bash", os.path.join(repo, "scripts", "tpu_fetch.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert _tree(str(tmp_path / "got")) == _tree(str(export))
