@@ -1,0 +1,176 @@
+"""From a document's tokens to masked-LM examples.
+
+- `Segmenter`: jieba word boundaries, from rjieba (jieba-rs) when it is
+  installed, else jieba; a user dictionary works with both.
+- `prepare_document`: token ids, the jieba word of each token, and sentence
+  ends (。！？；!?; and newlines, with closing quotes kept on the sentence).
+- `pack`: greedy packing of whole sentences into `[CLS] ... [SEP]` of at most
+  L tokens, as bert4keras's pretraining data does; a sentence longer than
+  L-2 is cut into pieces, never dropped.
+- `Masker`: Chinese whole-word masking as Google BERT's
+  create_pretraining_data does: words in random order until
+  round(15% of the tokens) are chosen (at most max_predictions), skipping a
+  word that would overshoot; then 80% [MASK], 10% a random non-special
+  token, 10% unchanged. It works on many sequences at once with NumPy.
+"""
+import re
+
+import numpy as np
+
+# A sentence ends after a run of these, plus any closing quotes/brackets.
+SENTENCE_END = re.compile("[。！？；!?;…\n]+[”’\"'」』）)》]*")
+
+
+class Segmenter(object):
+    """`cut(text) -> words` whose concatenation is `text`."""
+
+    def __init__(self, user_dict_text=None, backend="auto"):
+        if backend == "auto":
+            try:
+                import rjieba  # noqa: F401
+                backend = "rjieba"
+            except ImportError:
+                backend = "jieba"
+        self.backend = backend
+        entries = parse_user_dict(user_dict_text) if user_dict_text else []
+        if backend == "rjieba":
+            import rjieba
+            self._jieba = rjieba.Jieba()
+            for word, freq, tag in entries:
+                if freq is None:  # as jieba.load_userdict: a frequency that makes it a word
+                    freq = self._jieba.suggest_freq(word, True)
+                self._jieba.add_word(word, freq, tag)
+            self.cut = self._jieba.cut
+        elif backend == "jieba":
+            import jieba
+            jieba.setLogLevel(60)
+            self._jieba = jieba.Tokenizer()
+            self._jieba.initialize()
+            for word, freq, tag in entries:
+                self._jieba.add_word(word, freq, tag)
+            self.cut = self._jieba.lcut
+        else:
+            raise ValueError("unknown segmenter backend %r (auto, rjieba, jieba)" % backend)
+
+
+def parse_user_dict(text):
+    """jieba's user dictionary format: `word [freq] [tag]` per line."""
+    entries = []
+    for line in text.splitlines():
+        parts = line.strip().lstrip("\ufeff").split()
+        if not parts:
+            continue
+        freq = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        tag = parts[-1] if len(parts) > 1 and not parts[-1].isdigit() else None
+        entries.append((parts[0], freq, tag))
+    return entries
+
+
+def prepare_document(text, tokenizer, segmenter=None):
+    """(ids int32[n], word int32[n] or None, sentence ends int64[k]) of a document.
+
+    Word boundaries come from segmenting the tokenizer's normalized text, so
+    they share its coordinates; tokens of one word share a word number.
+    """
+    norm, ids, starts = tokenizer.encode_with_offsets(text)
+    words = None
+    if segmenter is not None and len(ids):
+        pieces = segmenter.cut(norm)
+        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
+        words = np.searchsorted(ends, starts, side="right").astype(np.int32)
+    breaks = [m.end() for m in SENTENCE_END.finditer(norm)]
+    sentence_ends = np.searchsorted(starts, np.array(breaks, np.int64))
+    return ids, words, np.append(sentence_ends, len(ids))
+
+
+def pack(sentence_ends, max_tokens):
+    """[(start, end)) token ranges: sentences packed greedily, long ones cut."""
+    out, start, prev = [], 0, 0
+    for end in sentence_ends.tolist():
+        if end <= prev:
+            continue
+        if end - start > max_tokens:
+            if prev > start:
+                out.append((start, prev))
+                start = prev
+            while end - start > max_tokens:
+                out.append((start, start + max_tokens))
+                start += max_tokens
+        prev = end
+    if prev > start:
+        out.append((start, prev))
+    return out
+
+
+class Masker(object):
+    """Masks batches of token ranges into padded example arrays."""
+
+    def __init__(self, tokenizer, seq_len, max_predictions, masked_lm_prob=0.15,
+                 whole_word_mask=True, mask_token_prob=0.8, random_token_prob=0.1):
+        self.seq_len, self.max_predictions = seq_len, max_predictions
+        self.prob = masked_lm_prob
+        self.whole_word = whole_word_mask
+        self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
+        self.cls_id, self.sep_id = tokenizer.cls_id, tokenizer.sep_id
+        self.mask_id, self.pad_id = tokenizer.mask_id, tokenizer.pad_id
+        self.random_ids = tokenizer.random_ids()
+
+    def mask(self, ranges, ids, words, rng):
+        """Examples for `ranges` [(start, end)) of the flat arrays `ids`/`words`.
+
+        Returns (input_ids [n, L], lengths [n], positions [n, P],
+        labels [n, P], counts [n]) as NumPy arrays; rows are padded.
+        """
+        L, P = self.seq_len, self.max_predictions
+        n = len(ranges)
+        bounds = np.array(ranges, np.int64).reshape(n, 2)
+        lens = bounds[:, 1] - bounds[:, 0]
+        offsets = np.cumsum(lens) - lens  # where each sequence starts in the flat batch
+        flat = np.repeat(bounds[:, 0] - offsets, lens) + np.arange(lens.sum())
+        tok = ids[flat]
+        seq_of = np.repeat(np.arange(n), lens)
+        new_group = np.ones(len(tok), bool)
+        if self.whole_word and words is not None:
+            w = words[flat]
+            new_group[1:] = (seq_of[1:] != seq_of[:-1]) | (w[1:] != w[:-1])
+        g_start = np.flatnonzero(new_group)
+        g_len = np.diff(np.append(g_start, len(tok)))
+        g_seq = seq_of[g_start]
+        order = np.lexsort((rng.random(len(g_start)), g_seq))  # random word order per sequence
+        g_start_o, g_len_o = g_start[order].tolist(), g_len[order].tolist()
+        first = np.searchsorted(g_seq[order], np.arange(n + 1)).tolist()
+        budgets = np.minimum(P, np.maximum(1, np.round(lens * self.prob))).astype(int).tolist()
+        chosen = []
+        for s in range(n):
+            budget, covered = budgets[s], 0
+            for j in range(first[s], first[s + 1]):
+                if covered >= budget:
+                    break
+                size = g_len_o[j]
+                if covered + size > budget:
+                    continue
+                covered += size
+                chosen.extend(range(g_start_o[j], g_start_o[j] + size))
+        chosen = np.sort(np.array(chosen, np.int64))
+        labels = tok[chosen]
+        replaced = tok.copy()
+        r = rng.random(len(chosen))
+        to_mask = r < self.mask_token_prob
+        to_random = (r >= self.mask_token_prob) & (r < self.mask_token_prob + self.random_token_prob)
+        replaced[chosen[to_mask]] = self.mask_id
+        replaced[chosen[to_random]] = self.random_ids[
+            rng.integers(0, len(self.random_ids), int(to_random.sum()))]
+
+        input_ids = np.full((n, L), self.pad_id, np.int32)
+        input_ids[:, 0] = self.cls_id
+        col = np.arange(len(tok)) - np.repeat(offsets, lens) + 1  # position after [CLS]
+        input_ids[seq_of, col] = replaced
+        input_ids[np.arange(n), lens + 1] = self.sep_id
+        chosen_seq = seq_of[chosen]
+        counts = np.bincount(chosen_seq, minlength=n)
+        rank = np.arange(len(chosen)) - np.repeat(np.cumsum(counts) - counts, counts)
+        positions = np.zeros((n, P), np.int32)
+        label_arr = np.zeros((n, P), np.int32)
+        positions[chosen_seq, rank] = col[chosen]
+        label_arr[chosen_seq, rank] = labels
+        return input_ids, lens + 2, positions, label_arr, counts

@@ -1,0 +1,551 @@
+"""Raw corpus -> whole-word-masked MLM TFRecords at several lengths (the CLI).
+
+    python -m pretrain.preprocess --config roberta_tiny --input 'corpus/**/*.json' \\
+        --output records/ --seq_lens 128,512 --dupe_factor 10 --workers 8 --seed 12345
+    python -m pretrain.preprocess vocab --config t5s_tiny --input 'corpus/*.txt' --output vocab_dir/
+
+The corpus is cut into chunks at document boundaries (corpus.plan_chunks);
+each chunk is read, tokenized and segmented once, then packed and masked for
+every length and each of the `dupe_factor` copies, and written as its own
+shard per length (`seq{L}/part-{chunk}-of-{n}`), plus a shard of held-out
+documents (`seq{L}/eval-...`). Chunks run in N worker processes. Every random
+choice is seeded by (seed, chunk, length, copy), so the output is
+byte-identical whatever the worker count.
+
+Resume: shards are written under a temporary name and renamed, then a chunk's
+marker (`OUTPUT/.preprocess/chunk-*.json`, holding its counts) is written.
+Re-running the same command skips chunks with a marker and redoes the rest.
+The manifests (`seq{L}/manifest.json`) are written last, from the markers.
+
+Import `run` (and `run_vocab`) to preprocess from Python; the flags are
+defined only when this module runs as a program.
+"""
+import collections
+import hashlib
+import json
+import multiprocessing
+import os
+import queue
+import sys
+import time
+import zlib
+
+import numpy as np
+
+from pretrain import corpus, masking, records, tokenization
+
+STATE_DIR = ".preprocess"
+BATCH = 4096  # sequences masked at once (bounds memory)
+MAX_REPORTED = 10  # bad-input lines reported per chunk (all are counted)
+
+
+class PreprocessError(RuntimeError):
+    """The input cannot make a usable data set (empty, too much bad input, ...)."""
+
+
+# ---------------------------------------------------------------- worker side
+
+_STATE = {}
+
+
+def _init_worker(job, progress_queue):
+    """Builds the tokenizer, segmenter and maskers once per process."""
+    tok = tokenization.make_tokenizer(job["tokenizer"])
+    seg = None
+    if job["mode"] == "records" and job["whole_word_mask"]:
+        seg = masking.Segmenter(job["user_dict_text"], job["segmenter"])
+    _STATE.update(job=job, tok=tok, seg=seg, queue=progress_queue, maskers={}, encoders={})
+    if job["mode"] == "records":
+        for L, P in job["lengths"]:
+            _STATE["maskers"][L] = masking.Masker(
+                tok, L, P, job["masked_lm_prob"], job["whole_word_mask"],
+                job["mask_token_prob"], job["random_token_prob"])
+            _STATE["encoders"][L] = records.ExampleEncoder(L, P, tok.vocab_size, tok.pad_id)
+
+
+def _report(nbytes, docs):
+    if _STATE["queue"] is not None:
+        _STATE["queue"].put((nbytes, docs))
+    elif _STATE.get("bar") is not None:
+        _STATE["bar"](nbytes, docs)
+
+
+def _shard_paths(job, chunk_index, L):
+    base = records.seq_dir(job["output"], L)
+    n = job["n_chunks"]
+    return {split: corpus.join(base, records.shard_name(split, chunk_index, n, job["compress"]))
+            for split in ("train", "eval")}
+
+
+def _marker_path(output, chunk_index):
+    return corpus.join(output, STATE_DIR, "chunk-%05d.json" % chunk_index)
+
+
+def _is_eval(text, job):
+    # Hash of the text: the split does not depend on chunking or order.
+    if not job["eval_fraction"]:
+        return False
+    h = zlib.crc32(text.encode("utf-8"), job["seed"] & 0xFFFFFFFF)
+    return h < job["eval_fraction"] * 2 ** 32
+
+
+def _read_chunk(chunk, where, items, lines, stats):
+    """Tokenize a chunk: per split, flat ids/words and per-length ranges."""
+    job, tok, seg = _STATE["job"], _STATE["tok"], _STATE["seg"]
+    splits = {s: {"ids": [], "words": [], "n": 0, "ranges": {L: [] for L, _ in job["lengths"]}}
+              for s in ("train", "eval")}
+    counts = np.zeros(tok.vocab_size, np.int64) if job["mode"] == "count" else None
+    last_pos, docs_since = lines.pos, 0
+    for item in items:
+        if isinstance(item, corpus.Bad):
+            _skip(stats, item.reason, where, item.where)
+            continue
+        ids, words, ends = masking.prepare_document(item.text, tok, seg)
+        if not len(ids):
+            _skip(stats, "empty_document", where, item.where)
+            continue
+        stats["tokens"] += len(ids)
+        stats["unk_tokens"] += int((ids == tok.unk_id).sum())
+        docs_since += 1
+        if counts is not None:
+            counts += np.bincount(ids, minlength=tok.vocab_size)
+            stats["docs"] += 1
+        else:
+            split = "eval" if _is_eval(item.text, job) else "train"
+            stats["eval_docs" if split == "eval" else "docs"] += 1
+            part = splits[split]
+            part["ids"].append(ids)
+            if words is not None:
+                part["words"].append(words + (part["words"][-1][-1] + 1 if part["words"] else 0))
+            for L, _ in job["lengths"]:
+                part["ranges"][L].extend((a + part["n"], b + part["n"]) for a, b in
+                                         masking.pack(ends, L - 2))
+            part["n"] += len(ids)
+        if docs_since >= 64:
+            _report(lines.pos - last_pos, docs_since)
+            last_pos, docs_since = lines.pos, 0
+    _report(min(lines.pos, chunk.end) - last_pos, docs_since)
+    return splits, counts
+
+
+def _skip(stats, reason, where, line):
+    stats["skipped"][reason] = stats["skipped"].get(reason, 0) + 1
+    if len(stats["bad_lines"]) < MAX_REPORTED:
+        stats["bad_lines"].append("%s: %s" % (where(line), reason))
+
+
+def _write_chunk(chunk, splits, stats):
+    job = _STATE["job"]
+    writers = []
+    try:
+        for L, _ in job["lengths"]:
+            paths = _shard_paths(job, chunk.index, L)
+            masker, encoder = _STATE["maskers"][L], _STATE["encoders"][L]
+            for split_flag, split in enumerate(("train", "eval")):
+                part = splits[split]
+                writer = records.ShardWriter(paths[split], job["compress"])
+                writers.append(writer)
+                ids = np.concatenate(part["ids"]) if part["ids"] else np.zeros(0, np.int32)
+                words = np.concatenate(part["words"]) if part["words"] else None
+                ranges = part["ranges"][L]
+                masked = 0
+                for copy in range(job["dupe_factor"] if split == "train" else 1):
+                    rng = np.random.default_rng([job["seed"], chunk.index, L, copy, split_flag])
+                    order = rng.permutation(len(ranges)).tolist()
+                    for b in range(0, len(order), BATCH):
+                        batch = [ranges[k] for k in order[b:b + BATCH]]
+                        arrays = masker.mask(batch, ids, words, rng)
+                        masked += int(arrays[4].sum())
+                        for row in zip(*[a.tolist() for a in arrays]):
+                            writer.write(encoder.encode_padded(*row))
+                stats["lengths"][str(L)][split] = {"name": os.path.basename(paths[split]),
+                                                   "count": writer.count, "masked": masked}
+        for writer in writers:
+            writer.commit()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+
+
+def _process_task(chunks):
+    """One task: read, tokenize, mask and write each chunk; returns their stats."""
+    job = _STATE["job"]
+    results = []
+    for chunk, where, items, lines in corpus.read_task(chunks, job["text_fields"]):
+        marker = _marker_path(job["output"], chunk.index)
+        if job["mode"] == "records" and chunk.index in job["done"]:
+            for _ in items:  # a compressed file is read in order: skip through it
+                pass
+            _report(chunk.end - chunk.start, 0)
+            continue
+        stats = {"chunk": chunk.index, "path": chunk.path, "start": chunk.start,
+                 "end": chunk.end, "docs": 0, "eval_docs": 0, "tokens": 0,
+                 "unk_tokens": 0, "skipped": {}, "bad_lines": [],
+                 "lengths": {str(L): {} for L, _ in job["lengths"]}}
+        splits, counts = _read_chunk(chunk, where, items, lines, stats)
+        if job["mode"] == "count":
+            stats["counts"] = counts
+        else:
+            _write_chunk(chunk, splits, stats)
+            with corpus.open_file(marker + ".tmp", "w") as f:
+                json.dump(stats, f, sort_keys=True)
+            corpus.rename(marker + ".tmp", marker)
+        results.append(stats)
+    return results
+
+
+# ---------------------------------------------------------------- driver side
+
+def _run_tasks(job, tasks, workers, total_bytes, progress):
+    """Run tasks in `workers` processes (or in this one); yields chunk stats."""
+    from tqdm import tqdm
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+               disable=not progress, smoothing=0.1, mininterval=1.0)
+    t0, docs = time.time(), [0]
+
+    def advance(nbytes, ndocs):
+        docs[0] += ndocs
+        bar.update(nbytes)
+        bar.set_postfix_str("%.0f docs/s" % (docs[0] / max(time.time() - t0, 1e-6)),
+                            refresh=False)
+
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(job, None)
+        _STATE["bar"] = advance
+        try:
+            for task in tasks:
+                for stats in _process_task(task):
+                    yield stats
+        finally:
+            _STATE.clear()
+            bar.close()
+        return
+    # spawn: fresh interpreters that never import TensorFlow (see records.py)
+    ctx = multiprocessing.get_context("spawn")
+    progress_queue = ctx.Queue()
+    pool = ctx.Pool(min(workers, len(tasks)), _init_worker, (job, progress_queue))
+    try:
+        results = pool.imap_unordered(_process_task, tasks)
+        pending = len(tasks)
+        while pending:
+            try:
+                batch = results.next(timeout=0.5)
+            except multiprocessing.TimeoutError:
+                batch = None
+            while True:
+                try:
+                    advance(*progress_queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch is not None:
+                pending -= 1
+                for stats in batch:
+                    yield stats
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+        bar.close()
+
+
+def _job(cfg, inputs, output_dir, mode, **kw):
+    from pretrain.config import max_predictions_for
+    data = cfg["data"]
+    vocab = tokenization.load_vocab(cfg)
+    files = corpus.expand_inputs(inputs)
+    seq_lens = kw.get("seq_lens") or data["seq_lens"]
+    text_field = kw.get("text_field")
+    user_dict = kw.get("user_dict", data["user_dict"])
+    job = {
+        "mode": mode,
+        "output": output_dir,
+        "tokenizer": tokenization.tokenizer_spec(cfg, vocab),
+        "lengths": [(int(L), max_predictions_for(cfg, int(L))) for L in seq_lens],
+        "dupe_factor": int(kw.get("dupe_factor") or data["dupe_factor"]),
+        "seed": int(kw.get("seed", 12345)),
+        "eval_fraction": float(data["validation_fraction"] if kw.get("eval_fraction") is None
+                               else kw["eval_fraction"]),
+        "masked_lm_prob": data["masked_lm_prob"],
+        "whole_word_mask": data["whole_word_mask"],
+        "mask_token_prob": data["mask_token_prob"],
+        "random_token_prob": data["random_token_prob"],
+        "segmenter": kw.get("segmenter", "auto"),
+        "user_dict_text": corpus.open_text(user_dict) if user_dict else None,
+        "compress": bool(kw.get("compress", True)),
+        "text_fields": text_field.split(",") if isinstance(text_field, str) else text_field,
+        "done": set(),
+    }
+    if job["segmenter"] == "auto" and job["whole_word_mask"]:
+        job["segmenter"] = masking.Segmenter(backend="auto").backend  # fixed for the whole run
+    return job, vocab, files
+
+
+def _settings(job, files, shard_mb, input_format):
+    """What the output depends on; a resume must match it exactly."""
+    keep = ("lengths", "dupe_factor", "seed", "eval_fraction", "masked_lm_prob",
+            "whole_word_mask", "mask_token_prob", "random_token_prob", "segmenter",
+            "compress", "text_fields")
+    out = {k: job[k] for k in keep}
+    out["lengths"] = [list(x) for x in job["lengths"]]
+    out["tokenizer_sha256"] = hashlib.sha256(
+        json.dumps(job["tokenizer"], sort_keys=True, default=lambda b: b.hex()).encode()).hexdigest()
+    out["user_dict_sha256"] = (hashlib.sha256(job["user_dict_text"].encode()).hexdigest()
+                               if job["user_dict_text"] else None)
+    out["shard_mb"] = shard_mb
+    out["input_format"] = input_format
+    out["sources"] = [{"path": f, "bytes": corpus.file_size(f)} for f in files]
+    return out
+
+
+def _check_bad(totals, max_bad_fraction, bad_lines, final):
+    bad = sum(totals["skipped"].values())
+    seen = bad + totals["docs"] + totals["eval_docs"]
+    if seen and (final or seen >= 10000) and bad > max_bad_fraction * seen:
+        raise PreprocessError(
+            "%d of %d input records (%.1f%%) are bad, more than --max_bad_fraction=%g: %s.\n"
+            "First ones:\n  %s" % (bad, seen, 100.0 * bad / seen, max_bad_fraction,
+                                   ", ".join("%s %d" % kv for kv in sorted(totals["skipped"].items())),
+                                   "\n  ".join(bad_lines[:20])))
+
+
+def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, seed=12345,
+        text_field=None, input_format="auto", max_bad_fraction=0.05, user_dict=None,
+        eval_fraction=None, compress=True, shard_mb=8.0, segmenter="auto", progress=True):
+    """Preprocess `inputs` (globs/dirs/files, list or comma-separated) into
+    `output_dir` for config `cfg` (a dict from config.load_config).
+
+    None means "from the config": seq_lens (data.seq_lens), dupe_factor
+    (data.dupe_factor), eval_fraction (data.validation_fraction), user_dict
+    (data.user_dict). Returns the summary dict (also logged). Raises
+    PreprocessError on an empty corpus or too much bad input, ValueError on a
+    vocab without the special tokens.
+    """
+    from absl import logging
+    job, vocab, files = _job(cfg, inputs, output_dir, "records", seq_lens=seq_lens,
+                             dupe_factor=dupe_factor, seed=seed, text_field=text_field,
+                             user_dict=user_dict, eval_fraction=eval_fraction,
+                             compress=compress, segmenter=segmenter)
+    tasks = corpus.plan_chunks(files, int(shard_mb * (1 << 20)), input_format)
+    chunks = [c for task in tasks for c in task]
+    job["n_chunks"] = len(chunks)
+    settings = _settings(job, files, shard_mb, input_format)
+
+    state = corpus.join(output_dir, STATE_DIR)
+    corpus.makedirs(state)
+    for L, _ in job["lengths"]:
+        corpus.makedirs(records.seq_dir(output_dir, L))
+    settings_path = corpus.join(state, "settings.json")
+    if corpus.exists(settings_path):
+        with corpus.open_file(settings_path) as f:
+            old = json.load(f)
+        if old != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise PreprocessError(
+                "%s holds records made with other settings (%s differ); use a new --output or "
+                "delete it" % (output_dir, ", ".join(changed)))
+    else:
+        with corpus.open_file(settings_path, "w") as f:
+            json.dump(settings, f, indent=1, sort_keys=True)
+
+    done = {}
+    for c in chunks:
+        marker = _marker_path(output_dir, c.index)
+        if corpus.exists(marker):
+            with corpus.open_file(marker) as f:
+                stats = json.load(f)
+            names = [s["name"] for per in stats["lengths"].values() for s in per.values()]
+            if all(corpus.exists(corpus.join(records.seq_dir(output_dir, int(L)), s["name"]))
+                   for L, per in stats["lengths"].items() for s in per.values()) and names:
+                done[c.index] = stats
+    job["done"] = set(done)
+    todo = [t for t in tasks if any(c.index not in done for c in t)]
+    logging.info("preprocess: %d files, %d chunks (%d already done), %d workers, lengths %s, "
+                 "dupe_factor %d, segmenter %s", len(files), len(chunks), len(done), workers,
+                 [L for L, _ in job["lengths"]], job["dupe_factor"], job["segmenter"])
+
+    t0, cpu0 = time.time(), _cpu_seconds()
+    all_stats = dict(done)
+    totals = {"docs": 0, "eval_docs": 0, "skipped": collections.Counter()}
+    bad_lines = []
+    for stats in done.values():
+        _add(totals, stats)
+    total_bytes = sum(c.end - c.start for t in todo for c in t)
+    for stats in _run_tasks(job, todo, workers, total_bytes, progress):
+        all_stats[stats["chunk"]] = stats
+        _add(totals, stats)
+        for line in stats["bad_lines"]:
+            logging.warning("bad input %s", line)
+        bad_lines.extend(stats["bad_lines"])
+        _check_bad(totals, max_bad_fraction, bad_lines, final=False)
+    _check_bad(totals, max_bad_fraction, bad_lines, final=True)
+    if totals["docs"] == 0:
+        raise PreprocessError("no documents in %s (%d files; skipped: %s)" % (
+            inputs, len(files), dict(totals["skipped"]) or "none"))
+
+    summary = _write_manifests(job, vocab, settings, [all_stats[c.index] for c in chunks])
+    summary["seconds"] = round(time.time() - t0, 2)
+    summary["cpu_seconds"] = round(_cpu_seconds() - cpu0, 2)
+    logging.info("preprocess summary: %s", json.dumps(summary, ensure_ascii=False))
+    return summary
+
+
+def _cpu_seconds():
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _add(totals, stats):
+    totals["docs"] += stats["docs"]
+    totals["eval_docs"] += stats["eval_docs"]
+    totals["skipped"].update(stats["skipped"])
+
+
+def _write_manifests(job, vocab, settings, chunk_stats):
+    tokens = sum(s["tokens"] for s in chunk_stats)
+    unk = sum(s["unk_tokens"] for s in chunk_stats)
+    skipped = collections.Counter()
+    for s in chunk_stats:
+        skipped.update(s["skipped"])
+    summary = {
+        "output": job["output"],
+        "docs": sum(s["docs"] for s in chunk_stats),
+        "eval_docs": sum(s["eval_docs"] for s in chunk_stats),
+        "tokens": tokens,
+        "unk_rate": round(unk / max(tokens, 1), 6),
+        "skipped": dict(sorted(skipped.items())),
+        "lengths": {},
+    }
+    for L, P in job["lengths"]:
+        per_split = {}
+        for split in ("train", "eval"):
+            shards = [{"name": s["lengths"][str(L)][split]["name"],
+                       "count": s["lengths"][str(L)][split]["count"]} for s in chunk_stats]
+            masked = sum(s["lengths"][str(L)][split]["masked"] for s in chunk_stats)
+            per_split[split] = {"examples": sum(x["count"] for x in shards),
+                                "masked_tokens": masked, "shards": shards}
+        manifest = {
+            "format": records.FORMAT, "format_version": records.FORMAT_VERSION,
+            "seq_len": L, "max_predictions": P,
+            "compression": "gzip" if job["compress"] else "none",
+            "vocab": {"sha256": vocab.sha256, "size": len(vocab), "source": vocab.source_path},
+            "masking": {k: settings[k] for k in (
+                "masked_lm_prob", "whole_word_mask", "mask_token_prob", "random_token_prob",
+                "segmenter", "user_dict_sha256")},
+            "dupe_factor": job["dupe_factor"], "seed": job["seed"],
+            "eval_fraction": job["eval_fraction"], "sources": settings["sources"],
+            "docs": summary["docs"], "eval_docs": summary["eval_docs"],
+            "tokens": tokens, "unk_tokens": unk, "skipped": summary["skipped"],
+            "train": per_split["train"], "eval": per_split["eval"],
+        }
+        records.write_manifest(job["output"], L, manifest)
+        summary["lengths"][L] = {
+            split: {"sequences": per_split[split]["examples"],
+                    "masked_tokens": per_split[split]["masked_tokens"]}
+            for split in ("train", "eval")}
+    return summary
+
+
+def run_vocab(cfg, inputs, output_dir, workers=1, min_count=1, text_field=None,
+              input_format="auto", shard_mb=8.0, progress=True):
+    """Shrink the config's BERT vocab to the tokens `inputs` use.
+
+    Writes OUTPUT/vocab.txt, OUTPUT/keep_tokens.json (indices into the config's
+    vocab file: set it as tokenizer.keep_tokens) and OUTPUT/token_counts.json.
+    """
+    from absl import logging
+    if cfg["tokenizer"]["keep_tokens"] or cfg["tokenizer"]["simplified"]:
+        raise PreprocessError("the vocab command shrinks a full vocab: use a config without "
+                              "tokenizer.keep_tokens/simplified")
+    job, vocab, files = _job(cfg, inputs, output_dir, "count", text_field=text_field,
+                             seq_lens=cfg["data"]["seq_lens"][:1])
+    tasks = corpus.plan_chunks(files, int(shard_mb * (1 << 20)), input_format)
+    job["n_chunks"] = sum(len(t) for t in tasks)
+    counts = np.zeros(len(vocab), np.int64)
+    docs = 0
+    for stats in _run_tasks(job, tasks, workers, sum(c.end - c.start for t in tasks for c in t),
+                            progress):
+        counts += stats["counts"]
+        docs += stats["docs"]
+    if docs == 0:
+        raise PreprocessError("no documents in %s" % (inputs,))
+    keep = tokenization.shrink_vocab(vocab.tokens, counts, min_count,
+                                     cfg["tokenizer"]["startswith"])
+    corpus.makedirs(output_dir)
+    tokenization.Vocab([vocab.tokens[i] for i in keep], keep, vocab.source_path).write(
+        corpus.join(output_dir, "vocab.txt"))
+    with corpus.open_file(corpus.join(output_dir, "keep_tokens.json"), "w") as f:
+        json.dump(keep, f)
+    with corpus.open_file(corpus.join(output_dir, "token_counts.json"), "w") as f:
+        json.dump({vocab.tokens[i]: int(counts[i]) for i in keep}, f, ensure_ascii=False)
+    summary = {"docs": docs, "tokens": int(counts.sum()), "vocab_size": len(keep),
+               "from_vocab_size": len(vocab), "output": output_dir}
+    logging.info("vocab summary: %s", json.dumps(summary))
+    return summary
+
+
+# ---------------------------------------------------------------- CLI
+
+def _define_flags():
+    from absl import flags
+    flags.DEFINE_string("config", None, "Model config: a name in configs/ or a path.")
+    flags.DEFINE_list("input", None, "Corpus files, globs (** works) or dirs; local or gs://.")
+    flags.DEFINE_string("output", None, "Output dir (records) or vocab dir (`vocab`).")
+    flags.DEFINE_list("seq_lens", None, "Sequence lengths, e.g. 128,512 (default: config).")
+    flags.DEFINE_integer("dupe_factor", None, "Masked copies of the training data "
+                         "(default: config data.dupe_factor).")
+    flags.DEFINE_integer("workers", os.cpu_count(), "Worker processes.")
+    flags.DEFINE_integer("seed", 12345, "Seed of all random choices.")
+    flags.DEFINE_string("text_field", None, "JSON field(s) with the text, comma-separated "
+                        "(default: auto-detect the nlp_chinese_corpus layouts).")
+    flags.DEFINE_enum("input_format", "auto", ("auto",) + corpus.FORMATS,
+                      "jsonl, lines (a document per line), paragraphs (blank-line separated).")
+    flags.DEFINE_float("max_bad_fraction", 0.05, "Abort when more than this fraction of "
+                       "input records is bad (malformed JSON, bad UTF-8, no text, empty).")
+    flags.DEFINE_string("user_dict", None, "jieba user dictionary (default: config "
+                        "data.user_dict).")
+    flags.DEFINE_float("eval_fraction", None, "Fraction of documents held out for eval "
+                       "(default: config data.validation_fraction).")
+    flags.DEFINE_bool("compress", True, "Write .tfrecord.gz (GZIP) shards.")
+    flags.DEFINE_float("shard_mb", 8.0, "Raw corpus MB per chunk (one shard per chunk and length).")
+    flags.DEFINE_enum("segmenter", "auto", ["auto", "rjieba", "jieba"],
+                      "Word segmenter for whole-word masking (auto: rjieba if installed).")
+    flags.DEFINE_integer("min_count", 1, "`vocab`: keep tokens seen at least this often.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    for name in ("config", "input", "output"):
+        flags.mark_flag_as_required(name)
+
+
+def main(argv):
+    from absl import flags
+    from pretrain.config import load_config
+    FLAGS = flags.FLAGS
+    if len(argv) > 2 or (len(argv) == 2 and argv[1] != "vocab"):
+        raise SystemExit("usage: python -m pretrain.preprocess [vocab] --config ... --input ... "
+                         "--output ...; unexpected arguments: %s" % " ".join(argv[1:]))
+    cfg = load_config(FLAGS.config)
+    common = dict(workers=FLAGS.workers, text_field=FLAGS.text_field,
+                  input_format=FLAGS.input_format, shard_mb=FLAGS.shard_mb,
+                  progress=FLAGS.progress)
+    try:
+        if len(argv) == 2:
+            summary = run_vocab(cfg, FLAGS.input, FLAGS.output, min_count=FLAGS.min_count,
+                                **common)
+        else:
+            summary = run(cfg, FLAGS.input, FLAGS.output,
+                          seq_lens=[int(x) for x in FLAGS.seq_lens or []] or None,
+                          dupe_factor=FLAGS.dupe_factor, seed=FLAGS.seed,
+                          max_bad_fraction=FLAGS.max_bad_fraction, user_dict=FLAGS.user_dict,
+                          eval_fraction=FLAGS.eval_fraction, compress=FLAGS.compress,
+                          segmenter=FLAGS.segmenter, **common)
+    except (PreprocessError, ValueError, FileNotFoundError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app
+    _define_flags()
+    app.run(main)
