@@ -1,4 +1,4 @@
-"""Move records and exports between a local folder and Cloud Storage; check a bucket before a TPU run.
+"""Move records and exports between a local folder and Cloud Storage; check a bucket first.
 
 The trainer reads and writes gs:// itself through tf.io.gfile. This module is
 the google-cloud-storage side of the work around a run:
@@ -102,7 +102,7 @@ _NO_CREDENTIALS = (
     "service account is used: create the VM with the cloud-platform scope.")
 
 
-def explain(exc, bucket, doing):
+def _explain(exc, bucket, doing):
     """Turn a client exception into a GcsError that says what failed, where, and what to do."""
     where = "gs://%s" % bucket
     if isinstance(exc, GcsError):
@@ -146,7 +146,7 @@ def _list_objects(client, bucket, prefix):
     try:
         blobs = list(client.list_blobs(bucket, prefix=start or None))
     except Exception as e:
-        raise explain(e, bucket, "listing gs://%s/%s" % (bucket, start)) or e
+        raise _explain(e, bucket, "listing gs://%s/%s" % (bucket, start)) or e
     return {b.name[len(start):]: b for b in blobs if not b.name.endswith("/")}
 
 
@@ -315,7 +315,7 @@ def upload_file(bucket, path, name, chunk_size=DEFAULT_CHUNK_SIZE, state_dir=Non
             try:
                 url = blob.create_resumable_upload_session(size=size, timeout=_TIMEOUT)
             except Exception as e:
-                raise explain(e, bucket.name, "starting the upload of %s" % uri) or e
+                raise _explain(e, bucket.name, "starting the upload of %s" % uri) or e
             if size > chunk_size:  # only multi-chunk files are worth resuming
                 _save_session(state, identity, url)
             try:
@@ -437,7 +437,7 @@ def download_dir(src, dst, workers=8, client=None, progress=None):
         try:
             download_blob(blob, local, progress)
         except Exception as e:
-            raise explain(e, bucket_name, "downloading %s" % blob.name) or e
+            raise _explain(e, bucket_name, "downloading %s" % blob.name) or e
         logging.info("downloaded %s (%.1f MB)", rel, blob.size / 1e6)
         return True, blob.size, 0
 
@@ -466,7 +466,7 @@ def preflight(path, client=None):
         try:
             return call()
         except Exception as e:
-            raise explain(e, bucket_name, "%s gs://%s/%s" % (doing, bucket_name, name)) or e
+            raise _explain(e, bucket_name, "%s gs://%s/%s" % (doing, bucket_name, name)) or e
 
     step("writing a probe object", lambda: blob.upload_from_string(payload, retry=None, timeout=30))
     got = step("reading it back", lambda: blob.download_as_bytes(retry=None, timeout=30))

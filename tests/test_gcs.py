@@ -310,3 +310,32 @@ def test_tpu_fetch_script_downloads_the_export(emulator, bucket, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert _tree(str(tmp_path / "got")) == _tree(str(export))
+
+
+_KILL_AFTER_CHUNKS = """
+import os, signal, sys
+from pretrain import gcs
+chunks = []
+def progress(name, nbytes):
+    chunks.append(nbytes)
+    if len(chunks) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # no exception, no cleanup: the process is gone
+gcs.upload_dir(sys.argv[1], sys.argv[2], workers=1, chunk_size=gcs.CHUNK_QUANTUM,
+               state_dir=sys.argv[3], progress=progress)
+"""
+
+
+def test_upload_killed_mid_file_resumes_in_a_new_process(emulator, bucket, tmp_path):
+    src = tmp_path / "src"
+    data = os.urandom(5 * CHUNK + 1)
+    _write(str(src / "part.bin"), data)
+    dst, state = "gs://%s/r" % bucket.name, str(tmp_path / "state")
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator)
+    killed = subprocess.run([sys.executable, "-c", _KILL_AFTER_CHUNKS, str(src), dst, state],
+                            env=env, capture_output=True, timeout=60)
+    assert killed.returncode == -9
+    assert not bucket.blob("r/part.bin").exists()
+
+    summary = gcs.upload_dir(str(src), dst, chunk_size=CHUNK, state_dir=state)
+    assert summary.resumed_bytes == 2 * CHUNK
+    assert bucket.blob("r/part.bin").download_as_bytes() == data
