@@ -235,7 +235,7 @@ class WordPieceTokenizer(object):
         character run begins (all WordPiece pieces of a run share it).
         """
         norm = normalize(text, self.do_lower_case)
-        codes = np.frombuffer(norm.encode("utf-32-le"), np.uint32)
+        codes = np.frombuffer(norm.encode("utf-32-le", "surrogatepass"), np.uint32)
         classes = self._classes[codes]
         positions = None
         if (classes == DROP).any():
@@ -256,7 +256,7 @@ class WordPieceTokenizer(object):
             pieces, counts = [], np.ones(len(starts), np.int64)
             slots = np.searchsorted(starts, run_starts)
             for slot, s, e in zip(slots.tolist(), run_starts.tolist(), run_ends.tolist()):
-                piece_ids = self._word_piece(codes[s:e].tobytes().decode("utf-32-le"))
+                piece_ids = self._word_piece(codes[s:e].tobytes().decode("utf-32-le", "surrogatepass"))
                 pieces.append(piece_ids)
                 counts[slot] = len(piece_ids)
             if (counts != 1).any():
