@@ -45,7 +45,8 @@ SHUFFLE_PAIRS = 10000  # pairs held in the streaming shuffle buffer
 class GroupStats(object):
     """What the reader saw; `broken` and `bad` hold "file:line" locations."""
 
-    def __init__(self):
+    def __init__(self, verbose=True):
+        self.verbose = verbose  # log each problem as it is found
         self.groups = 0
         self.too_small = 0
         self.broken = []  # records joined from several physical lines
@@ -86,8 +87,9 @@ def _records(path, stats):
             else:
                 where = "%s:%d-%d" % (path, start, lineno)
                 stats.broken.append(where)
-                logging.warning("%s: record broken across %d lines; joined", where,
-                                lineno - start + 1)
+                if stats.verbose:
+                        logging.warning("%s: record broken across %d lines; joined", where,
+                                    lineno - start + 1)
                 yield where, obj
                 pending = None
                 continue
@@ -110,7 +112,8 @@ def _records(path, stats):
 
 def _bad(stats, where, why):
     stats.bad.append(where)
-    logging.warning("%s: %s; skipped", where, why)
+    if stats.verbose:
+        logging.warning("%s: %s; skipped", where, why)
 
 
 def read_groups(path, stats=None):
@@ -202,12 +205,13 @@ def _seq_len(cfg, seq_len):
 def _pair_texts(cfg, path, split, seed, repeat, shuffle, shard):
     """Stream of sentence pairs (endless if `repeat`), the same for the same seed.
 
-    One pair per group per epoch. The shuffle is a streaming buffer of
-    SHUFFLE_PAIRS pairs (or one epoch's worth, if smaller) that carries over
-    epochs. `shard=(n, i)` keeps every n-th pair from the i-th on.
+    One pair per group per epoch. The shuffle buffer holds SHUFFLE_PAIRS pairs
+    and carries over epochs; a split that fits in it is shuffled epoch by epoch
+    (so a small file never puts one group twice in a batch). `shard=(n, i)`
+    keeps every n-th pair from the i-th on.
     """
     rng = np.random.RandomState(seed)
-    buffer, limit, counter = [], SHUFFLE_PAIRS, [0]
+    buffer, counter = [], [0]
 
     def emit(pairs):
         for pair in pairs:
@@ -223,28 +227,25 @@ def _pair_texts(cfg, path, split, seed, repeat, shuffle, shard):
 
     epoch = 0
     while True:
-        stats = GroupStats()
+        stats = GroupStats(verbose=epoch == 0)
         seen = 0
         for group in split_groups(path, split, cfg["data"]["validation_fraction"], stats):
             seen += 1
             i, j = rng.choice(len(group.sentences), 2, replace=False)
-            pair = (group.sentences[i], group.sentences[j])
+            buffer.append((group.sentences[i], group.sentences[j]))
             if not shuffle:
-                yield from emit([pair])
-                continue
-            buffer.append(pair)
-            if len(buffer) >= limit:
-                yield from emit(drain(limit - 1))
+                yield from emit([buffer.pop()])
+            elif len(buffer) >= SHUFFLE_PAIRS:
+                yield from emit(drain(SHUFFLE_PAIRS - 1))
         if seen == 0:
             raise ValueError("%s has no usable groups in split %r (validation_fraction="
                              "%s)" % (path, split, cfg["data"]["validation_fraction"]))
         if epoch == 0:
             logging.info("simbert %s split: %s", split, stats.summary(path))
-            limit = min(limit, seen)
-            yield from emit(drain(limit - 1))
         epoch += 1
-        if not repeat:
+        if seen < SHUFFLE_PAIRS or not repeat:
             yield from emit(drain(0))
+        if not repeat:
             return
 
 

@@ -1,0 +1,256 @@
+"""SimBERT: group reader, pair batches, losses against NumPy, a tiny model that overfits, eval."""
+import collections
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pretrain import simbert
+from pretrain.config import bert4keras_config, load_config
+from tests.conftest import shared_path
+
+MAXLEN = 32
+
+
+def tiny_cfg(maxlen=MAXLEN):
+    """simbert_tiny's data and vocab with a 2-layer, 64-wide model."""
+    cfg = load_config("simbert_tiny", smoke=True)
+    cfg["model"].update(hidden_size=64, embedding_size=None, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=128,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg["data"]["maxlen"] = maxlen
+    cfg["train"]["phases"][0]["seq_len"] = 2 * maxlen
+    return cfg
+
+
+def tiny_model(cfg, seed=0):
+    tf.keras.utils.set_random_seed(seed)
+    return simbert.build_unilm(bert4keras_config(cfg))
+
+
+def _bundle(model):
+    return collections.namedtuple("Bundle", "encoder")(model)
+
+
+# ---------------------------------------------------------------- reader
+
+
+def test_reader_joins_the_four_wrapped_records_of_the_upstream_sample():
+    path = shared_path("similarity", "simbert_data_sample.json")
+    stats = simbert.GroupStats()
+    groups = list(simbert.read_groups(path, stats))
+    assert len(groups) == stats.groups == 14
+    assert [w.rsplit(":", 1)[1] for w in stats.broken] == ["2-3", "13-14", "15-16", "17-18"]
+    assert stats.bad == [] and stats.too_small == 0
+    # a joined record is whole: its last synonym is the one that was split
+    joined = [g for g in groups if g.where.endswith(":2-3")][0]
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    record = json.loads(lines[1] + lines[2])
+    assert joined.sentences == [record["text"]] + record["synonyms"]
+
+
+def test_reader_counts_small_groups_and_reports_bad_lines(tmp_path):
+    path = tmp_path / "groups.json"
+    good = {"text": "今天天气怎么样", "synonyms": ["今天天气如何", "今天天气怎么样"]}
+    wrapped = json.dumps({"text": "明天下雨吗", "synonyms": ["明天会下雨吗"]},
+                         ensure_ascii=False)
+    path.write_text("\n".join([
+        json.dumps(good, ensure_ascii=False),           # 1: good, duplicate dropped
+        "",                                             # 2: blank
+        wrapped[:20], wrapped[20:],                     # 3-4: wrapped record
+        '{"text": "只有一句"}',                           # 5: one sentence
+        '{"text": "重复", "synonyms": ["重复", " 重复 "]}',  # 6: one distinct sentence
+        "this is not json",                             # 7: garbage
+        json.dumps(["a", "b"]),                         # 8: JSON but not a record
+        '{"text": "尾巴", "synonyms": ["截断'])           # 9: file ends inside it
+                    + "\n", encoding="utf-8")
+    stats = simbert.GroupStats()
+    groups = list(simbert.read_groups(str(path), stats))
+    assert [g.sentences for g in groups] == [["今天天气怎么样", "今天天气如何"],
+                                             ["明天下雨吗", "明天会下雨吗"]]
+    assert [g.where.rsplit(":", 1)[1] for g in groups] == ["1", "3-4"]
+    assert stats.too_small == 2
+    assert [w.rsplit(":", 1)[1] for w in stats.bad] == ["7", "8", "9"]
+    assert "2 groups read; 1 records broken" in stats.summary("x")
+
+
+def test_split_is_by_group_and_stable():
+    path = shared_path("similarity", "bert4torch_data_similarity.json")
+    groups = list(simbert.read_groups(path))
+    splits = [simbert.group_split(g, 0.05) for g in groups]
+    assert splits == [simbert.group_split(g, 0.05) for g in simbert.read_groups(path)]
+    share = splits.count("validation") / len(splits)
+    assert 0.03 < share < 0.07, share
+    by_text = collections.defaultdict(set)
+    for g, s in zip(groups, splits):
+        by_text[g.sentences[0]].add(s)
+    assert all(len(s) == 1 for s in by_text.values())  # duplicates never straddle
+
+
+# ---------------------------------------------------------------- batches
+
+
+def test_pair_rows_layout():
+    cfg = tiny_cfg(maxlen=8)
+    tok = simbert.config_tokenizer(cfg)
+    token_ids, segment_ids = simbert.pair_rows(tok, "今天天气怎么样啊朋友们", "天气好吗", 8, 16)
+    a = tok.encode("今天天气怎么样啊朋友们", maxlen=8)[0]  # cut to [CLS] + 6 + [SEP]
+    b = tok.encode("天气好吗")[0]
+    assert len(a) == 8 and a[-1] == b[-1] == tok._token_end_id
+    np.testing.assert_array_equal(token_ids[0], a + b[1:] + [0] * (16 - len(a) - len(b) + 1))
+    np.testing.assert_array_equal(token_ids[1], b + a[1:] + [0] * (16 - len(a) - len(b) + 1))
+    np.testing.assert_array_equal(segment_ids[0][:len(a) + len(b) - 1],
+                                  [0] * len(a) + [1] * (len(b) - 1))
+    assert segment_ids[0][len(a) + len(b) - 1:].sum() == 0
+    np.testing.assert_array_equal(segment_ids[1][:len(a) + len(b) - 1],
+                                  [0] * len(b) + [1] * (len(a) - 1))
+
+
+def _batches(ds, n):
+    return [{k: v.numpy() for k, v in b.items()} for b in ds.take(n)]
+
+
+def test_dataset_static_partners_deterministic_resumable_and_sharded():
+    path = shared_path("similarity", "bert4torch_data_similarity.json")
+    cfg = tiny_cfg(maxlen=16)
+    tok = simbert.config_tokenizer(cfg)
+    ds = simbert.make_dataset(cfg, path, 8, seed=3)
+    assert ds.element_spec["token_ids"].shape == (8, 32)
+    assert ds.element_spec["segment_ids"].shape == (8, 32)
+    first = _batches(ds, 4)
+    again = _batches(simbert.make_dataset(cfg, path, 8, seed=3), 4)
+    for x, y in zip(first, again):
+        np.testing.assert_array_equal(x["token_ids"], y["token_ids"])
+    resumed = _batches(simbert.make_dataset(cfg, path, 8, seed=3, skip_batches=3), 1)[0]
+    np.testing.assert_array_equal(resumed["token_ids"], first[3]["token_ids"])
+    other = _batches(simbert.make_dataset(cfg, path, 8, seed=4), 1)[0]
+    assert not np.array_equal(other["token_ids"], first[0]["token_ids"])
+
+    groups = collections.defaultdict(set)  # a sentence's ids (as cut to maxlen) -> groups
+    for g in simbert.read_groups(path):
+        for s in g.sentences:
+            groups[tuple(tok.encode(s, maxlen=16)[0][1:-1])].add(g.where)
+    t, s = first[0]["token_ids"], first[0]["segment_ids"]
+
+    def bodies(r):  # [CLS] a [SEP] b [SEP] -> (a, b)
+        return t[r][(s[r] == 0) & (t[r] > 0)][1:-1].tolist(), t[r][s[r] == 1][:-1].tolist()
+
+    for row in range(0, 8, 2):  # rows 2i, 2i+1 are a->b and b->a of one group
+        a, b = bodies(row)
+        assert bodies(row + 1) == (b, a)
+        assert groups[tuple(a)] & groups[tuple(b)]
+
+    # two input pipelines split the pairs between them
+    shards = []
+    for i in range(2):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
+                                         num_replicas_in_sync=2)
+        shards.append(_batches(simbert.make_dataset(cfg, path, 8, seed=3,
+                                                    input_context=ctx), 1)[0])
+    assert shards[0]["token_ids"].shape == (4, 32)
+    np.testing.assert_array_equal(shards[0]["token_ids"][:2], first[0]["token_ids"][:2])
+    np.testing.assert_array_equal(shards[1]["token_ids"][:2], first[0]["token_ids"][2:4])
+
+
+def test_validation_split_one_pass_is_finite_and_disjoint():
+    path = shared_path("similarity", "bert4torch_data_similarity.json")
+    cfg = tiny_cfg(maxlen=16)
+    val = list(simbert.make_dataset(cfg, path, 16, split="validation", repeat=False))
+    n_groups = sum(1 for _ in simbert.split_groups(path, "validation", 0.05))
+    assert len(val) == n_groups * 2 // 16
+    with pytest.raises(ValueError, match="even"):
+        simbert.make_dataset(cfg, path, 7)
+    with pytest.raises(ValueError, match="seq_len >= 63"):
+        simbert.make_dataset(tiny_cfg(maxlen=32), path, 8, seq_len=32)
+
+
+# ---------------------------------------------------------------- losses
+
+
+def _numpy_losses(pooled, probs, token_ids, segment_ids):
+    """Independent reference: -log p of the next token on segment 1; row partners."""
+    nll, count = 0.0, 0
+    for r in range(token_ids.shape[0]):
+        for t in range(1, token_ids.shape[1]):
+            if segment_ids[r, t] == 1:
+                nll -= np.log(probs[r, t - 1, token_ids[r, t]])
+                count += 1
+    v = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    sims = 30.0 * v @ v.T
+    ce, hits = [], []
+    for i in range(len(v)):
+        partner = i + 1 if i % 2 == 0 else i - 1
+        others = [j for j in range(len(v)) if j != i]
+        logz = np.log(np.sum(np.exp(sims[i, others] - sims[i, others].max()))) + \
+            sims[i, others].max()
+        ce.append(logz - sims[i, partner])
+        hits.append(others[int(np.argmax(sims[i, others]))] == partner)
+    return nll / count, np.mean(ce), np.mean(hits)
+
+
+def test_forward_loss_matches_numpy_on_bert4keras_outputs():
+    path = shared_path("similarity", "bert4torch_data_similarity.json")
+    cfg = tiny_cfg(maxlen=16)
+    model = tiny_model(cfg)
+    batch = next(iter(simbert.make_dataset(cfg, path, 8)))
+    loss, metrics = simbert.forward_loss(_bundle(model), batch, training=False)
+    pooled, probs = model.predict([batch["token_ids"], batch["segment_ids"]], verbose=0)
+    s2s, sim, acc = _numpy_losses(pooled, probs, batch["token_ids"].numpy(),
+                                  batch["segment_ids"].numpy())
+    np.testing.assert_allclose(float(metrics["seq2seq_loss"]), s2s, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["similarity_loss"]), sim, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["similarity_acc"]), acc)
+    np.testing.assert_allclose(float(loss), s2s + sim, rtol=1e-4)
+
+
+def test_rank_metrics_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.RandomState(0)
+    scores = np.round(rng.rand(200), 2)  # rounding makes ties
+    labels = (scores + rng.rand(200) * 0.8 > 0.9).astype(int)
+    assert simbert.spearman(scores, labels) == pytest.approx(
+        stats.spearmanr(scores, labels).correlation, abs=1e-12)
+    acc, threshold = simbert.best_threshold_accuracy(scores, labels)
+    brute = max(np.mean((scores >= t) == labels) for t in np.append(scores, 2.0))
+    assert acc == pytest.approx(brute)
+    assert np.mean((scores >= threshold) == labels) == pytest.approx(acc)
+
+
+# ---------------------------------------------------------------- a tiny model overfits
+
+
+def test_tiny_model_overfits_a_handful_of_groups(tmp_path):
+    """Both losses fall and similarity top-1 on the trained groups reaches ~1.
+
+    The loop here is a stand-in for pretrain/train.py, which runs forward_loss
+    the same way inside its compiled step.
+    """
+    path = shared_path("similarity", "simbert_data_sample.json")
+    cfg = tiny_cfg(maxlen=24)
+    cfg["data"]["validation_fraction"] = 0.0
+    model = tiny_model(cfg)
+    bundle = _bundle(model)
+    ds = simbert.make_dataset(cfg, path, 28, seed=0)  # 14 groups: one epoch per batch
+    optimizer = tf.keras.optimizers.Adam(3e-3)
+
+    @tf.function
+    def step(batch):
+        with tf.GradientTape() as tape:
+            loss, metrics = simbert.forward_loss(bundle, batch, training=True)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return metrics
+
+    history = [{k: float(v) for k, v in step(b).items()} for b in ds.take(40)]
+    for key in ("seq2seq_loss", "similarity_loss"):
+        start = np.mean([h[key] for h in history[:3]])
+        end = np.mean([h[key] for h in history[-3:]])
+        assert end < 0.7 * start, (key, start, end)
+    groups = list(simbert.read_groups(path))
+    sim = simbert.SimBERT(model, simbert.config_tokenizer(cfg), 24)
+    top1 = simbert.retrieval_top1(sim.encode, groups)
+    assert top1["retrieval_top1"] >= 0.9, top1
+    held = simbert.heldout_losses(cfg, model, path, "all", 28)
+    assert held["similarity_acc"] >= 0.9, held
