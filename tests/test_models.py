@@ -1,0 +1,196 @@
+"""build_model: sizes, the sparse MLM head, XLA/bf16, init, and a NumPy T5s oracle."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from bert4keras.backend import K
+
+from pretrain import export, models
+from pretrain.config import load_config
+
+
+def randomize(bundle, seed=0):
+    """Give every weight (biases and norm scales too) a distinct random value,
+    so a swapped or misnamed weight cannot hide behind identical inits."""
+    rng = np.random.RandomState(seed)
+    pairs = export.variable_pairs(bundle.bert)
+    K.batch_set_value([(w, (1.0 if n.endswith(("gamma", "scale")) else 0.0)
+                        + 0.1 * rng.standard_normal(w.shape).astype("float32"))
+                       for n, w in pairs])
+
+
+def small_cfg(name, **model):
+    """A real config with a smaller model section (vocab kept: it must match)."""
+    cfg = copy.deepcopy(load_config(name))
+    cfg["model"].update(model)
+    return cfg
+
+
+def real_ids(batch, length, vocab_size, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(105, vocab_size, (batch, length)).astype("int32")
+    ids[:, 0] = 2 if vocab_size < 21128 else 101  # [CLS]
+    ids[1, length - 3:] = 0  # padding in one row
+    return ids
+
+
+def test_init_is_independent_and_seeded():
+    cfg = small_cfg("t5s_tiny", num_hidden_layers=1, hidden_size=64, embedding_size=32,
+                    num_attention_heads=4, attention_head_size=16, intermediate_size=48)
+    a, b = models.build_model(cfg), models.build_model(cfg)
+    attn = a.bert.layers["Encoder-Transformer-0-MultiHeadSelfAttention"].get_weights()
+    ffn = a.bert.layers["Encoder-Transformer-0-FeedForward"].get_weights()
+    assert not np.allclose(attn[0], attn[1]) and not np.allclose(ffn[0], ffn[1])
+    for x, y in zip(a.encoder.get_weights(), b.encoder.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    kernel = attn[0]
+    assert abs(kernel.std() - 0.02) < 0.003 and np.abs(kernel).max() <= 0.04 + 1e-6
+
+
+@pytest.mark.parametrize("name", ["roberta_tiny", "simbert_tiny", "t5s_tiny"])
+def test_sparse_head_equals_dense_head_under_xla(name):
+    cfg = small_cfg(name, num_hidden_layers=2)
+    bundle = models.build_model(cfg)
+    randomize(bundle)
+    ids = real_ids(3, 24, cfg["model"]["vocab_size"])
+    segs = np.zeros_like(ids)
+    segs[:, 12:] = 1
+    pos = np.array([[1, 5, 7, 0], [2, 3, 20, 0], [4, 11, 12, 23]], np.int32)
+    step = tf.function(lambda d: bundle.mlm_model(d, training=False), jit_compile=True)
+    got = step({"input_ids": ids, "segment_ids": segs, "masked_lm_positions": pos}).numpy()
+    dense = bundle.encoder.predict([ids, segs], verbose=0)
+    dense = dense[-1] if isinstance(dense, list) else dense  # SimBERT: [pooled, mlm]
+    want = np.take_along_axis(dense, pos[:, :, None], axis=1)
+    assert got.dtype == np.float32 and got.shape == (3, 4, cfg["model"]["vocab_size"])
+    assert set(bundle.mlm_model.input) == {"input_ids", "segment_ids", "masked_lm_positions"}
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)  # XLA reorders sums
+
+
+def test_bf16_policy_keeps_float32_logits_and_trains_under_xla():
+    cfg = small_cfg("roberta_tiny", num_hidden_layers=1, hidden_size=64,
+                    num_attention_heads=4, intermediate_size=128)
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        bundle = models.build_model(cfg)
+        ids = real_ids(2, 16, 21128)
+        batch = {"input_ids": ids, "segment_ids": np.zeros_like(ids),
+                 "masked_lm_positions": np.array([[1, 2], [3, 4]], np.int32)}
+        labels = np.take_along_axis(ids, batch["masked_lm_positions"], 1)
+
+        @tf.function(jit_compile=True)
+        def step(batch):
+            with tf.GradientTape() as tape:
+                logits = bundle.mlm_model(batch, training=True)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels, logits))
+            grads = tape.gradient(loss, bundle.mlm_model.trainable_variables)
+            return logits, loss, grads
+
+        logits, loss, grads = step(batch)
+        assert logits.dtype == tf.float32 and np.isfinite(loss.numpy())
+        assert all(g is not None for g in grads)
+        assert bundle.bert.layers["Embedding-Token"].compute_dtype == "bfloat16"
+        assert all(v.dtype == tf.float32 for v in bundle.mlm_model.trainable_variables)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def test_vocab_size_must_match_tokenizer():
+    cfg = small_cfg("simbert_tiny", vocab_size=13685)
+    with pytest.raises(ValueError, match="vocab_size=13685 but the tokenizer"):
+        models.build_model(cfg)
+
+
+# ----------------------------------------------------------- T5s oracle
+
+def _rms(x, scale, eps=1e-6):
+    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * scale
+
+
+_erf = np.vectorize(math.erf)
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + _erf(x / np.sqrt(2)))
+
+
+def _t5_bucket(rel, num_buckets, max_distance):
+    """T5's bidirectional relative-position bucket of (key pos - query pos)."""
+    n = -rel
+    half = num_buckets // 2
+    ret = (n < 0).astype(int) * half
+    n = np.abs(n)
+    exact = half // 2
+    large = exact + (np.log(np.maximum(n, 1) / exact) / np.log(max_distance / exact)
+                     * (half - exact)).astype(int)
+    return ret + np.where(n < exact, n, np.minimum(large, half - 1))
+
+
+def numpy_t5s(w, m, ids, segs):
+    """MLM logits of the T5s described in the issue, from checkpoint tensors `w`."""
+    heads, size = m["num_attention_heads"], m["attention_head_size"]
+    x = w["shared/embedding"][ids] + w["shared/segment_embedding"][segs]
+    if "encoder/embedding_hidden_mapping_in/kernel" in w:
+        x = x @ w["encoder/embedding_hidden_mapping_in/kernel"]
+    B, L = ids.shape
+    rel = np.arange(L)[None, :] - np.arange(L)[:, None]
+    table = w["encoder/block_000/layer_000/SelfAttention/relative_attention_bias"]
+    bias = table[:, _t5_bucket(rel, m["relative_attention_num_buckets"],
+                               m["relative_attention_max_distance"])]  # [H, L, L]
+    valid = (ids > 0) | (np.arange(L) == 0)  # bert4keras never masks position 0
+    for i in range(m["num_hidden_layers"]):
+        p = "encoder/block_%03d/" % i
+        h = _rms(x, w[p + "layer_000/layer_norm/scale"])
+        q, k, v = [(h @ w[p + "layer_000/SelfAttention/" + c]).reshape(B, L, heads, size)
+                   for c in "qkv"]
+        a = np.einsum("bqhd,bkhd->bhqk", q, k) + bias[None]  # no 1/sqrt(d) scaling
+        a = np.where(valid[:, None, None, :], a, -np.inf)
+        a = np.exp(a - a.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        o = np.einsum("bhqk,bkhd->bqhd", a, v).reshape(B, L, heads * size)
+        x = x + o @ w[p + "layer_000/SelfAttention/o"]
+        f = p + "layer_001/DenseReluDense/"
+        h = _rms(x, w[p + "layer_001/layer_norm/scale"])
+        x = x + (_gelu(h @ w[f + "wi_0/kernel"]) * (h @ w[f + "wi_1/kernel"])) @ w[f + "wo/kernel"]
+    x = _rms(x, w["encoder/final_layer_norm/scale"])
+    x = _rms(_gelu(x @ w["mlm/transform/dense/kernel"]), w["mlm/transform/layer_norm/scale"])
+    return x @ w["shared/embedding"].T + w["mlm/output_bias"]
+
+
+@pytest.mark.parametrize("embedding_size", [32, None])
+def test_t5s_matches_numpy_reference(tmp_path, embedding_size):
+    cfg = small_cfg("t5s_tiny", num_hidden_layers=2, hidden_size=64,
+                    embedding_size=embedding_size, num_attention_heads=4,
+                    attention_head_size=8, intermediate_size=48,
+                    relative_attention_num_buckets=16, relative_attention_max_distance=20)
+    bundle = models.build_model(cfg)
+    randomize(bundle, seed=1)
+    export.export_bert4keras(cfg, bundle, str(tmp_path))
+    reader = tf.train.load_checkpoint(str(tmp_path / "bert_model.ckpt"))
+    w = {n: reader.get_tensor(n).astype(np.float64)
+         for n in reader.get_variable_to_shape_map()}
+    # Relative positions up to 15 stay off float-rounding bucket edges.
+    ids = real_ids(2, 16, cfg["model"]["vocab_size"], seed=2)
+    segs = (np.arange(16)[None] >= np.array([[6], [9]])).astype(np.int32) * [[1], [2]]
+    segs = segs.astype(np.int32)
+    got = bundle.encoder.predict([ids, segs], verbose=0)
+    want = numpy_t5s(w, cfg["model"], ids, segs)
+    valid = ids > 0
+    np.testing.assert_allclose(got[valid], want[valid], atol=2e-4, rtol=1e-4)
+    assert ("encoder/embedding_hidden_mapping_in/kernel" in w) == (embedding_size == 32)
+
+
+def test_summary_counts_and_flops():
+    cfg = load_config("roberta_tiny")
+    s = models.summary(cfg)
+    # COMPAT.md: 4x312, embedding 128 with the linear MLM head -> 7,560,864.
+    assert s["params"] == 7560864 and s["published_MB"] == 27
+    # FLOPs: 2 x matmul weights per token + attention scores; the weights of
+    # the encoder matmuls alone (no embeddings, norms, biases) are
+    # 4 layers x (4*312^2 + 2*312*1248) + 128*312.
+    enc, head = models.flops_per_token(cfg, 128)
+    matmul_weights = 4 * (4 * 312 * 312 + 2 * 312 * 1248) + 128 * 312
+    assert enc == 2 * matmul_weights + 4 * 2 * 2 * 128 * 312
+    assert head == 2 * (312 * 128 + 128 * 21128)
