@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -27,7 +28,7 @@ from bert4keras.backend import K
 
 from pretrain import models
 from pretrain.config import bert4keras_config, resolve_path
-from pretrain.tokenization import load_vocab
+from pretrain.tokenization import load_vocab, read_vocab_file
 
 CONFIG_NAME = "bert_config.json"
 CKPT_NAME = "bert_model.ckpt"
@@ -129,9 +130,12 @@ def _load_kwargs(cfg):
 def load_pretrained(cfg, bundle, ckpt_path, keep_tokens=None, allow_missing=()):
     """Warm-start `bundle` from a Google/bert4keras-format checkpoint.
 
-    keep_tokens: row indices into the checkpoint's vocabulary (e.g.
-        `load_vocab(cfg).keep_tokens`) to shrink the word embeddings and the
-        MLM output bias, exactly as bert4keras does.
+    keep_tokens: row indices into the checkpoint's vocabulary to shrink the
+        word embeddings and the MLM output bias, exactly as bert4keras does.
+        None: if the checkpoint's vocabulary has as many rows as the config's
+        source vocab file (and the model has fewer), use the config's own
+        `load_vocab(cfg).keep_tokens` (simplified or shrunk vocab); otherwise
+        load the rows as they are.
     allow_missing: checkpoint-name prefixes the checkpoint may lack (say
         "bert/pooler/" when SimBERT starts from an MLM-only model); those
         weights keep their fresh initialisation and are reported.
@@ -143,6 +147,8 @@ def load_pretrained(cfg, bundle, ckpt_path, keep_tokens=None, allow_missing=()):
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
     bert = bundle.bert
+    if keep_tokens is None:
+        keep_tokens = _auto_keep_tokens(cfg, bert, shapes)
     pairs, missing, bad_shape, kept_init = [], [], [], []
     old_keep = bert.keep_tokens
     bert.keep_tokens = keep_tokens  # bert4keras's load_variable applies it
@@ -180,6 +186,20 @@ def load_pretrained(cfg, bundle, ckpt_path, keep_tokens=None, allow_missing=()):
         print("load_pretrained: %d weights not in %s keep their initialisation: %s" % (
             len(kept_init), prefix, ", ".join(kept_init)))
     return {"loaded": loaded, "kept_init": kept_init, "unused": unused}
+
+
+def _auto_keep_tokens(cfg, bert, shapes):
+    """The config's keep_tokens when the checkpoint is in its source vocab's ids."""
+    word = bert.variable_mapping()["Embedding-Token"][0]
+    tok = cfg["tokenizer"]
+    if word not in shapes or tok["vocab"] is None or shapes[word][0] == bert.vocab_size:
+        return None
+    keep = load_vocab(cfg).keep_tokens
+    if keep is None or shapes[word][0] != len(read_vocab_file(resolve_path(tok["vocab"]))):
+        return None
+    print("load_pretrained: checkpoint vocabulary has %d rows = %s; keeping the config's "
+          "%d tokens (keep_tokens)" % (shapes[word][0], tok["vocab"], len(keep)))
+    return keep
 
 
 def _is_training_state(name):
@@ -244,8 +264,10 @@ def reload_outputs(out_dir, ids, segs):
         kwargs = json.load(f)["build_transformer_model"]
     if kwargs["model"] == "pretrain.models.T5SEncoder":
         kwargs["model"] = models.T5SEncoder
-    model = build_transformer_model(os.path.join(out_dir, CONFIG_NAME),
-                                    os.path.join(out_dir, CKPT_NAME), **kwargs)
+    with warnings.catch_warnings():  # see models.reinitialize
+        warnings.filterwarnings("ignore", message="The initializer")
+        model = build_transformer_model(os.path.join(out_dir, CONFIG_NAME),
+                                        os.path.join(out_dir, CKPT_NAME), **kwargs)
     outputs = model.predict([ids, segs], verbose=0)
     return outputs if isinstance(outputs, list) else [outputs]
 
@@ -283,28 +305,39 @@ def check_export(cfg, out_dir, bundle, n_pairs=8, maxlen=64):
     """Max |difference| between `bundle` and its export reloaded by bert4keras
     in a fresh Python process, over every output (MLM logits; for SimBERT also
     the pooled vector, with the UniLM mask active) on real sentence pairs."""
-    ids, segs = encode_pairs(out_dir, sample_pairs(n_pairs), maxlen)
-    expected = float32_outputs(cfg, bundle, ids, segs)
+    return check_exports([(cfg, out_dir, bundle)], n_pairs, maxlen)[0]
+
+
+def check_exports(items, n_pairs=8, maxlen=64):
+    """check_export for several (cfg, out_dir, bundle) in ONE fresh process."""
+    pairs = sample_pairs(n_pairs)
     with tempfile.TemporaryDirectory() as tmp:
-        np.savez(os.path.join(tmp, "in.npz"), ids=ids, segs=segs)
+        jobs, expected = [], []
+        for i, (cfg, out_dir, bundle) in enumerate(items):
+            ids, segs = encode_pairs(out_dir, pairs, maxlen)
+            expected.append((ids, float32_outputs(cfg, bundle, ids, segs)))
+            path = os.path.join(tmp, "in%d.npz" % i)
+            np.savez(path, ids=ids, segs=segs)
+            jobs.append((out_dir, path, os.path.join(tmp, "out%d.npz" % i)))
         code = ("import pretrain, numpy as np\n"
                 "from pretrain import export\n"
-                "d = np.load(%r)\n"
-                "outs = export.reload_outputs(%r, d['ids'], d['segs'])\n"
-                "np.savez(%r, *outs)\n") % (os.path.join(tmp, "in.npz"), out_dir,
-                                            os.path.join(tmp, "out.npz"))
+                "for out_dir, src, dst in %r:\n"
+                "    d = np.load(src)\n"
+                "    np.savez(dst, *export.reload_outputs(out_dir, d['ids'], d['segs']))\n"
+                % (jobs,))
         subprocess.run([sys.executable, "-c", code], check=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        got = np.load(os.path.join(tmp, "out.npz"))
-        got = [got["arr_%d" % i] for i in range(len(got.files))]
-    if len(got) != len(expected):
-        raise ValueError("reloaded model has %d outputs, expected %d" % (len(got), len(expected)))
-    valid = ids > 0
-    diffs = []
-    for e, g in zip(expected, got):
-        d = np.abs(e - g)
-        diffs.append(float(d[valid].max() if d.ndim == 3 else d.max()))
-    return max(diffs)
+        diffs = []
+        for (ids, want), (_, _, dst) in zip(expected, jobs):
+            got = np.load(dst)
+            got = [got["arr_%d" % i] for i in range(len(got.files))]
+            if len(got) != len(want):
+                raise ValueError("reloaded model has %d outputs, expected %d" % (
+                    len(got), len(want)))
+            # Compare real tokens only: padded rows are not outputs anyone uses.
+            diffs.append(max(float(np.abs(w - g)[ids > 0].max() if w.ndim == 3
+                                   else np.abs(w - g).max()) for w, g in zip(want, got)))
+    return diffs
 
 
 # ---------------------------------------------------------------------- CLI

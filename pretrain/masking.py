@@ -21,16 +21,19 @@ import numpy as np
 SENTENCE_END = re.compile("[。！？；!?;…\n]+[”’\"'」』）)》]*")
 
 
+def default_backend():
+    try:
+        import rjieba  # noqa: F401
+        return "rjieba"
+    except ImportError:
+        return "jieba"
+
+
 class Segmenter(object):
     """`cut(text) -> words` whose concatenation is `text`."""
 
     def __init__(self, user_dict_text=None, backend="auto"):
-        if backend == "auto":
-            try:
-                import rjieba  # noqa: F401
-                backend = "rjieba"
-            except ImportError:
-                backend = "jieba"
+        backend = default_backend() if backend == "auto" else backend
         self.backend = backend
         entries = parse_user_dict(user_dict_text) if user_dict_text else []
         if backend == "rjieba":
@@ -102,6 +105,38 @@ def pack(sentence_ends, max_tokens):
     return out
 
 
+def select_words(g_len, g_seq, budgets):
+    """Google BERT's choice of words, for many sequences at once.
+
+    Words (of `g_len` tokens, in sequence `g_seq`, sorted by sequence and
+    then in random order) are taken in order; a word that would overshoot the
+    sequence's budget is skipped; a sequence stops once its budget is met.
+    Returns the boolean mask of taken words.
+    """
+    n = len(budgets)
+    first = np.searchsorted(g_seq, np.arange(n + 1))
+    # Vectorized: words in order while they fit, up to the first overshoot ...
+    covered = np.cumsum(g_len)
+    covered -= np.repeat(covered[first[:-1]] - g_len[first[:-1]], np.diff(first))
+    take = covered <= budgets[g_seq]
+    index = np.arange(len(g_seq))
+    fail = np.append(np.where(take, len(g_seq), index), len(g_seq))
+    first_fail = np.minimum.reduceat(fail, first[:-1]) if len(g_seq) else np.zeros(n, np.int64)
+    take &= index < first_fail[g_seq]
+    # ... then, in Python, only the sequences still short of their budget.
+    got = np.bincount(g_seq[take], weights=g_len[take], minlength=n).astype(np.int64)
+    for s in np.flatnonzero((got < budgets) & (first_fail < first[1:])).tolist():
+        budget, have = int(budgets[s]), int(got[s])
+        sizes = g_len[first_fail[s] + 1:first[s + 1]].tolist()
+        for j, size in enumerate(sizes, int(first_fail[s]) + 1):
+            if have + size <= budget:
+                take[j] = True
+                have += size
+                if have >= budget:
+                    break
+    return take
+
+
 class Masker(object):
     """Masks batches of token ranges into padded example arrays."""
 
@@ -137,21 +172,12 @@ class Masker(object):
         g_len = np.diff(np.append(g_start, len(tok)))
         g_seq = seq_of[g_start]
         order = np.lexsort((rng.random(len(g_start)), g_seq))  # random word order per sequence
-        g_start_o, g_len_o = g_start[order].tolist(), g_len[order].tolist()
-        first = np.searchsorted(g_seq[order], np.arange(n + 1)).tolist()
-        budgets = np.minimum(P, np.maximum(1, np.round(lens * self.prob))).astype(int).tolist()
-        chosen = []
-        for s in range(n):
-            budget, covered = budgets[s], 0
-            for j in range(first[s], first[s + 1]):
-                if covered >= budget:
-                    break
-                size = g_len_o[j]
-                if covered + size > budget:
-                    continue
-                covered += size
-                chosen.extend(range(g_start_o[j], g_start_o[j] + size))
-        chosen = np.sort(np.array(chosen, np.int64))
+        g_start, g_len, g_seq = g_start[order], g_len[order], g_seq[order]
+        budgets = np.minimum(P, np.maximum(1, np.round(lens * self.prob))).astype(np.int64)
+        take = select_words(g_len, g_seq, budgets)
+        c_start, c_len = g_start[take], g_len[take]
+        chosen = np.repeat(c_start - (np.cumsum(c_len) - c_len), c_len) + np.arange(c_len.sum())
+        chosen = np.sort(chosen)
         labels = tok[chosen]
         replaced = tok.copy()
         r = rng.random(len(chosen))

@@ -60,7 +60,7 @@ def _init_worker(job, progress_queue):
             _STATE["maskers"][L] = masking.Masker(
                 tok, L, P, job["masked_lm_prob"], job["whole_word_mask"],
                 job["mask_token_prob"], job["random_token_prob"])
-            _STATE["encoders"][L] = records.ExampleEncoder(L, P, tok.vocab_size, tok.pad_id)
+            _STATE["encoders"][L] = records.ExampleEncoder(L, P, tok.pad_id)
 
 
 def _report(nbytes, docs):
@@ -156,8 +156,8 @@ def _write_chunk(chunk, splits, stats):
                         batch = [ranges[k] for k in order[b:b + BATCH]]
                         arrays = masker.mask(batch, ids, words, rng)
                         masked += int(arrays[4].sum())
-                        for row in zip(*[a.tolist() for a in arrays]):
-                            writer.write(encoder.encode_padded(*row))
+                        for record in encoder.encode_batch(*arrays):
+                            writer.write(record)
                 stats["lengths"][str(L)][split] = {"name": os.path.basename(paths[split]),
                                                    "count": writer.count, "masked": masked}
         for writer in writers:
@@ -276,8 +276,8 @@ def _job(cfg, inputs, output_dir, mode, **kw):
         "text_fields": text_field.split(",") if isinstance(text_field, str) else text_field,
         "done": set(),
     }
-    if job["segmenter"] == "auto" and job["whole_word_mask"]:
-        job["segmenter"] = masking.Segmenter(backend="auto").backend  # fixed for the whole run
+    if job["segmenter"] == "auto":
+        job["segmenter"] = masking.default_backend()  # fixed for the whole run
     return job, vocab, files
 
 

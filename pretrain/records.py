@@ -19,6 +19,7 @@ import os
 import struct
 
 import google_crc32c
+import numpy as np
 
 from pretrain import corpus
 
@@ -63,26 +64,30 @@ def _varint(n):
             return bytes(out)
 
 
+_SMALL_VARINTS = [_varint(i) for i in range(1 << 14)]
+
+
 def _field(tag, payload):
     """A length-delimited protobuf field: tag byte, varint length, payload."""
-    return tag + _varint(len(payload)) + payload
+    n = len(payload)
+    return tag + (_SMALL_VARINTS[n] if n < 16384 else _varint(n)) + payload
 
 
 class ExampleEncoder(object):
-    """Serializes one MLM example to `tf.train.Example` bytes, fast.
+    """Serializes MLM examples to `tf.train.Example` bytes, fast.
 
-    Per-value varints come from a table and the constant parts of each
-    feature (map-entry headers, masks and weights of a given count) are cached,
-    so an example costs a few joins.
+    The varints of a whole batch are packed at once with NumPy and the
+    constant parts of each feature (map-entry headers, masks and weights of
+    a given count) are cached, so an example costs a few joins.
     """
 
-    def __init__(self, seq_len, max_predictions, vocab_size, pad_id=0):
+    def __init__(self, seq_len, max_predictions, pad_id=0):
         self.seq_len = seq_len
         self.max_predictions = max_predictions
         self.pad_id = pad_id
-        self._varints = [_varint(i) for i in range(max(vocab_size, seq_len) + 1)]
         self._mask_cache = {}
         self._weight_cache = {}
+        self._head_cache = {}
         self._zero_segments = self._int_feature("segment_ids", [0] * seq_len)
 
     def _entry(self, name, feature):
@@ -91,8 +96,7 @@ class ExampleEncoder(object):
         return _field(b"\x0a", _field(b"\x0a", key) + _field(b"\x12", feature))
 
     def _int_feature(self, name, values):
-        v = self._varints
-        packed = b"".join([v[i] for i in values])
+        packed = b"".join([_varint(i) for i in values])
         # Feature.int64_list = 3; Int64List.value = 1 (packed)
         return self._entry(name, _field(b"\x1a", _field(b"\x0a", packed)))
 
@@ -112,31 +116,59 @@ class ExampleEncoder(object):
         if n > L or k > P:
             raise ValueError("example too long: %d tokens (L=%d), %d masked (P=%d)"
                              % (n, L, k, P))
-        return self.encode_padded(list(input_ids) + [self.pad_id] * (L - n), n,
-                                  list(masked_positions) + [0] * (P - k),
-                                  list(masked_ids) + [0] * (P - k), k)
+        return self.encode_batch(np.array([list(input_ids) + [self.pad_id] * (L - n)]), [n],
+                                 np.array([list(masked_positions) + [0] * (P - k)]),
+                                 np.array([list(masked_ids) + [0] * (P - k)]), [k])[0]
 
-    def encode_padded(self, input_ids, length, masked_positions, masked_ids, count):
-        """As `encode`, from rows already padded to L and P (lists of ints)."""
-        mask = self._mask_cache.get(length)
-        if mask is None:
-            L = self.seq_len
-            mask = self._mask_cache[length] = self._int_feature(
-                "input_mask", [1] * length + [0] * (L - length))
-        weights = self._weight_cache.get(count)
-        if weights is None:
-            P = self.max_predictions
-            weights = self._weight_cache[count] = self._float_feature(
-                "masked_lm_weights", [1.0] * count + [0.0] * (P - count))
-        features = b"".join([
-            self._int_feature("input_ids", input_ids),
-            mask,
-            self._zero_segments,
-            self._int_feature("masked_lm_positions", masked_positions),
-            self._int_feature("masked_lm_ids", masked_ids),
-            weights,
-        ])
-        return _field(b"\x0a", features)  # Example.features = 1
+    def encode_batch(self, input_ids, lengths, masked_positions, masked_ids, counts):
+        """`encode` for a batch of rows already padded to L ([n, L]) and P ([n, P])."""
+        ids_rows = _packed_varint_rows(input_ids)
+        pos_rows = _packed_varint_rows(masked_positions)
+        label_rows = _packed_varint_rows(masked_ids)
+        out = []
+        for ids, length, pos, labels, count in zip(ids_rows, np.asarray(lengths).tolist(), pos_rows,
+                                                   label_rows, np.asarray(counts).tolist()):
+            mask = self._mask_cache.get(length)
+            if mask is None:
+                mask = self._mask_cache[length] = self._int_feature(
+                    "input_mask", [1] * length + [0] * (self.seq_len - length))
+            weights = self._weight_cache.get(count)
+            if weights is None:
+                weights = self._weight_cache[count] = self._float_feature(
+                    "masked_lm_weights", [1.0] * count + [0.0] * (self.max_predictions - count))
+            out.append(_field(b"\x0a", b"".join([  # Example.features = 1
+                self._packed_entry("input_ids", ids), mask, self._zero_segments,
+                self._packed_entry("masked_lm_positions", pos),
+                self._packed_entry("masked_lm_ids", labels), weights])))
+        return out
+
+    def _packed_entry(self, name, packed):
+        # The int64 feature around already-packed varints; headers depend on the length only.
+        head = self._head_cache.get((name, len(packed)))
+        if head is None:
+            head = self._int_feature(name, [0] * len(packed))[:-len(packed)]
+            self._head_cache[(name, len(packed))] = head
+        return head + packed
+
+
+def _packed_varint_rows(matrix):
+    """Each row of a non-negative int matrix as packed protobuf varints (bytes)."""
+    v = np.asarray(matrix, np.int64)
+    if v.size and (v.min() < 0 or v.max() >= 1 << 21):
+        raise ValueError("ids must be in [0, 2**21)")
+    nbytes = 1 + (v >= 1 << 7).astype(np.int64) + (v >= 1 << 14)
+    flat_n = nbytes.ravel()
+    at = np.cumsum(flat_n) - flat_n
+    buf = np.empty(int(flat_n.sum()), np.uint8)
+    flat = v.ravel()
+    buf[at] = (flat & 0x7F) | ((flat_n > 1) << 7)
+    two = flat_n > 1
+    buf[at[two] + 1] = ((flat[two] >> 7) & 0x7F) | ((flat_n[two] > 2) << 7)
+    three = flat_n > 2
+    buf[at[three] + 2] = flat[three] >> 14
+    data = buf.tobytes()
+    ends = np.cumsum(nbytes.sum(axis=1)).tolist()
+    return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
 
 def _masked_crc(data):
@@ -163,7 +195,7 @@ class ShardWriter(object):
         self.count = 0
         self._raw = corpus.open_file(self.tmp_path, "wb")
         self._out = (gzip.GzipFile(filename="", mode="wb", fileobj=self._raw,
-                                   compresslevel=6, mtime=0)  # mtime=0: reproducible bytes
+                                   compresslevel=3, mtime=0)  # mtime=0: reproducible bytes
                      if compress else self._raw)
         self._buffer = []
         self._buffered = 0

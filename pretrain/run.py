@@ -71,7 +71,24 @@ def smoke_data(cfg, output):
 
 def main(argv):
     del argv
-    from pretrain import train
+    from pretrain import gcs, records, train
+    from pretrain.config import ConfigError
+
+    try:
+        exports, cfg, data, output = run(train)
+    except (ConfigError, train.TrainingError, records.ManifestError, gcs.GcsError) as e:
+        logging.error("%s", e)  # these messages say what to fix: no traceback
+        sys.exit(1)
+    print("\nrun finished: %s" % cfg["name"])
+    print("  data:        %s" % data)
+    print("  checkpoints: %s" % os.path.join(output, "checkpoints"))
+    print("  tensorboard: %s" % os.path.join(output, "tensorboard"))
+    for path in exports:
+        print("  export:      %s  (loads with bert4keras build_transformer_model)" % path)
+
+
+def run(train):
+    """Flags → config → data → trainer; returns (exports, cfg, data, output)."""
     from pretrain.config import load_config
 
     cfg = load_config(FLAGS.config, smoke=FLAGS.smoke)
@@ -83,24 +100,18 @@ def main(argv):
     if data is None:
         raise app.UsageError("--data is required: the records dir written by "
                              "`python -m pretrain.preprocess` (or SimBERT groups JSON)")
+    if output.startswith("gs://"):
+        from pretrain import gcs
+        gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
     precision = FLAGS.precision
     if precision == "auto":
         precision = "bf16" if FLAGS.tpu is not None else "fp32"
-    try:
-        strategy = train.make_strategy(FLAGS.tpu, FLAGS.tpu_timeout)
-        trainer = train.Trainer(cfg, data, output, strategy=strategy,
-                                init_checkpoint=FLAGS.init_checkpoint,
-                                steps_per_loop=FLAGS.steps_per_loop, precision=precision)
-        exports = trainer.run(start_phase=_phase_index(cfg, FLAGS.phase))
-    except train.TrainingError as e:
-        logging.error("%s", e)
-        sys.exit(1)
-    print("\nrun finished: %s" % cfg["name"])
-    print("  data:        %s" % data)
-    print("  checkpoints: %s" % os.path.join(output, "checkpoints"))
-    print("  tensorboard: %s" % os.path.join(output, "tensorboard"))
-    for path in exports:
-        print("  export:      %s  (loads with bert4keras build_transformer_model)" % path)
+    strategy = train.make_strategy(FLAGS.tpu, FLAGS.tpu_timeout)
+    trainer = train.Trainer(cfg, data, output, strategy=strategy,
+                            init_checkpoint=FLAGS.init_checkpoint,
+                            steps_per_loop=FLAGS.steps_per_loop, precision=precision)
+    exports = trainer.run(start_phase=_phase_index(cfg, FLAGS.phase))
+    return exports, cfg, data, output
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pretrain.tokenization import load_vocab, read_vocab_file
 SIMILARITY_SCALE = 30.0  # SimBERT's cosine temperature
 MAX_JOINED_LINES = 8  # a record wrapped over more lines than this is treated as garbage
 SHUFFLE_PAIRS = 10000  # pairs held in the streaming shuffle buffer
+METRICS = ("seq2seq_loss", "similarity_loss", "similarity_acc")  # logged by the trainer
 
 # ---------------------------------------------------------------- reading groups
 
@@ -253,30 +254,33 @@ def make_dataset(cfg, path, batch_size, split="train", seed=0, skip_batches=0,
                  input_context=None, repeat=True, seq_len=None):
     """tf.data of {token_ids, segment_ids: int32 [B, L]}; rows 2i, 2i+1 are partners.
 
-    `batch_size` is global; with `input_context` each input pipeline reads its
-    shard of the pairs and batches `input_context.get_per_replica_batch_size`.
-    `seq_len` defaults to the first phase's. Same seed => same order;
-    `skip_batches=k` resumes after k batches without tokenizing them.
+    As in `records.make_dataset`: `batch_size` is the global batch, and with
+    `input_context` each input pipeline reads every n-th pair in batches of
+    the per-replica size; `skip_batches` counts global batches already
+    consumed, and resuming skips their pairs without tokenizing them. Same
+    seed => same order. `seq_len` defaults to the first phase's.
     """
     seq_len = _seq_len(cfg, seq_len)
     path = resolve_path(path)
     if not tf.io.gfile.glob(path):
         raise FileNotFoundError("SimBERT data %r not found" % path)
-    shard = (1, 0)
+    shard, per_step = (1, 0), 1
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
         shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
+        per_step = input_context.num_replicas_in_sync // input_context.num_input_pipelines
     if batch_size % 2:
         raise ValueError("SimBERT batch size must be even (rows come in partner pairs), "
                          "got %d" % batch_size)
     pairs_per_batch = batch_size // 2
+    skip_pairs = skip_batches * per_step * pairs_per_batch
     tokenizer = config_tokenizer(cfg)
     maxlen = cfg["data"]["maxlen"]
 
     def rows():
         stream = _pair_texts(cfg, path, split, seed, repeat, split == "train", shard)
         for n, (a, b) in enumerate(stream):
-            if n >= skip_batches * pairs_per_batch:
+            if n >= skip_pairs:
                 yield pair_rows(tokenizer, a, b, maxlen, seq_len)
 
     spec = tf.TensorSpec((2, seq_len), tf.int32)

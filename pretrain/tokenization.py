@@ -20,6 +20,7 @@ preprocess.py), giving `keep_tokens` for warm starts from a larger vocab.
 """
 import hashlib
 import json
+import re
 import unicodedata
 
 import numpy as np
@@ -123,12 +124,9 @@ WORD, SINGLE, SEP, DROP, MARK = 0, 1, 2, 3, 4
 _TABLE = None
 
 
-def _is_cjk(code):
-    # bert4keras Tokenizer._is_cjk_character
-    return (0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2A6DF
-            or 0x2A700 <= code <= 0x2B73F or 0x2B740 <= code <= 0x2B81F
-            or 0x2B820 <= code <= 0x2CEAF or 0xF900 <= code <= 0xFAFF
-            or 0x2F800 <= code <= 0x2FA1F)
+# bert4keras Tokenizer._is_cjk_character
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 
 
 def char_table():
@@ -139,28 +137,26 @@ def char_table():
     dropped). DROP: NUL, U+FFFD and control/format characters, removed.
     MARK: combining marks (Mn), removed when lower-casing (NFD accent strip).
     WORD: the rest, joined into runs for WordPiece. Built once per process
-    (~0.4 s).
+    (~0.2 s); later rules below override earlier ones, so they run in
+    reverse order of bert4keras's checks.
     """
     global _TABLE
     if _TABLE is None:
-        table = np.zeros(0x110000, np.uint8)
-        category = unicodedata.category
-        for code in range(0x110000):
-            if 0xD800 <= code <= 0xDFFF:
-                continue
-            ch = chr(code)
-            cat = category(ch)
-            if (33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96
-                    or 123 <= code <= 126 or cat[0] == "P" or _is_cjk(code)):
-                table[code] = SINGLE
-            elif ch in " \n\r\t" or cat == "Zs":
-                table[code] = SEP
-            elif code == 0 or code == 0xFFFD or cat in ("Cc", "Cf"):
-                table[code] = DROP
-            elif ch.isspace():
-                table[code] = SEP
-            elif cat == "Mn":
-                table[code] = MARK
+        chars = "".join(map(chr, range(0x110000)))
+        cats = np.array(list(map(unicodedata.category, chars)))
+        table = np.full(0x110000, WORD, np.uint8)
+        table[cats == "Mn"] = MARK
+        table[[m.start() for m in re.finditer(r"\s", chars)]] = SEP  # str.split() separators
+        table[(cats == "Cc") | (cats == "Cf")] = DROP
+        table[[0, 0xFFFD]] = DROP
+        table[(cats == "Zs")] = SEP
+        table[[ord(c) for c in " \n\r\t"]] = SEP
+        punct = np.char.startswith(cats, "P")
+        for lo, hi in ((33, 47), (58, 64), (91, 96), (123, 126)):
+            punct[lo:hi + 1] = True
+        table[punct] = SINGLE
+        for lo, hi in _CJK_RANGES:
+            table[lo:hi + 1] = SINGLE
         _TABLE = table
     return _TABLE
 

@@ -33,7 +33,7 @@ def data_dir(tmp_path_factory, cfg):
 
 
 def test_example_bytes_parse_in_tensorflow():
-    enc = records.ExampleEncoder(8, 3, 21128)
+    enc = records.ExampleEncoder(8, 3)
     data = enc.encode([101, 2769, 103, 21127, 102], [2, 3], [4263, 300])
     spec = records.feature_spec(8, 3)
     parsed = tf.io.parse_single_example(data, spec)
@@ -50,7 +50,7 @@ def test_example_bytes_parse_in_tensorflow():
 
 
 def test_too_long_example_is_an_error():
-    enc = records.ExampleEncoder(4, 1, 100)
+    enc = records.ExampleEncoder(4, 1)
     with pytest.raises(ValueError):
         enc.encode([1, 2, 3, 4, 5], [1], [2])
 

@@ -1,0 +1,105 @@
+"""Preprocessing throughput and memory: MB/s, CPU-seconds per MB, peak RSS.
+
+    python benchmarks/preprocess.py --input ../shared/data/corpus/modern_translations.jsonl \\
+        --mb 10 --seq_lens 128 --workers 2 --dupe_factor 1
+
+Takes the first `--mb` MB of `--input` (whole lines) into a temporary file,
+runs `python -m pretrain.preprocess` on it as a separate process, and prints
+wall time, MB/s, CPU-seconds per MB (all processes: driver + workers), and
+peak RSS, both of the largest single process and of the whole process tree
+summed (sampled from /proc every 0.1 s).
+"""
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tree_rss_kb(pid):
+    """{pid: RSS kB} of `pid` and all its descendants, from /proc."""
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open("/proc/%d/status" % p) as f:
+                rss = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+            out[p] = rss
+            for task in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, task)) as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--mb", type=float, default=10.0, help="MB of the input to use")
+    parser.add_argument("--config", default="roberta_tiny")
+    parser.add_argument("--seq_lens", default="128")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dupe_factor", type=int, default=1)
+    parser.add_argument("--compress", default="true", choices=["true", "false"])
+    parser.add_argument("--extra", default="", help="more flags for pretrain.preprocess")
+    args = parser.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="bench_preprocess_")
+    try:
+        corpus_path = os.path.join(tmp, "corpus" + os.path.splitext(args.input)[1])
+        limit = int(args.mb * 1e6)
+        size = 0
+        with open(args.input, "rb") as src, open(corpus_path, "wb") as dst:
+            for line in src:
+                if size >= limit:
+                    break
+                dst.write(line)
+                size += len(line)
+        cmd = [sys.executable, "-m", "pretrain.preprocess", "--config", args.config,
+               "--input", corpus_path, "--output", os.path.join(tmp, "out"),
+               "--seq_lens", args.seq_lens, "--dupe_factor", str(args.dupe_factor),
+               "--workers", str(args.workers), "--compress=%s" % args.compress,
+               "--progress=false"] + args.extra.split()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        peaks = {"tree": 0, "single": 0}
+        stderr = []
+        reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()))
+        reader.start()
+        while proc.poll() is None:
+            rss = _tree_rss_kb(proc.pid)
+            peaks["tree"] = max(peaks["tree"], sum(rss.values()))
+            peaks["single"] = max([peaks["single"]] + list(rss.values()))
+            time.sleep(0.1)
+        reader.join()
+        wall = time.time() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode:
+            sys.stderr.write(stderr[0].decode("utf-8", "replace")[-3000:])
+            raise SystemExit("preprocess failed (exit %d)" % proc.returncode)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        mb = size / 1e6
+        out_mb = sum(os.path.getsize(os.path.join(d, f))
+                     for d, _, fs in os.walk(os.path.join(tmp, "out")) for f in fs) / 1e6
+        print("input %.1f MB (%s), seq_lens %s, dupe_factor %d, workers %d, compress %s"
+              % (mb, os.path.basename(args.input), args.seq_lens, args.dupe_factor,
+                 args.workers, args.compress))
+        print("wall %.1f s  |  %.2f MB/s  |  CPU %.1f s = %.3f CPU-s/MB  |  peak RSS: "
+              "largest process %.0f MB, all processes %.0f MB (ru_maxrss %.0f MB)  |  output %.1f MB"
+              % (wall, mb / wall, cpu, cpu / mb, peaks["single"] / 1024.0,
+                 peaks["tree"] / 1024.0, after.ru_maxrss / 1024.0, out_mb))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
