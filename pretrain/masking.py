@@ -40,8 +40,7 @@ class Segmenter(object):
             import rjieba
             self._jieba = rjieba.Jieba()
             for word, freq, tag in entries:
-                if freq is None:  # as jieba.load_userdict: a frequency that makes it a word
-                    freq = self._jieba.suggest_freq(word, True)
+                # freq None: jieba-rs picks one that makes it a word, as jieba does
                 self._jieba.add_word(word, freq, tag)
             self.cut = self._jieba.cut
         elif backend == "jieba":

@@ -1,0 +1,140 @@
+"""masking.py: sentence packing, Google-style whole-word selection, 80/10/10, segmenters."""
+import os
+
+import numpy as np
+import pytest
+
+from pretrain import masking, tokenization
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tokenization.WordPieceTokenizer(
+        tokenization.read_vocab_file(os.path.join(REPO, "data", "vocab.txt")))
+
+
+@pytest.fixture(scope="module")
+def docs():
+    with open(SAMPLE, encoding="utf-8") as f:
+        return f.read().splitlines()[:200]
+
+
+def test_pack_is_greedy_keeps_every_token_and_cuts_long_sentences():
+    ends = np.array([3, 3, 7, 20, 22, 30])  # sentence lengths 3, 0, 4, 13, 2, 8
+    assert masking.pack(ends, 8) == [(0, 7), (7, 15), (15, 22), (22, 30)]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ends = np.cumsum(rng.integers(0, 40, rng.integers(1, 30)))
+        for max_tokens in (5, 16, 126):
+            ranges = masking.pack(ends, max_tokens)
+            covered = [i for a, b in ranges for i in range(a, b)]
+            assert covered == list(range(ends[-1]))  # nothing dropped, nothing twice
+            assert all(0 < b - a <= max_tokens for a, b in ranges)
+            # a range ends at a sentence end unless a sentence was too long to fit
+            for a, b in ranges:
+                assert b in ends or b - a == max_tokens
+
+
+def _google_select(g_len, g_seq, budgets):
+    """create_pretraining_data.py's loop, word by word."""
+    take = np.zeros(len(g_len), bool)
+    covered = {}
+    for j, (size, s) in enumerate(zip(g_len.tolist(), g_seq.tolist())):
+        have = covered.get(s, 0)
+        if have >= budgets[s] or have + size > budgets[s]:
+            continue
+        covered[s] = have + size
+        take[j] = True
+    return take
+
+
+def test_select_words_equals_googles_loop():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(1, 6))
+        per = rng.integers(1, 30, n)
+        g_seq = np.repeat(np.arange(n), per)
+        g_len = rng.integers(1, 5, len(g_seq))
+        budgets = rng.integers(1, 20, n)
+        got = masking.select_words(g_len, g_seq, budgets)
+        assert (got == _google_select(g_len, g_seq, budgets)).all()
+
+
+def test_prepare_document_words_and_sentences(tok):
+    seg = masking.Segmenter(backend="jieba")
+    ids, words, ends = masking.prepare_document("我爱北京天安门。今天天气很好！Hello world", tok, seg)
+    assert tok.tokens[ids[0]] == "我" and len(ids) == 17
+    # 北京 is one word of two tokens, 天安门 one of three
+    assert words[2] == words[3] and words[4] == words[5] == words[6] and words[3] != words[4]
+    assert ends.tolist() == [8, 15, 17]
+
+
+def test_masker_whole_words_budget_and_80_10_10(tok, docs):
+    seg = masking.Segmenter()
+    parts = [masking.prepare_document(d, tok, seg) for d in docs]
+    ids = np.concatenate([p[0] for p in parts])
+    words = np.concatenate([p[1] + 10 ** 6 * i for i, p in enumerate(parts)])
+    offsets = np.cumsum([0] + [len(p[0]) for p in parts])
+    ranges = [(a + o, b + o) for p, o in zip(parts, offsets) for a, b in masking.pack(p[2], 126)]
+    masker = masking.Masker(tok, 128, 20)
+    input_ids, lengths, positions, labels, counts = masker.mask(ranges, ids, words,
+                                                                np.random.default_rng(3))
+    kinds = {"mask": 0, "random": 0, "same": 0}
+    for row, (a, b), n, pos, lab, k in zip(input_ids, ranges, lengths, positions, labels, counts):
+        original = ids[a:b]
+        assert n == b - a + 2 and row[0] == tok.cls_id and row[n - 1] == tok.sep_id
+        assert (row[n:] == tok.pad_id).all()
+        assert k == min(20, max(1, round((b - a) * 0.15))) or k < 20
+        assert k >= 1 and (np.diff(pos[:k]) > 0).all() and (pos[k:] == 0).all()
+        assert (lab[:k] == original[pos[:k] - 1]).all()
+        # unmasked positions keep their token
+        keep = np.ones(b - a, bool)
+        keep[pos[:k] - 1] = False
+        assert (row[1:n - 1][keep] == original[keep]).all()
+        # whole words: a chosen token's whole word is chosen
+        w = words[a:b]
+        chosen_words = set(w[pos[:k] - 1].tolist())
+        assert set(np.flatnonzero(np.isin(w, list(chosen_words))).tolist()) == set((pos[:k] - 1).tolist())
+        for p, label in zip(pos[:k], lab[:k]):
+            kinds["mask" if row[p] == tok.mask_id else "same" if row[p] == label else "random"] += 1
+    total = sum(kinds.values())
+    assert total > 3000
+    assert abs(kinds["mask"] / total - 0.8) < 0.03
+    assert abs(kinds["random"] / total - 0.1) < 0.03  # (a random token may equal the original)
+    assert abs(kinds["same"] / total - 0.1) < 0.03
+
+
+def test_masker_is_seeded(tok, docs):
+    parts = masking.prepare_document(docs[0], tok, masking.Segmenter())
+    ranges = masking.pack(parts[2], 126)
+    masker = masking.Masker(tok, 128, 20)
+    a = masker.mask(ranges, parts[0], parts[1], np.random.default_rng(7))
+    b = masker.mask(ranges, parts[0], parts[1], np.random.default_rng(7))
+    c = masker.mask(ranges, parts[0], parts[1], np.random.default_rng(8))
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert not (a[2] == c[2]).all()
+
+
+@pytest.mark.parametrize("backend", ["jieba", "rjieba"])
+def test_user_dict_works_with_both_segmenters(backend):
+    if backend == "rjieba":
+        pytest.importorskip("rjieba")
+    text = "蓝莓芝士蛋糕真好吃"
+    plain = masking.Segmenter(backend=backend).cut(text)
+    assert "蓝莓芝士蛋糕" not in plain
+    seg = masking.Segmenter("蓝莓芝士蛋糕 10 n\n", backend=backend)
+    assert seg.backend == backend
+    assert "蓝莓芝士蛋糕" in seg.cut(text)
+    assert "蓝莓芝士蛋糕" in masking.Segmenter("蓝莓芝士蛋糕\n", backend=backend).cut(text)
+
+
+def test_segmenters_cover_the_text_exactly(docs):
+    for backend in ("jieba", "rjieba"):
+        if backend == "rjieba":
+            pytest.importorskip("rjieba")
+        seg = masking.Segmenter(backend=backend)
+        for d in docs[:50] + ["a\r\n b\u3000c\t😀 d\x00e"]:
+            assert "".join(seg.cut(d)) == d
