@@ -209,15 +209,19 @@ def _is_training_state(name):
 
 def restore_training_checkpoint(bundle, path):
     """Restore a trainer checkpoint (object-based, `tf.train.Checkpoint(model=
-    bundle.encoder, ...)`) into `bundle`; every model weight must be restored."""
+    bundle.encoder, ...)`) into `bundle`; every model weight must be restored.
+
+    On a mismatch it raises; the bundle may then be partly overwritten
+    (object-based restores assign as they match), so discard it.
+    """
     prefix = checkpoint_prefix(path)
-    status = tf.train.Checkpoint(model=bundle.encoder).restore(prefix)
-    status.expect_partial()  # the optimizer state is not ours to restore
     try:
+        status = tf.train.Checkpoint(model=bundle.encoder).restore(prefix)
+        status.expect_partial()  # the optimizer state is not ours to restore
         status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise CheckpointMismatchError("trainer checkpoint %s does not restore every "
-                                      "weight of %s: %s" % (prefix, bundle.encoder.name, e))
+    except (AssertionError, ValueError) as e:
+        raise CheckpointMismatchError("trainer checkpoint %s does not fit this model: %s"
+                                      % (prefix, e)) from None
     return prefix
 
 
