@@ -1,0 +1,174 @@
+"""preprocess.py end to end: determinism across worker counts, resume after a kill,
+bad-input limits, the vocab command."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import shared_path
+from pretrain import config, preprocess, records, tokenization
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
+SETTINGS = dict(seq_lens=[128, 512], dupe_factor=2, eval_fraction=0.05, shard_mb=0.04,
+                seed=7, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return config.load_config("roberta_tiny")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    with open(SAMPLE, encoding="utf-8") as f:
+        path.write_text("".join(f.readlines()[:250]), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cfg, small_corpus):
+    out = str(tmp_path_factory.mktemp("one_worker"))
+    summary = preprocess.run(cfg, small_corpus, out, workers=1, **SETTINGS)
+    return out, summary
+
+
+def _files(root):
+    """{relative path: bytes} of everything written, temporary files excluded."""
+    out = {}
+    for d, _, fs in os.walk(root):
+        for f in fs:
+            path = os.path.join(d, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = fh.read()
+    return out
+
+
+def test_output_is_identical_whatever_the_worker_count(reference, cfg, small_corpus, tmp_path):
+    ref_dir, summary = reference
+    assert summary["docs"] > 200 and summary["lengths"][128]["train"]["sequences"] > 0
+    manifest = records.read_manifest(ref_dir, 128)
+    assert len(manifest["train"]["shards"]) >= 4  # several chunks, so workers share work
+    summary2 = preprocess.run(cfg, small_corpus, str(tmp_path), workers=2, **SETTINGS)
+    assert _files(str(tmp_path)) == _files(ref_dir)
+    for key in ("docs", "tokens", "lengths", "skipped", "unk_rate"):
+        assert summary2[key] == summary[key]
+
+
+def test_manifest_contents(reference):
+    ref_dir, summary = reference
+    for L, P in ((128, 20), (512, 80)):
+        m = records.read_manifest(ref_dir, L)
+        assert (m["seq_len"], m["max_predictions"], m["dupe_factor"], m["seed"]) == (L, P, 2, 7)
+        assert m["vocab"]["size"] == 21128 and len(m["vocab"]["sha256"]) == 64
+        assert m["masking"]["whole_word_mask"] and m["masking"]["masked_lm_prob"] == 0.15
+        assert m["sources"][0]["bytes"] > 0 and m["compression"] == "gzip"
+        assert m["train"]["examples"] == sum(s["count"] for s in m["train"]["shards"])
+        assert 0 < m["eval_docs"] < m["docs"] / 5
+        for split in ("train", "eval"):
+            for shard in m[split]["shards"]:
+                path = os.path.join(ref_dir, "seq%d" % L, shard["name"])
+                assert sum(1 for _ in records.iter_records(path)) == shard["count"]
+
+
+def test_dupe_copies_hold_the_same_sequences_with_different_masks(reference):
+    import tensorflow as tf
+    ref_dir, _ = reference
+    m = records.read_manifest(ref_dir, 128)
+    path = os.path.join(ref_dir, "seq128", m["train"]["shards"][0]["name"])
+    spec = records.feature_spec(128, 20)
+    copies = {}
+    for raw in records.iter_records(path):
+        ex = {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}
+        ids = ex["input_ids"].copy()
+        k = int(ex["masked_lm_weights"].sum())
+        ids[ex["masked_lm_positions"][:k]] = ex["masked_lm_ids"][:k]
+        copies.setdefault(ids.tobytes(), []).append(tuple(ex["masked_lm_positions"][:k]))
+    assert all(len(v) % 2 == 0 for v in copies.values())  # (the corpus repeats a few texts)
+    assert sum(len(set(v)) > 1 for v in copies.values()) > 0.8 * len(copies)
+
+
+def test_resume_after_kill_gives_identical_output(reference, small_corpus, tmp_path):
+    """SIGKILL the CLI once a shard is done; the same command then finishes the job."""
+    ref_dir, _ = reference
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "pretrain.preprocess", "--config", "roberta_tiny",
+           "--input", small_corpus, "--output", out, "--seq_lens", "128,512",
+           "--dupe_factor", "2", "--eval_fraction", "0.05", "--shard_mb", "0.04",
+           "--seed", "7", "--workers", "1", "--progress=false"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = os.path.join(out, preprocess.STATE_DIR)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(state) and any(f.startswith("chunk-") and f.endswith(".json")
+                                        for f in os.listdir(state)):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {f: os.stat(os.path.join(state, f)).st_mtime_ns for f in os.listdir(state)
+                   if f.startswith("chunk-") and f.endswith(".json")}
+    assert done_before, "the run was killed before any chunk finished"
+    assert not os.path.exists(os.path.join(out, "seq128", "manifest.json"))
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["docs"] > 200
+    assert _files(out) == _files(ref_dir)
+    for f, mtime in done_before.items():  # finished chunks were skipped, not redone
+        assert os.stat(os.path.join(state, f)).st_mtime_ns == mtime
+
+
+def test_resume_with_other_settings_is_refused(reference, cfg, small_corpus):
+    ref_dir, _ = reference
+    other = dict(SETTINGS, seed=8)
+    with pytest.raises(preprocess.PreprocessError, match="seed"):
+        preprocess.run(cfg, small_corpus, ref_dir, workers=1, **other)
+
+
+def test_bad_input_limit_and_counts(cfg, tmp_path):
+    path = shared_path("similarity", "simbert_data_sample.json")  # 4 records broken in two
+    with pytest.raises(preprocess.PreprocessError) as err:
+        preprocess.run(cfg, path, str(tmp_path / "a"), workers=1, progress=False)
+    message = str(err.value)
+    assert "8 of 18 input records" in message and "bad_json 8" in message
+    assert "simbert_data_sample.json:" in message
+    summary = preprocess.run(cfg, path, str(tmp_path / "b"), workers=1, progress=False,
+                             max_bad_fraction=0.5, eval_fraction=0.0, seq_lens=[128])
+    assert summary["docs"] == 10 and summary["skipped"] == {"bad_json": 8}
+    assert records.read_manifest(str(tmp_path / "b"), 128)["skipped"] == {"bad_json": 8}
+
+
+def test_empty_corpus_is_an_error(cfg, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n\n', encoding="utf-8")
+    with pytest.raises(preprocess.PreprocessError, match="no documents"):
+        preprocess.run(cfg, str(empty), str(tmp_path / "out"), workers=1, progress=False,
+                       max_bad_fraction=1.0)
+
+
+def test_vocab_command_shrinks_to_the_corpus(cfg, small_corpus, tmp_path):
+    out = str(tmp_path / "vocab")
+    summary = preprocess.run_vocab(cfg, small_corpus, out, workers=1, progress=False)
+    keep = json.load(open(os.path.join(out, "keep_tokens.json")))
+    assert summary["vocab_size"] == len(keep) < 21128 / 2
+    shrunk_cfg = json.loads(json.dumps(cfg))
+    shrunk_cfg["tokenizer"]["keep_tokens"] = os.path.join(out, "keep_tokens.json")
+    vocab = tokenization.load_vocab(shrunk_cfg)
+    assert vocab.tokens == tokenization.read_vocab_file(os.path.join(out, "vocab.txt"))
+    assert vocab.tokens[:5] == list(tokenization.SPECIAL_TOKENS)
+    # the corpus tokenizes to the same tokens with the shrunk vocab
+    full = tokenization.WordPieceTokenizer(tokenization.load_vocab(cfg).tokens)
+    small = tokenization.WordPieceTokenizer(vocab.tokens)
+    with open(small_corpus, encoding="utf-8") as f:
+        for line in f.read().splitlines()[:100]:
+            assert [vocab.tokens[i] for i in small.encode(line)] == \
+                [full.tokens[i] for i in full.encode(line)]
+    counts = json.load(open(os.path.join(out, "token_counts.json"), encoding="utf-8"))
+    assert counts["的"] > 100 and np.all(np.array(list(counts.values())[5:]) >= 1)
+
