@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 import weakref
 
 import numpy as np
@@ -359,8 +360,13 @@ def forward_loss(bundle, batch, training):
 def build_unilm(bert_config, checkpoint_path=None):
     """The SimBERT keras model ([pooled, MLM probs]) as bert4keras builds it."""
     from bert4keras.models import build_transformer_model
-    return build_transformer_model(None, checkpoint_path, model="bert", with_pool="linear",
-                                   application="unilm", **bert_config)
+    with warnings.catch_warnings():
+        # "unseeded initializer called multiple times": the values are replaced
+        # by the checkpoint's (and tests seed what they build without one).
+        warnings.filterwarnings("ignore", message="The initializer")
+        return build_transformer_model(None, checkpoint_path, model="bert",
+                                       with_pool="linear", application="unilm",
+                                       **bert_config)
 
 
 class SimBERT(object):
@@ -387,7 +393,12 @@ class SimBERT(object):
             bert_config = json.load(f)
         model = build_unilm(bert_config, os.path.join(export_dir, "bert_model.ckpt"))
         tokens = read_vocab_file(os.path.join(export_dir, "vocab.txt"))
-        return cls(model, make_tokenizer(tokens), maxlen)
+        info_path = os.path.join(export_dir, "pretrain_export.json")  # written by export.py
+        lower = True
+        if tf.io.gfile.exists(info_path):
+            with tf.io.gfile.GFile(info_path) as f:
+                lower = json.load(f).get("do_lower_case", True)
+        return cls(model, make_tokenizer(tokens, lower), maxlen)
 
     def encode(self, texts, batch_size=64):
         """L2-normalised pooled [CLS] vectors, float32 [len(texts), hidden]."""

@@ -1,14 +1,17 @@
 """SimBERT: group reader, pair batches, losses against NumPy, a tiny model that overfits, eval."""
 import collections
 import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from pretrain import simbert
+from pretrain import export, models, simbert
 from pretrain.config import bert4keras_config, load_config
-from tests.conftest import shared_path
+from tests.conftest import REPO_ROOT, shared_path
 
 MAXLEN = 32
 
@@ -24,7 +27,8 @@ def tiny_cfg(maxlen=MAXLEN):
     return cfg
 
 
-def tiny_model(cfg, seed=0):
+def b4k_model(cfg, seed=0):
+    """The model straight from bert4keras (softmax MLM head): an independent oracle."""
     tf.keras.utils.set_random_seed(seed)
     return simbert.build_unilm(bert4keras_config(cfg))
 
@@ -193,7 +197,7 @@ def _numpy_losses(pooled, probs, token_ids, segment_ids):
 def test_forward_loss_matches_numpy_on_bert4keras_outputs():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
-    model = tiny_model(cfg)
+    model = b4k_model(cfg)
     batch = next(iter(simbert.make_dataset(cfg, path, 8)))
     loss, metrics = simbert.forward_loss(_bundle(model), batch, training=False)
     pooled, probs = model.predict([batch["token_ids"], batch["segment_ids"]], verbose=0)
@@ -230,8 +234,8 @@ def test_tiny_model_overfits_a_handful_of_groups(tmp_path):
     path = shared_path("similarity", "simbert_data_sample.json")
     cfg = tiny_cfg(maxlen=24)
     cfg["data"]["validation_fraction"] = 0.0
-    model = tiny_model(cfg)
-    bundle = _bundle(model)
+    bundle = models.build_model(cfg)  # what the trainer trains
+    model = bundle.encoder
     ds = simbert.make_dataset(cfg, path, 28, seed=0)  # 14 groups: one epoch per batch
     optimizer = tf.keras.optimizers.Adam(3e-3)
 
@@ -254,3 +258,43 @@ def test_tiny_model_overfits_a_handful_of_groups(tmp_path):
     assert top1["retrieval_top1"] >= 0.9, top1
     held = simbert.heldout_losses(cfg, model, path, "all", 28)
     assert held["similarity_acc"] >= 0.9, held
+
+
+# ---------------------------------------------------------------- export, use, eval CLI
+
+
+def test_export_reloads_to_the_same_vectors_and_the_eval_cli_runs(tmp_path):
+    pairs_path = shared_path("similarity", "lcqmc", "lcqmc_dev.tsv")
+    groups_path = shared_path("similarity", "simbert_data_sample.json")
+    cfg = tiny_cfg(maxlen=16)
+    bundle = models.build_model(cfg)
+    out = str(tmp_path / "export")
+    export.export_bert4keras(cfg, bundle, out)
+    live = simbert.SimBERT(bundle.encoder, simbert.config_tokenizer(cfg), 16)
+    loaded = simbert.SimBERT.load(out, 16)  # bert4keras build_transformer_model
+    pairs = simbert.read_pairs(pairs_path, limit=200)
+    texts = pairs[0][:32] + pairs[1][:32]
+    vecs = loaded.encode(texts)
+    np.testing.assert_allclose(vecs, live.encode(texts), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
+    batch = next(iter(simbert.make_dataset(cfg, groups_path, 8, split="all")))
+    np.testing.assert_allclose(
+        simbert.forward_loss(_bundle(loaded.model), batch, False)[0],
+        simbert.forward_loss(bundle, batch, False)[0], rtol=1e-5)
+
+    hits = loaded.search(["他的数学不怎么好"], texts, k=3)[0]
+    assert [s for _, s in hits] == sorted([s for _, s in hits], reverse=True)
+    generated = loaded.generate(texts[0], n=4, k=3, seed=1)
+    assert generated == loaded.generate(texts[0], n=4, k=3, seed=1)
+    assert all(text != texts[0] for text, _ in generated)
+
+    cmd = [sys.executable, "-m", "pretrain.simbert", "eval", "--model", out,
+           "--pairs", pairs_path, "--limit", "200", "--groups", groups_path,
+           "--groups_split", "all", "--batch_size", "8", "--maxlen", "16"]
+    run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = simbert.pair_metrics(loaded.encode, pairs)
+    value = float(re.search(r"spearman: (-?[0-9.]+)", run.stdout).group(1))
+    assert value == pytest.approx(expected["spearman"], abs=1e-4)
+    assert re.search(r"groups: 14 .*retrieval_top1: [0-9.]+ seq2seq_loss: [0-9.]+ "
+                     r"similarity_loss: [0-9.]+", run.stdout), run.stdout
