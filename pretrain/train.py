@@ -339,7 +339,10 @@ class Trainer(object):
                 logging.info("phase %s starts from %s", phases[index]["name"], latest)
                 return
         if self.init_checkpoint:
-            export.load_pretrained(self.cfg, self.bundle, self.init_checkpoint)
+            # SimBERT may start from an MLM-only model (roberta_tiny): no pooler there.
+            pooler = ("bert/pooler/",) if self.cfg["model"]["with_pool"] else ()
+            export.load_pretrained(self.cfg, self.bundle, self.init_checkpoint,
+                                   allow_missing=pooler)
             logging.info("warm start from %s", self.init_checkpoint)
 
     # -- one phase -----------------------------------------------------------
