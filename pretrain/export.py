@@ -246,12 +246,14 @@ def sample_pairs(n, min_chars=8, max_chars=60):
     return pairs
 
 
-def encode_pairs(out_dir, pairs, maxlen):
-    """Token and segment ids (0-padded) with bert4keras's own Tokenizer."""
+def encode_pairs(out_dir, pairs, maxlen, do_lower_case=None):
+    """Token and segment ids (0-padded) with bert4keras's own Tokenizer and
+    the export's vocab.txt (do_lower_case: default from the export's info)."""
     from bert4keras.tokenizers import Tokenizer
-    with open(os.path.join(out_dir, INFO_NAME)) as f:
-        lower = json.load(f)["do_lower_case"]
-    tokenizer = Tokenizer(os.path.join(out_dir, "vocab.txt"), do_lower_case=lower)
+    if do_lower_case is None:
+        with open(os.path.join(out_dir, INFO_NAME)) as f:
+            do_lower_case = json.load(f)["do_lower_case"]
+    tokenizer = Tokenizer(os.path.join(out_dir, "vocab.txt"), do_lower_case=do_lower_case)
     encoded = [tokenizer.encode(a, b, maxlen=maxlen) for a, b in pairs]
     width = max(len(t) for t, _ in encoded)
     ids = np.zeros((len(encoded), width), np.int32)
@@ -335,13 +337,17 @@ def check_exports(items, n_pairs=8, maxlen=64):
         for (ids, want), (_, _, dst) in zip(expected, jobs):
             got = np.load(dst)
             got = [got["arr_%d" % i] for i in range(len(got.files))]
-            if len(got) != len(want):
-                raise ValueError("reloaded model has %d outputs, expected %d" % (
-                    len(got), len(want)))
-            # Compare real tokens only: padded rows are not outputs anyone uses.
-            diffs.append(max(float(np.abs(w - g)[ids > 0].max() if w.ndim == 3
-                                   else np.abs(w - g).max()) for w, g in zip(want, got)))
+            diffs.append(max_abs_diff(want, got, ids))
     return diffs
+
+
+def max_abs_diff(want, got, ids):
+    """Max |want - got| over lists of outputs; sequence outputs on real tokens
+    only (padded positions are not outputs anyone uses)."""
+    if len(got) != len(want):
+        raise ValueError("reloaded model has %d outputs, expected %d" % (len(got), len(want)))
+    return max(float(np.abs(w - g)[ids > 0].max() if w.ndim == 3 else np.abs(w - g).max())
+               for w, g in zip(want, got))
 
 
 # ---------------------------------------------------------------------- CLI
