@@ -517,27 +517,41 @@ def read_pairs(path, limit=None):
     return s1, s2, np.array(labels)
 
 
-def pair_metrics(encode, pairs):
-    """Spearman and best-threshold accuracy of cosine(encode(s1), encode(s2))."""
-    s1, s2, labels = pairs
-    texts = sorted(set(s1) | set(s2))
-    index = {t: i for i, t in enumerate(texts)}
-    vecs = encode(texts)
-    scores = np.sum(vecs[[index[t] for t in s1]] * vecs[[index[t] for t in s2]], axis=1)
+def pair_metrics(scores, labels):
+    """Spearman and best-threshold accuracy of similarity scores against 0/1 labels."""
     acc, threshold = best_threshold_accuracy(scores, labels)
     return {"spearman": spearman(scores, labels), "accuracy": acc, "threshold": threshold,
             "pairs": len(labels)}
 
 
-def retrieval_top1(encode, groups):
-    """Share of sentences whose nearest other sentence is from one of its groups."""
+def cosine_scores(encode, s1, s2):
+    """cosine(encode(a), encode(b)) for each pair, encoding each distinct text once."""
+    texts = sorted(set(s1) | set(s2))
+    index = {t: i for i, t in enumerate(texts)}
+    vecs = encode(texts)
+    return np.sum(vecs[[index[t] for t in s1]] * vecs[[index[t] for t in s2]], axis=1)
+
+
+def cosine_matrix(encode):
+    """texts -> all-pairs cosine, for `retrieval_top1`."""
+    def similarities(texts):
+        vecs = encode(texts)
+        return vecs @ vecs.T
+    return similarities
+
+
+def retrieval_top1(similarities, groups):
+    """Share of sentences whose nearest other sentence is from one of its groups.
+
+    `similarities(texts)` gives the [N, N] matrix (e.g. `cosine_matrix(encode)`).
+    A sentence found in several groups is one candidate, a member of each.
+    """
     members = collections.defaultdict(set)
     for g, group in enumerate(groups):
         for s in group.sentences:
             members[s].add(g)
     texts = sorted(members)
-    vecs = encode(texts)
-    sims = vecs @ vecs.T
+    sims = np.array(similarities(texts), np.float64)
     np.fill_diagonal(sims, -np.inf)
     nearest = np.argmax(sims, axis=1)
     hits = [bool(members[t] & members[texts[j]]) for t, j in zip(texts, nearest)]
@@ -565,10 +579,21 @@ def heldout_losses(cfg, model, path, split, batch_size, max_batches=None):
     return out
 
 
-def char_jaccard(a, b):
-    """Character-set Jaccard similarity: the no-model baseline."""
-    a, b = set(a), set(b)
-    return len(a & b) / max(len(a | b), 1)
+def jaccard_matrix(texts):
+    """All-pairs character-set Jaccard similarity: the no-model baseline."""
+    chars = sorted(set("".join(texts)))
+    col = {c: i for i, c in enumerate(chars)}
+    x = np.zeros((len(texts), len(chars)), np.float64)
+    for i, t in enumerate(texts):
+        x[i, [col[c] for c in set(t)]] = 1.0
+    inter = x @ x.T
+    sizes = x.sum(axis=1)
+    return inter / np.maximum(sizes[:, None] + sizes[None, :] - inter, 1.0)
+
+
+def jaccard_scores(s1, s2):
+    return np.array([len(set(a) & set(b)) / max(len(set(a) | set(b)), 1)
+                     for a, b in zip(s1, s2)])
 
 
 # ---------------------------------------------------------------- CLI
@@ -642,13 +667,14 @@ def main(argv):
         if not FLAGS.pairs and not FLAGS.groups:
             raise app.UsageError("eval needs --pairs FILE and/or --groups FILE")
         if FLAGS.pairs:
-            m = pair_metrics(sim.encode, read_pairs(FLAGS.pairs, FLAGS.limit))
+            s1, s2, labels = read_pairs(FLAGS.pairs, FLAGS.limit)
+            m = pair_metrics(cosine_scores(sim.encode, s1, s2), labels)
             print("pairs: %d spearman: %.4f accuracy: %.4f threshold: %.4f" % (
                 m["pairs"], m["spearman"], m["accuracy"], m["threshold"]))
         if FLAGS.groups:
             groups = list(split_groups(FLAGS.groups, FLAGS.groups_split,
                                        cfg["data"]["validation_fraction"]))
-            r = retrieval_top1(sim.encode, groups)
+            r = retrieval_top1(cosine_matrix(sim.encode), groups)
             losses = heldout_losses(cfg, sim.model, FLAGS.groups, FLAGS.groups_split,
                                     FLAGS.batch_size)
             print("groups: %d sentences: %d retrieval_top1: %.4f seq2seq_loss: %.4f "

@@ -217,6 +217,7 @@ def test_rank_metrics_match_scipy():
     assert simbert.spearman(scores, labels) == pytest.approx(
         stats.spearmanr(scores, labels).correlation, abs=1e-12)
     acc, threshold = simbert.best_threshold_accuracy(scores, labels)
+    assert simbert.pair_metrics(scores, labels)["accuracy"] == acc
     brute = max(np.mean((scores >= t) == labels) for t in np.append(scores, 2.0))
     assert acc == pytest.approx(brute)
     assert np.mean((scores >= threshold) == labels) == pytest.approx(acc)
@@ -254,7 +255,7 @@ def test_tiny_model_overfits_a_handful_of_groups(tmp_path):
         assert end < 0.7 * start, (key, start, end)
     groups = list(simbert.read_groups(path))
     sim = simbert.SimBERT(model, simbert.config_tokenizer(cfg), 24)
-    top1 = simbert.retrieval_top1(sim.encode, groups)
+    top1 = simbert.retrieval_top1(simbert.cosine_matrix(sim.encode), groups)
     assert top1["retrieval_top1"] >= 0.9, top1
     held = simbert.heldout_losses(cfg, model, path, "all", 28)
     assert held["similarity_acc"] >= 0.9, held
@@ -293,8 +294,21 @@ def test_export_reloads_to_the_same_vectors_and_the_eval_cli_runs(tmp_path):
            "--groups_split", "all", "--batch_size", "8", "--maxlen", "16"]
     run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    expected = simbert.pair_metrics(loaded.encode, pairs)
+    expected = simbert.pair_metrics(simbert.cosine_scores(loaded.encode, *pairs[:2]), pairs[2])
     value = float(re.search(r"spearman: (-?[0-9.]+)", run.stdout).group(1))
     assert value == pytest.approx(expected["spearman"], abs=1e-4)
     assert re.search(r"groups: 14 .*retrieval_top1: [0-9.]+ seq2seq_loss: [0-9.]+ "
                      r"similarity_loss: [0-9.]+", run.stdout), run.stdout
+
+
+def test_jaccard_baseline_matches_set_arithmetic():
+    texts = ["今天天气好", "今天天气不好", "明天见", "今天"]
+    m = simbert.jaccard_matrix(texts)
+    for i, a in enumerate(texts):
+        for j, b in enumerate(texts):
+            assert m[i, j] == pytest.approx(len(set(a) & set(b)) / len(set(a) | set(b)))
+    np.testing.assert_allclose(simbert.jaccard_scores(texts, texts[::-1]),
+                               [m[i, len(texts) - 1 - i] for i in range(len(texts))])
+    groups = [simbert.Group("x:1", texts[:2]), simbert.Group("x:2", texts[2:])]
+    # "今天" is nearest to "今天天气好" (2/4), which is in the other group
+    assert simbert.retrieval_top1(simbert.jaccard_matrix, groups)["retrieval_top1"] == 0.75
