@@ -35,7 +35,7 @@ import numpy as np
 from pretrain import corpus, masking, records, tokenization
 
 STATE_DIR = ".preprocess"
-BATCH = 4096  # sequences masked at once (bounds memory)
+BATCH_TOKENS = 1 << 19  # tokens masked at once: 4096 sequences of 128 (bounds memory)
 MAX_REPORTED = 10  # bad-input lines reported per chunk (all are counted)
 
 
@@ -136,6 +136,9 @@ def _skip(stats, reason, where, line):
 
 def _write_chunk(chunk, splits, stats):
     job = _STATE["job"]
+    for part in splits.values():  # one flat array per split, shared by all lengths
+        part["ids"] = np.concatenate(part["ids"]) if part["ids"] else np.zeros(0, np.int32)
+        part["words"] = np.concatenate(part["words"]) if part["words"] else None
     writers = []
     try:
         for L, _ in job["lengths"]:
@@ -145,15 +148,14 @@ def _write_chunk(chunk, splits, stats):
                 part = splits[split]
                 writer = records.ShardWriter(paths[split], job["compress"])
                 writers.append(writer)
-                ids = np.concatenate(part["ids"]) if part["ids"] else np.zeros(0, np.int32)
-                words = np.concatenate(part["words"]) if part["words"] else None
-                ranges = part["ranges"][L]
+                ids, words, ranges = part["ids"], part["words"], part["ranges"][L]
                 masked = 0
                 for copy in range(job["dupe_factor"] if split == "train" else 1):
                     rng = np.random.default_rng([job["seed"], chunk.index, L, copy, split_flag])
                     order = rng.permutation(len(ranges)).tolist()
-                    for b in range(0, len(order), BATCH):
-                        batch = [ranges[k] for k in order[b:b + BATCH]]
+                    size = max(1, BATCH_TOKENS // L)
+                    for b in range(0, len(order), size):
+                        batch = [ranges[k] for k in order[b:b + size]]
                         arrays = masker.mask(batch, ids, words, rng)
                         masked += int(arrays[4].sum())
                         for record in encoder.encode_batch(*arrays):
