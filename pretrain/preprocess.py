@@ -431,6 +431,8 @@ def _write_manifests(job, vocab, settings, chunk_stats):
             "seq_len": L, "max_predictions": P,
             "compression": "gzip" if job["compress"] else "none",
             "vocab": {"sha256": vocab.sha256, "size": len(vocab), "source": vocab.source_path},
+            "tokenizer": {"kind": job["tokenizer"]["kind"],
+                          "do_lower_case": job["tokenizer"].get("do_lower_case")},
             "masking": {k: settings[k] for k in (
                 "masked_lm_prob", "whole_word_mask", "mask_token_prob", "random_token_prob",
                 "segmenter", "user_dict_sha256")},

@@ -172,3 +172,30 @@ def test_vocab_command_shrinks_to_the_corpus(cfg, small_corpus, tmp_path):
     counts = json.load(open(os.path.join(out, "token_counts.json"), encoding="utf-8"))
     assert counts["的"] > 100 and np.all(np.array(list(counts.values())[5:]) >= 1)
 
+
+
+def test_sentencepiece_config_end_to_end(cfg, small_corpus, tmp_path):
+    import io
+    import sentencepiece as spm
+    with open(small_corpus, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=2000,
+        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], pad_id=0, unk_id=1, bos_id=-1,
+        eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]", character_coverage=0.98, minloglevel=2)
+    (tmp_path / "sp.model").write_bytes(model.getvalue())
+    sp_cfg = json.loads(json.dumps(cfg))
+    sp_cfg["tokenizer"].update(vocab=None, spm_model=str(tmp_path / "sp.model"))
+    out = str(tmp_path / "out")
+    preprocess.run(sp_cfg, small_corpus, out, seq_lens=[128], dupe_factor=1, workers=1,
+                   progress=False)
+    m = records.read_manifest(out, 128)
+    assert m["tokenizer"]["kind"] == "spm" and m["vocab"]["size"] == 2000
+    batch = next(iter(records.make_dataset(out, sp_cfg, 128, 4)))
+    tok = tokenization.SentencePieceTokenizer(model.getvalue())
+    ids = batch["input_ids"].numpy()
+    assert (ids[:, 0] == tok.cls_id).all() and (ids < 2000).all()
+    assert (ids == tok.mask_id).any()
+    with pytest.raises(records.ManifestError, match="vocab differs"):
+        records.make_dataset(out, cfg, 128, 4)
