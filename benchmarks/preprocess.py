@@ -93,8 +93,8 @@ def main():
         print("input %.1f MB (%s), seq_lens %s, dupe_factor %d, workers %d, compress %s"
               % (mb, os.path.basename(args.input), args.seq_lens, args.dupe_factor,
                  args.workers, args.compress))
-        print("wall %.1f s  |  %.2f MB/s  |  CPU %.1f s = %.3f CPU-s/MB  |  peak RSS: "
-              "largest process %.0f MB, all processes %.0f MB (ru_maxrss %.0f MB)  |  output %.1f MB"
+        print("wall %.1f s  |  %.2f MB/s  |  CPU %.1f s = %.3f CPU-s/MB  |  peak RSS: largest "
+              "process %.0f MB, all processes %.0f MB (ru_maxrss %.0f MB)  |  output %.1f MB"
               % (wall, mb / wall, cpu, cpu / mb, peaks["single"] / 1024.0,
                  peaks["tree"] / 1024.0, after.ru_maxrss / 1024.0, out_mb))
     finally:

@@ -181,7 +181,8 @@ class Masker(object):
         replaced = tok.copy()
         r = rng.random(len(chosen))
         to_mask = r < self.mask_token_prob
-        to_random = (r >= self.mask_token_prob) & (r < self.mask_token_prob + self.random_token_prob)
+        to_random = (r >= self.mask_token_prob) & (
+            r < self.mask_token_prob + self.random_token_prob)
         replaced[chosen[to_mask]] = self.mask_id
         replaced[chosen[to_random]] = self.random_ids[
             rng.integers(0, len(self.random_ids), int(to_random.sum()))]

@@ -290,8 +290,8 @@ def _settings(job, files, shard_mb, input_format):
             "compress", "text_fields")
     out = {k: job[k] for k in keep}
     out["lengths"] = [list(x) for x in job["lengths"]]
-    out["tokenizer_sha256"] = hashlib.sha256(
-        json.dumps(job["tokenizer"], sort_keys=True, default=lambda b: b.hex()).encode()).hexdigest()
+    spec = json.dumps(job["tokenizer"], sort_keys=True, default=lambda b: b.hex())
+    out["tokenizer_sha256"] = hashlib.sha256(spec.encode()).hexdigest()
     out["user_dict_sha256"] = (hashlib.sha256(job["user_dict_text"].encode()).hexdigest()
                                if job["user_dict_text"] else None)
     out["shard_mb"] = shard_mb
@@ -301,13 +301,14 @@ def _settings(job, files, shard_mb, input_format):
 
 
 def _check_bad(totals, max_bad_fraction, bad_lines, final):
+    """Abort once the bad fraction is over the limit (early only with enough evidence)."""
     bad = sum(totals["skipped"].values())
     seen = bad + totals["docs"] + totals["eval_docs"]
     if seen and (final or seen >= 10000) and bad > max_bad_fraction * seen:
+        reasons = ", ".join("%s %d" % kv for kv in sorted(totals["skipped"].items()))
         raise PreprocessError(
             "%d of %d input records (%.1f%%) are bad, more than --max_bad_fraction=%g: %s.\n"
-            "First ones:\n  %s" % (bad, seen, 100.0 * bad / seen, max_bad_fraction,
-                                   ", ".join("%s %d" % kv for kv in sorted(totals["skipped"].items())),
+            "First ones:\n  %s" % (bad, seen, 100.0 * bad / seen, max_bad_fraction, reasons,
                                    "\n  ".join(bad_lines[:20])))
 
 

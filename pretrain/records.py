@@ -356,7 +356,8 @@ def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip
     batches_per_epoch = examples // local_batch
     if batches_per_epoch == 0:
         raise ManifestError("%s: the %s split has %d examples for this input pipeline, fewer "
-                            "than one batch of %d" % (manifest["path"], split, examples, local_batch))
+                            "than one batch of %d" % (manifest["path"], split, examples,
+                                                      local_batch))
     files = [f for f, _ in shards]
     compression = "GZIP" if manifest["compression"] == "gzip" else ""
     spec = feature_spec(seq_len, manifest["max_predictions"])

@@ -253,7 +253,8 @@ class WordPieceTokenizer(object):
             pieces, counts = [], np.ones(len(starts), np.int64)
             slots = np.searchsorted(starts, run_starts)
             for slot, s, e in zip(slots.tolist(), run_starts.tolist(), run_ends.tolist()):
-                piece_ids = self._word_piece(codes[s:e].tobytes().decode("utf-32-le", "surrogatepass"))
+                run = codes[s:e].tobytes().decode("utf-32-le", "surrogatepass")
+                piece_ids = self._word_piece(run)
                 pieces.append(piece_ids)
                 counts[slot] = len(piece_ids)
             if (counts != 1).any():
