@@ -1,0 +1,157 @@
+"""SimBERT quality run: does SimBERT training improve sentence vectors over its warm start?
+
+1. Writes a copy of configs/simbert_tiny.json with this run's steps, batch and
+   learning rate (OUTPUT/simbert_tiny_quality.json).
+2. Trains it with the one trainer, warm-started from an MLM-pretrained
+   roberta_tiny export:
+   `python pretrain/run.py --config OUTPUT/simbert_tiny_quality.json
+    --data GROUPS --init_checkpoint WARM_START --output OUTPUT/run`.
+3. Scores, side by side, on LCQMC dev pairs (Spearman, accuracy at the best
+   threshold) and on the held-out (validation) groups (retrieval top-1, and
+   the two loss terms for the models):
+   character Jaccard, the random init, the MLM warm start (pooler freshly
+   initialised, as training starts), and the SimBERT-trained export.
+Settings are chosen on dev. `--test_pairs` (LCQMC test) is for the final
+figure only. Results: a table on stdout and OUTPUT/quality.json.
+
+    python scripts/simbert_quality.py --warm_start RUN/export/phase2_seq512 \\
+        --output runs/simbert_quality --steps 2000
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import pretrain  # noqa: F401  (selects tf_keras before TensorFlow loads)
+from absl import app, flags
+
+from pretrain import export, models, simbert
+from pretrain.config import REPO_ROOT, load_config, resolve_config_path
+
+RUN_PY = os.path.join(REPO_ROOT, "pretrain", "run.py")
+SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "similarity")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("warm_start", None, "MLM-pretrained roberta_tiny export (bert4keras dir)")
+flags.DEFINE_string("output", None, "Directory for the config, the run and quality.json")
+flags.DEFINE_string("data", "data/sample/similarity_groups.json", "SimBERT groups (JSON lines)")
+flags.DEFINE_string("pairs", os.path.join(SHARED, "lcqmc", "lcqmc_dev.tsv"), "Dev pairs")
+flags.DEFINE_string("test_pairs", None, "LCQMC test pairs: final figure only")
+flags.DEFINE_integer("limit", None, "Use only the first N pairs (quick checks)")
+flags.DEFINE_integer("steps", 2000, "SimBERT training updates")
+flags.DEFINE_integer("batch_size", 32, "Rows per batch (pairs x 2)")
+flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate")
+flags.DEFINE_integer("warmup_steps", 100, "Warmup updates")
+flags.DEFINE_bool("train", True, "Train (else evaluate the export already in OUTPUT/run)")
+flags.mark_flags_as_required(["warm_start", "output"])
+
+
+def write_config(path):
+    """simbert_tiny with this run's training numbers; returns the loaded config."""
+    with open(resolve_config_path("simbert_tiny")) as f:
+        raw = json.load(f)
+    raw["name"] = "simbert_tiny_quality"
+    raw["description"] = "simbert_tiny for scripts/simbert_quality.py"
+    train = raw["train"]
+    train.update(batch_size=FLAGS.batch_size, log_every=50, save_every=500,
+                 eval_every=500, eval_steps=4)
+    train["phases"][0].update(steps=FLAGS.steps, learning_rate=FLAGS.learning_rate,
+                              warmup_steps=FLAGS.warmup_steps)
+    with open(path, "w") as f:
+        json.dump(raw, f, indent=2, ensure_ascii=False)
+    return load_config(path)
+
+
+def run_training(config_path, run_dir):
+    """pretrain/run.py in a child process; returns (wall s, CPU s)."""
+    cmd = [sys.executable, RUN_PY, "--config", config_path, "--data", FLAGS.data,
+           "--init_checkpoint", FLAGS.warm_start, "--output", run_dir]
+    print("training: %s" % " ".join(cmd), flush=True)
+    start, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(cmd, check=True, cwd=REPO_ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return time.time() - start, cpu
+
+
+def find_export(run_dir):
+    base = os.path.join(run_dir, "export")
+    found = sorted(d for d in os.listdir(base) if os.path.exists(
+        os.path.join(base, d, "bert_config.json"))) if os.path.isdir(base) else []
+    if not found:
+        raise FileNotFoundError("no bert4keras export under %s" % base)
+    return os.path.join(base, found[-1])
+
+
+def score(name, cfg, pair_sets, groups, sim=None):
+    """One row of the table: Jaccard when `sim` is None, else a SimBERT model."""
+    row = {"model": name}
+    for split, (s1, s2, labels) in pair_sets.items():
+        scores = (simbert.jaccard_scores(s1, s2) if sim is None
+                  else simbert.cosine_scores(sim.encode, s1, s2))
+        m = simbert.pair_metrics(scores, labels)
+        row[split + "_spearman"], row[split + "_accuracy"] = m["spearman"], m["accuracy"]
+    similarities = (simbert.jaccard_matrix if sim is None
+                    else simbert.cosine_matrix(sim.encode))
+    row["retrieval_top1"] = simbert.retrieval_top1(similarities, groups)["retrieval_top1"]
+    if sim is not None:
+        losses = simbert.heldout_losses(cfg, sim.model, FLAGS.data, "validation",
+                                        FLAGS.batch_size)
+        row.update({k: losses[k] for k in simbert.METRICS})
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main(argv):
+    del argv
+    os.makedirs(FLAGS.output, exist_ok=True)
+    config_path = os.path.join(FLAGS.output, "simbert_tiny_quality.json")
+    cfg = write_config(config_path)
+    run_dir = os.path.join(FLAGS.output, "run")
+    timing = {}
+    if FLAGS.train:
+        timing["train_wall_s"], timing["train_cpu_s"] = run_training(config_path, run_dir)
+
+    pair_sets = {"dev": simbert.read_pairs(FLAGS.pairs, FLAGS.limit)}
+    if FLAGS.test_pairs:
+        pair_sets["test"] = simbert.read_pairs(FLAGS.test_pairs, FLAGS.limit)
+    groups = list(simbert.split_groups(FLAGS.data, "validation",
+                                       cfg["data"]["validation_fraction"]))
+    tokenizer = simbert.config_tokenizer(cfg)
+    maxlen = cfg["data"]["maxlen"]
+    rows = [score("char Jaccard", cfg, pair_sets, groups)]
+    bundle = models.build_model(cfg)  # seeded by train.seed
+    rows.append(score("random init", cfg, pair_sets, groups,
+                      simbert.SimBERT(bundle.encoder, tokenizer, maxlen)))
+    export.load_pretrained(cfg, bundle, FLAGS.warm_start, allow_missing=("bert/pooler/",))
+    rows.append(score("MLM warm start", cfg, pair_sets, groups,
+                      simbert.SimBERT(bundle.encoder, tokenizer, maxlen)))
+    trained = find_export(run_dir)
+    rows.append(score("SimBERT-trained", cfg, pair_sets, groups,
+                      simbert.SimBERT.load(trained, maxlen)))
+
+    result = {"settings": {"warm_start": FLAGS.warm_start, "data": FLAGS.data,
+                           "pairs": FLAGS.pairs, "test_pairs": FLAGS.test_pairs,
+                           "limit": FLAGS.limit, "steps": FLAGS.steps,
+                           "batch_size": FLAGS.batch_size,
+                           "learning_rate": FLAGS.learning_rate,
+                           "warmup_steps": FLAGS.warmup_steps, "export": trained,
+                           "heldout_groups": len(groups)},
+              "timing": timing, "rows": rows}
+    with open(os.path.join(FLAGS.output, "quality.json"), "w") as f:
+        json.dump(result, f, indent=2, ensure_ascii=False)
+    cols = [c for c in rows[-1] if c != "model"]
+    print("\n| model | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for row in rows:
+        print("| %s | %s |" % (row["model"], " | ".join(
+            "%.4f" % row[c] if c in row else "-" for c in cols)))
+    if timing:
+        print("\ntraining: %.0f s wall, %.0f s CPU" % (timing["train_wall_s"],
+                                                        timing["train_cpu_s"]))
+
+
+if __name__ == "__main__":
+    app.run(main)
