@@ -308,10 +308,16 @@ def heads(encoder):
         try:
             logits = encoder.get_layer("MLM-Bias").output
             pooled = encoder.get_layer("Pooler-Dense").output
+            activation = encoder.get_layer("MLM-Activation").activation
         except ValueError as e:
             raise ValueError("SimBERT needs a bert4keras model built with with_pool="
                              "'linear', application='unilm' (with_mlm): %s" % e) from None
-        _HEADS[encoder] = tf.keras.Model(encoder.inputs[:2], [pooled, logits])
+        if getattr(activation, "__name__", "") == "linear" and len(encoder.outputs) == 2:
+            # models.build_model's encoder already gives [pooled, logits]: use it as
+            # is, so the trainer's compiled step never builds a Model while tracing.
+            _HEADS[encoder] = encoder
+        else:
+            _HEADS[encoder] = tf.keras.Model(encoder.inputs[:2], [pooled, logits])
     return _HEADS[encoder]
 
 
