@@ -252,13 +252,13 @@ def _run_tasks(job, tasks, workers, total_bytes, progress):
 
 
 def _job(cfg, inputs, output_dir, mode, **kw):
-    from pretrain.config import max_predictions_for
+    from pretrain.config import max_predictions_for, resolve_path
     data = cfg["data"]
     vocab = tokenization.load_vocab(cfg)
     files = corpus.expand_inputs(inputs)
     seq_lens = kw.get("seq_lens") or data["seq_lens"]
     text_field = kw.get("text_field")
-    user_dict = kw.get("user_dict", data["user_dict"])
+    user_dict = kw.get("user_dict") or resolve_path(data["user_dict"])
     job = {
         "mode": mode,
         "output": output_dir,

@@ -199,3 +199,33 @@ def test_sentencepiece_config_end_to_end(cfg, small_corpus, tmp_path):
     assert (ids == tok.mask_id).any()
     with pytest.raises(records.ManifestError, match="vocab differs"):
         records.make_dataset(out, cfg, 128, 4)
+
+
+def test_user_dict_words_are_masked_whole(cfg, tmp_path):
+    import tensorflow as tf
+    word = "蓝莓芝士蛋糕"
+    (tmp_path / "dict.txt").write_text(word + "\n", encoding="utf-8")
+    doc = "".join("第%d天我吃了%s，真好吃。" % (i, word) for i in range(8))
+    (tmp_path / "docs.txt").write_text((doc + "\n") * 40, encoding="utf-8")
+    out = str(tmp_path / "out")
+    preprocess.run(cfg, str(tmp_path / "docs.txt"), out, seq_lens=[128], dupe_factor=1,
+                   workers=1, progress=False, eval_fraction=0.0,
+                   user_dict=str(tmp_path / "dict.txt"))
+    m = records.read_manifest(out, 128)
+    assert m["masking"]["user_dict_sha256"]
+    vocab = tokenization.load_vocab(cfg)
+    word_ids = [vocab.token_to_id[c] for c in word]
+    spec = records.feature_spec(128, 20)
+    whole = 0
+    for raw in records.iter_records(os.path.join(out, "seq128", m["train"]["shards"][0]["name"])):
+        ex = {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}
+        k = int(ex["masked_lm_weights"].sum())
+        ids = ex["input_ids"].copy()
+        ids[ex["masked_lm_positions"][:k]] = ex["masked_lm_ids"][:k]
+        masked = set(ex["masked_lm_positions"][:k].tolist())
+        for start in range(1, 128 - 6):
+            if ids[start:start + 6].tolist() == word_ids:
+                span = set(range(start, start + 6))
+                assert not (span & masked) or span <= masked  # all six or none
+                whole += span <= masked
+    assert whole > 10
