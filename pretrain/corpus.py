@@ -17,9 +17,10 @@ chunk), so the output depends on the corpus and the chunk size only, never on
 the number of workers. Plain files are cut by seeking; compressed files are
 scanned once and read by one task from start to end.
 
-Bad input (malformed JSON, undecodable bytes, records without text, empty
-documents) is yielded as `Bad(where, reason)` with `file:line`, for the caller
-to count and report.
+`read_task` yields each chunk's `Doc(where, text)`s and, for bad input
+(malformed JSON, undecodable bytes, records without text, empty documents),
+`Bad(where, reason)`s for the caller to count and report; `where` is a line
+of the chunk, turned into `file:line` by the `where(...)` function it gives.
 """
 import bz2
 import collections
@@ -268,6 +269,8 @@ class _Where(object):
                 count, left = 0, self.start
                 while left:
                     block = f.read(min(left, 1 << 22))
+                    if not block:
+                        break
                     count, left = count + block.count(b"\n"), left - len(block)
             self._base = count + 1
         return "%s:%d" % (self.path, self._base + lineno_in_chunk)
