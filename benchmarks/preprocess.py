@@ -3,11 +3,18 @@
     python benchmarks/preprocess.py --input ../shared/data/corpus/modern_translations.jsonl \\
         --mb 10 --seq_lens 128 --workers 2 --dupe_factor 1
 
+    python benchmarks/preprocess.py --input ... --mb 5 --components
+
 Takes the first `--mb` MB of `--input` (whole lines) into a temporary file,
 runs `python -m pretrain.preprocess` on it as a separate process, and prints
 wall time, MB/s, CPU-seconds per MB (all processes: driver + workers), and
 peak RSS, both of the largest single process and of the whole process tree
 summed (sampled from /proc every 0.1 s).
+
+`--components` instead times, on the same text in this process, the pieces
+one document goes through: bert4keras's Tokenizer.encode against
+tokenization.WordPieceTokenizer (checking the ids are identical), and jieba
+against rjieba (counting the documents they segment differently).
 """
 import argparse
 import os
@@ -39,6 +46,53 @@ def _tree_rss_kb(pid):
     return out
 
 
+def _documents(path, limit):
+    """Texts of the first `limit` bytes of a JSON-lines or plain-text file."""
+    import json
+    docs, size = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if size >= limit:
+                break
+            size += len(line.encode("utf-8"))
+            line = line.strip()
+            if line:
+                docs.append(json.loads(line)["text"] if line.startswith("{") else line)
+    return docs, size / 1e6
+
+
+def components(args):
+    import pretrain  # noqa: F401  (tf_keras env before bert4keras)
+    import jieba
+    from bert4keras.tokenizers import Tokenizer
+    from pretrain import masking, tokenization
+
+    docs, mb = _documents(args.input, int(args.mb * 1e6))
+    vocab = os.path.join(REPO, "data", "vocab.txt")
+    jieba.setLogLevel(60)
+    jieba.initialize()
+    rows = []
+    b4k = Tokenizer(vocab, do_lower_case=True)
+    fast = tokenization.WordPieceTokenizer(tokenization.read_vocab_file(vocab))
+    fast.encode("warm up")
+    results = {}
+    for name, fn in (("bert4keras Tokenizer.encode", lambda d: b4k.encode(d)[0][1:-1]),
+                     ("WordPieceTokenizer.encode", fast.encode),
+                     ("jieba.lcut", jieba.lcut),
+                     ("rjieba.cut", masking.Segmenter(backend="rjieba").cut)):
+        t0 = time.process_time()
+        results[name] = [fn(d) for d in docs]
+        rows.append((name, (time.process_time() - t0) / mb))
+    print("%d documents, %.1f MB of %s" % (len(docs), mb, os.path.basename(args.input)))
+    for name, secs in rows:
+        print("%-30s %.3f CPU-s/MB" % (name, secs))
+    same_ids = sum(a == b for a, b in zip(results["bert4keras Tokenizer.encode"],
+                                          results["WordPieceTokenizer.encode"]))
+    same_words = sum(a == b for a, b in zip(results["jieba.lcut"], results["rjieba.cut"]))
+    print("identical token ids: %d of %d documents" % (same_ids, len(docs)))
+    print("identical jieba/rjieba segmentation: %d of %d documents" % (same_words, len(docs)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True)
@@ -49,7 +103,11 @@ def main():
     parser.add_argument("--dupe_factor", type=int, default=1)
     parser.add_argument("--compress", default="true", choices=["true", "false"])
     parser.add_argument("--extra", default="", help="more flags for pretrain.preprocess")
+    parser.add_argument("--components", action="store_true",
+                        help="time tokenizers and segmenters instead of the whole CLI")
     args = parser.parse_args()
+    if args.components:
+        return components(args)
 
     tmp = tempfile.mkdtemp(prefix="bench_preprocess_")
     try:
