@@ -373,6 +373,7 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
     bad_lines = []
     for stats in done.values():
         _add(totals, stats)
+        bad_lines.extend(stats["bad_lines"])
     total_bytes = sum(c.end - c.start for t in todo for c in t)
     for stats in _run_tasks(job, todo, workers, total_bytes, progress):
         all_stats[stats["chunk"]] = stats
