@@ -289,16 +289,18 @@ def _float32_policy():
 
 
 def float32_outputs(cfg, bundle, ids, segs):
-    """bundle.encoder's outputs computed in float32, also when trained under bf16.
+    """bundle.encoder's outputs computed in float32 on the CPU.
 
-    Under a mixed policy a float32 twin gets the weights; it must also run
-    under the float32 policy, because bert4keras creates its attention
-    Dropout layer inside call().
+    A model trained under a mixed policy or on an accelerator (TPU matmuls
+    round float32 inputs) gets a float32 CPU twin with its weights; the twin
+    runs under the float32 policy too, because bert4keras creates its
+    attention Dropout layer inside call(). Call this outside strategy.scope().
     """
     encoder = bundle.encoder
-    with _float32_policy():
+    with _float32_policy(), tf.device("/CPU:0"):
         if any(getattr(layer, "compute_dtype", "float32") != "float32"
-               for layer in bundle.bert.layers.values()):
+               for layer in bundle.bert.layers.values()) or any(
+                   "CPU" not in w.device.upper() for w in encoder.weights):
             twin = models.build_model(cfg, check_vocab=False)
             K.batch_set_value([(w, K.get_value(v)) for (_, w), (_, v) in zip(
                 variable_pairs(twin.bert), variable_pairs(bundle.bert))])
@@ -320,6 +322,8 @@ def check_exports(items, n_pairs=8, maxlen=64):
     with tempfile.TemporaryDirectory() as tmp:
         jobs, expected = [], []
         for i, (cfg, out_dir, bundle) in enumerate(items):
+            if "://" in out_dir:  # bert4keras reads with open(): copy gs:// locally
+                out_dir = _local_copy(out_dir, os.path.join(tmp, "export%d" % i))
             ids, segs = encode_pairs(out_dir, pairs, maxlen)
             expected.append((ids, float32_outputs(cfg, bundle, ids, segs)))
             path = os.path.join(tmp, "in%d.npz" % i)
@@ -339,6 +343,14 @@ def check_exports(items, n_pairs=8, maxlen=64):
             got = [got["arr_%d" % i] for i in range(len(got.files))]
             diffs.append(max_abs_diff(want, got, ids))
     return diffs
+
+
+def _local_copy(src, dst):
+    tf.io.gfile.makedirs(dst)
+    for name in tf.io.gfile.listdir(src):
+        if not tf.io.gfile.isdir(os.path.join(src, name)):
+            tf.io.gfile.copy(os.path.join(src, name), os.path.join(dst, name), overwrite=True)
+    return dst
 
 
 def max_abs_diff(want, got, ids):

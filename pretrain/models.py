@@ -12,6 +12,7 @@ MLM-Bias layers, so the vocabulary projection costs P rows instead of L.
 """
 import collections
 import json
+import os
 import warnings
 
 import numpy as np
@@ -310,12 +311,27 @@ def flops_per_token(cfg, seq_len):
     return encoder, head
 
 
-def summary(cfg, seq_lens=None):
-    """A dict of sizes for `cfg` (builds the model once, float32)."""
+def summary(cfg, seq_lens=None, measure_checkpoint=True):
+    """A dict of sizes for `cfg` (builds the model once, float32).
+
+    measure_checkpoint: export the fresh model to a temporary directory and
+    report the checkpoint's bytes and its deflate-compressed size (what a zip
+    download of it weighs; the published sizes are those of zip files).
+    """
     bundle = build_model(cfg, check_vocab=False)
     params = count_params(bundle.bert)
     out = {"name": cfg["name"], "params": params, "fp32_MB": params * 4 / 1e6,
            "fp32_MiB": params * 4 / 2 ** 20, "published_MB": PUBLISHED_MB.get(cfg["name"])}
+    if measure_checkpoint:
+        import tempfile
+        import zlib
+        from pretrain import export
+        with tempfile.TemporaryDirectory() as tmp:
+            export.export_bert4keras(cfg, bundle, tmp)
+            data = b"".join(open(os.path.join(tmp, f), "rb").read()
+                            for f in sorted(os.listdir(tmp)) if f.startswith("bert_model"))
+        out["checkpoint_MB"] = len(data) / 1e6
+        out["checkpoint_zip_MB"] = len(zlib.compress(data, 6)) / 1e6
     for L in seq_lens or cfg["data"]["seq_lens"]:
         enc, head = flops_per_token(cfg, L)
         out["seq%d" % L] = {"encoder_GFLOPs_per_token": enc / 1e9,
@@ -323,17 +339,39 @@ def summary(cfg, seq_lens=None):
     return out
 
 
+def format_summary(s):
+    lines = ["%s: %s parameters" % (s["name"], format(s["params"], ","))]
+    size = "  checkpoint: %.2f MB fp32 (%.2f MiB)" % (s["fp32_MB"], s["fp32_MiB"])
+    if "checkpoint_MB" in s:
+        size += "; written %.2f MB, zip-compressed %.2f MB = %.2f MiB" % (
+            s["checkpoint_MB"], s["checkpoint_zip_MB"], s["checkpoint_zip_MB"] * 1e6 / 2 ** 20)
+    if s["published_MB"]:
+        size += "; published %d MB" % s["published_MB"]
+    lines.append(size)
+    for key in sorted(k for k in s if k.startswith("seq")):
+        f = s[key]
+        lines.append("  %s forward: %.4f GFLOPs/token (encoder) + %.4f GFLOPs per MLM "
+                     "prediction; a training step is ~3x" % (
+                         key, f["encoder_GFLOPs_per_token"],
+                         f["mlm_head_GFLOPs_per_prediction"]))
+    return "\n".join(lines)
+
+
 def main(argv):
     from absl import flags
     from pretrain.config import load_config
     if len(argv) != 2 or argv[1] != "summary":
-        raise SystemExit("usage: python -m pretrain.models summary --config NAME")
-    cfg = load_config(flags.FLAGS.config)
-    print(json.dumps(summary(cfg), indent=2))
+        raise SystemExit("usage: python -m pretrain.models summary --config NAME [--json]")
+    FLAGS = flags.FLAGS
+    s = summary(load_config(FLAGS.config), measure_checkpoint=FLAGS.measure_checkpoint)
+    print(json.dumps(s, indent=2) if FLAGS.json else format_summary(s))
 
 
 if __name__ == "__main__":
     from absl import app, flags
     flags.DEFINE_string("config", None, "config name or path")
+    flags.DEFINE_bool("json", False, "print JSON instead of text")
+    flags.DEFINE_bool("measure_checkpoint", True, "export to a temp dir and measure the "
+                      "checkpoint and its zip-compressed size")
     flags.mark_flag_as_required("config")
     app.run(main)
