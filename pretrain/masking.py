@@ -13,6 +13,7 @@
   word that would overshoot; then 80% [MASK], 10% a random non-special
   token, 10% unchanged. It works on many sequences at once with NumPy.
 """
+import importlib.util
 import re
 
 import numpy as np
@@ -22,11 +23,8 @@ SENTENCE_END = re.compile("[。！？；!?;…\n]+[”’\"'」』）)》]*")
 
 
 def default_backend():
-    try:
-        import rjieba  # noqa: F401
-        return "rjieba"
-    except ImportError:
-        return "jieba"
+    """rjieba when installed (it is ~20x faster), else jieba; without importing either."""
+    return "rjieba" if importlib.util.find_spec("rjieba") else "jieba"
 
 
 class Segmenter(object):
