@@ -502,7 +502,7 @@ def best_threshold_accuracy(scores, labels):
         threshold = s[-1]
     else:
         threshold = (s[best - 1] + s[best]) / 2
-    return correct[best] / n, float(threshold)
+    return float(correct[best] / n), float(threshold)
 
 
 def read_pairs(path, limit=None):
