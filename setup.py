@@ -21,6 +21,7 @@ setup(
         "absl-py",
         "google-cloud-storage",
         "tqdm",
+        "tensorboard",  # tf.summary writes event files only when it is installed
         "numpy",
         # bert4keras imports distutils, gone from Python 3.12's stdlib;
         # setuptools provides the shim.

@@ -135,7 +135,7 @@ class SimbertTask(object):
         split = "validation" if split == "eval" else split
         return self.simbert.make_dataset(self.cfg, self.data_path, batch_size, split=split,
                                          seed=seed, skip_batches=skip_batches,
-                                         input_context=input_context)
+                                         input_context=input_context, seq_len=seq_len)
 
     @staticmethod
     def denominator(batch):
@@ -259,10 +259,9 @@ def distributed_dataset(strategy, task, phase, cfg, split, start_step, accum):
     seed = cfg["train"]["seed"]
 
     def dataset_fn(input_context):
-        per_replica = input_context.get_per_replica_batch_size(batch_size)
-        replicas_here = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        skip = start_step * (accum or 1) * replicas_here
-        ds = task.dataset(phase["seq_len"], per_replica, split, seed, skip, input_context)
+        # the task's datasets take the global batch and count global batches
+        ds = task.dataset(phase["seq_len"], batch_size, split, seed,
+                          start_step * (accum or 1), input_context)
         if accum:
             ds = ds.batch(accum, drop_remainder=True)
         return ds.prefetch(2)
@@ -293,6 +292,25 @@ def _check_output_dir(cfg, output_dir):
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(identity, f, indent=2, ensure_ascii=False)
+
+
+class _Window(object):
+    """Training metrics summed over the host calls between two log lines."""
+
+    def __init__(self):
+        self.steps, self.seconds, self.sums = 0, 0.0, {}
+
+    def add(self, n, seconds, losses, norms, metric_sums):
+        self.steps += n
+        self.seconds += seconds
+        values = dict(metric_sums, loss=float(losses.sum()), grad_norm=float(norms.sum()))
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def scalars(self, seqs_per_update):
+        out = {k: v / self.steps for k, v in self.sums.items()}
+        out["seqs_per_sec"] = self.steps * seqs_per_update / max(self.seconds, 1e-9)
+        return out
 
 
 # --------------------------------------------------------------------------
@@ -381,12 +399,12 @@ class Trainer(object):
         logging.info("phase %s: steps %d..%d, seq_len %d, batch %d x accum %d, xla=%s, "
                      "replicas=%d", phase["name"], start, end, phase["seq_len"],
                      train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync)
+        window = _Window()  # metrics since the last log line
         while step < end:
             n = self._loop_length(step, end)
             t0 = time.time()
             losses, norms, metric_sums, lr = loop(iterator, tf.constant(n))
             losses = losses.numpy()
-            elapsed = time.time() - t0
             bad = np.flatnonzero(~np.isfinite(losses))
             if bad.size:
                 raise TrainingError(
@@ -398,16 +416,18 @@ class Trainer(object):
             phase_step.assign(step)
             self.history.extend((offset + step - n + i + 1, phase["name"], float(l))
                                 for i, l in enumerate(losses))
-            scalars = {k: float(v) / n for k, v in metric_sums.items()}
-            scalars.update(loss=float(losses.mean()), grad_norm=float(norms.numpy().mean()),
-                           learning_rate=float(lr),
-                           seqs_per_sec=n * seqs_per_update / max(elapsed, 1e-9))
-            self._write("train", offset + step, scalars)
-            logging.info("%s step %d/%d  %s", phase["name"], step, phase["steps"],
-                         "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())))
-            if step % train["save_every"] == 0 or step == phase["steps"]:
+            window.add(n, time.time() - t0, losses, norms.numpy(), metric_sums)
+            done = step == phase["steps"]
+            if step % train["log_every"] == 0 or done or step == end:
+                scalars = window.scalars(seqs_per_update)
+                scalars["learning_rate"] = float(lr)
+                self._write("train", offset + step, scalars)
+                logging.info("%s step %d/%d  %s", phase["name"], step, phase["steps"],
+                             "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())))
+                window = _Window()
+            if step % train["save_every"] == 0 or done:
                 manager.save(checkpoint_number=step)
-            if step % train["eval_every"] == 0 or step == phase["steps"]:
+            if step % train["eval_every"] == 0 or done:
                 self.evaluate(phase, eval_fn, offset + step)
         if step >= phase["steps"]:
             return self._export(phase)

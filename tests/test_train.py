@@ -30,7 +30,7 @@ def tiny_config(tmp_path, name="tiny", phases=((128, 6), (512, 2)), dropout=0.0,
     raw["train"].update(batch_size=8, grad_accum_steps=2, log_every=2, save_every=3,
                         eval_every=4, eval_steps=2, **train_over)
     raw["train"]["phases"] = [
-        {"name": "p%d_seq%d" % (i + 1, L), "seq_len": L, "steps": s, "warmup_steps": 1,
+        {"name": "p%d_seq%d" % (i + 1, L), "seq_len": L, "steps": s, "warmup_steps": 0,
          "learning_rate": 1e-3} for i, (L, s) in enumerate(phases)]
     path = tmp_path / ("%s.json" % name)
     path.write_text(json.dumps(raw))
@@ -48,12 +48,13 @@ def records_dir(tmp_path_factory):
     cfg = tiny_config(tmp)
     out = str(tmp / "records")
     preprocess.run(cfg, [str(corpus)], out, seq_lens=[128, 512], dupe_factor=1,
-                   workers=1, seed=1)
+                   workers=1, seed=1, eval_fraction=0.1, progress=False)
     return out
 
 
 def _stack(records_dir, cfg, seq_len, batch, accum):
-    ds = train.MlmTask(cfg, None, records_dir).dataset(seq_len, batch, "train", 0, 0, None)
+    from pretrain import records
+    ds = records.make_dataset(records_dir, cfg, seq_len, batch, split="train")
     return next(iter(ds.batch(accum)))
 
 
