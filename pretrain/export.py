@@ -380,7 +380,7 @@ def main(argv):
         from pretrain import hf_export
         hf_export.export_hf(cfg, bundle, FLAGS.output)
         if FLAGS.check:
-            print("max |TF - HF| MLM logits: %.3g" % hf_export.check_hf(
+            print("max |TF - HF| (MLM logits, pooled vector if any): %.3g" % hf_export.check_hf(
                 cfg, FLAGS.output, bundle))
         return
     prefix = export_bert4keras(cfg, bundle, FLAGS.output)

@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 import tensorflow as tf
-from bert4keras.backend import K, keras
+from bert4keras.backend import keras
 from bert4keras.layers import (Add, Dense, Dropout, Embedding, Input,
                                LayerNormalization, RelativePositionEmbeddingT5,
                                ScaleOffset, Activation)
@@ -230,20 +230,18 @@ def reinitialize(bert, seed, stddev):
     bert4keras hands ONE initializer instance to each MultiHeadAttention /
     FeedForward layer, and a tf_keras 2.21 initializer instance returns the
     same values on every call: as built, q, k, v and o kernels of a layer are
-    identical, and so are the two GEGLU input kernels. Constant-initialised
-    weights (biases, norms) are left alone.
+    identical, and so are the two GEGLU input kernels. The random weights are
+    the kernels and embedding tables; biases and norms keep their constants.
     """
     weights = []
     for name in sorted(bert.layers):
         for w in getattr(bert.layers[name], "weights", []):
-            if all(w is not v for v in weights):
+            if w.name.split(":")[0].endswith(("kernel", "embeddings")) and all(
+                    w is not v for v in weights):
                 weights.append(w)
-    values = K.batch_get_value(weights)
-    pairs = [(w, tf.random.stateless_truncated_normal(w.shape, seed=[seed, i],
+    for i, w in enumerate(weights):
+        w.assign(tf.random.stateless_truncated_normal(w.shape, seed=[seed, i],
                                                       stddev=stddev, dtype=w.dtype))
-             for i, (w, v) in enumerate(zip(weights, values)) if np.ptp(v) > 0]
-    for w, v in pairs:
-        w.assign(v)
 
 
 def build_model(cfg, check_vocab=True, seed=None):

@@ -14,10 +14,10 @@ from pretrain.config import load_config
 def randomize(bundle, seed=0):
     """Give every weight (biases and norm scales too) a distinct random value,
     so a swapped or misnamed weight cannot hide behind identical inits."""
-    rng = np.random.RandomState(seed)
+    rng = np.random.default_rng(seed)
     pairs = export.variable_pairs(bundle.bert)
     K.batch_set_value([(w, (1.0 if n.endswith(("gamma", "scale")) else 0.0)
-                        + 0.1 * rng.standard_normal(w.shape).astype("float32"))
+                        + 0.1 * rng.standard_normal(w.shape, dtype=np.float32))
                        for n, w in pairs])
 
 
