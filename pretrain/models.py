@@ -236,12 +236,12 @@ def reinitialize(bert, seed, stddev):
     weights = []
     for name in sorted(bert.layers):
         for w in getattr(bert.layers[name], "weights", []):
-            if w.name.split(":")[0].endswith(("kernel", "embeddings")) and all(
-                    w is not v for v in weights):
+            if all(w is not v for v in weights):
                 weights.append(w)
-    for i, w in enumerate(weights):
-        w.assign(tf.random.stateless_truncated_normal(w.shape, seed=[seed, i],
-                                                      stddev=stddev, dtype=w.dtype))
+    for i, w in enumerate(weights):  # i counts every weight: stable seeds
+        if w.name.split(":")[0].endswith(("kernel", "embeddings")):
+            w.assign(tf.random.stateless_truncated_normal(w.shape, seed=[seed, i],
+                                                          stddev=stddev, dtype=w.dtype))
 
 
 def build_model(cfg, check_vocab=True, seed=None):
