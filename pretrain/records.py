@@ -326,6 +326,9 @@ def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip
     each input pipeline reads its own files (or every n-th example when there
     are fewer files than pipelines) in batches of the per-replica size.
 
+    Note: TF's tensor-seeded shuffles fail when the process-wide seed is
+    exactly 0 (`tf.random.set_seed(0)`); any other global seed, or none, works.
+
     The order is a function of `seed` alone: files are shuffled and examples
     shuffled within each epoch with a per-epoch seed, and every epoch drops
     its last partial batch. So `skip_batches=k` (global batches already

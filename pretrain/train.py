@@ -202,7 +202,9 @@ def make_replica_step(task, optimizer, variables, seed=0):
 
 def make_train_loop(strategy, replica_step, metric_names, xla):
     """`loop(iterator, n)`: n updates in one host call; per-update losses."""
-    step_fn = tf.function(replica_step, jit_compile=xla)
+    # Only wrap for XLA: a nested tf.function around the optimizer's merge_call
+    # fails under MirroredStrategy.
+    step_fn = tf.function(replica_step, jit_compile=True) if xla else replica_step
 
     def first(x):
         return strategy.experimental_local_results(x)[0]
@@ -233,7 +235,7 @@ def make_eval_fn(strategy, task, xla):
         sums = ctx.all_reduce("sum", [loss] + [metrics[k] for k in task.metrics])
         return [s / tf.maximum(denom, 1e-9) for s in sums]
 
-    step_fn = tf.function(replica_eval, jit_compile=xla)
+    step_fn = tf.function(replica_eval, jit_compile=True) if xla else replica_eval
 
     @tf.function
     def evaluate(iterator, n):
@@ -329,7 +331,9 @@ class Trainer(object):
         _check_output_dir(cfg, output_dir)
         if precision == "bf16":
             tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        tf.keras.utils.set_random_seed(cfg["train"]["seed"])
+        # No global seed: build_model draws weights from train.seed and dropout
+        # masks come from step seeds (a global seed of 0 also breaks tf.data's
+        # tensor-seeded shuffles).
         with self.strategy.scope():
             self.bundle = models.build_model(cfg)
         self.task = make_task(cfg, self.bundle, data)
@@ -371,6 +375,9 @@ class Trainer(object):
         accum = train["grad_accum_steps"]
         with self.strategy.scope():
             optimizer = optim.make_optimizer(cfg, phase)
+            # Slots now, eagerly: created inside the compiled loop they would need
+            # tf.function's init-lifting, which fails under MirroredStrategy.
+            optimizer._create_all_weights(self.variables)
             phase_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase_step")
         ckpt = self._checkpoint(optimizer, phase_step)
         manager = tf.train.CheckpointManager(ckpt, self._phase_dir(phase),

@@ -16,7 +16,7 @@ def test_notebook_runs_unchanged_in_smoke_mode(tmp_path):
     # Like papermill: a cell after the parameters cell overrides them.
     corpus = tmp_path / "corpus.txt"
     with open(os.path.join(ROOT, "data", "sample", "clue_small.txt"), encoding="utf-8") as f:
-        corpus.write_text("".join(f.readline() for _ in range(300)), encoding="utf-8")
+        corpus.write_text("".join(f.readline() for _ in range(400)), encoding="utf-8")
     nb.cells.insert(params[0] + 1, nbformat.v4.new_code_cell(
         "CORPUS = %r\nOUTPUT = %r\nWORKERS = 1" % (str(corpus), str(tmp_path / "out"))))
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",

@@ -59,7 +59,6 @@ def _stack(records_dir, cfg, seq_len, batch, accum):
 
 
 def _one_update(cfg, stack):
-    tf.keras.utils.set_random_seed(0)
     from pretrain import models, optim
     bundle = models.build_model(cfg)
     task = train.MlmTask(cfg, bundle, None)
