@@ -14,3 +14,14 @@ def shared_path(*parts):
     if not os.path.exists(path):
         pytest.skip("needs %s (../shared/data is absent on this machine)" % path)
     return path
+
+
+def read_tree(root):
+    """{relative path: bytes} of every file under root."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out

@@ -18,6 +18,7 @@ import uuid
 import google_crc32c
 import pytest
 
+from conftest import read_tree
 from pretrain import gcs
 
 pytest.importorskip("gcp_storage_emulator", reason="pip install gcp-storage-emulator (extras dev)")
@@ -72,17 +73,6 @@ def _write(path, data):
         f.write(data)
 
 
-def _tree(root):
-    """{relative path: bytes} of every file under root."""
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 def _remote(bucket, prefix):
     """{name under prefix: bytes} of the objects under gs://bucket/prefix/."""
     return {b.name[len(prefix) + 1:]: b.download_as_bytes()
@@ -96,7 +86,7 @@ def _records(root, big=5 * CHUNK + 123):
     _write(os.path.join(root, "seq128", "part-00001-of-00002.tfrecord.gz"), rng(1000))
     _write(os.path.join(root, "seq128", "manifest.json"), json.dumps({"n": 2}).encode())
     _write(os.path.join(root, "seq128", "empty.txt"), b"")
-    return _tree(root)
+    return read_tree(root)
 
 
 def test_upload_then_rerun_skips_and_changed_file_is_reuploaded(bucket, tmp_path):
@@ -198,7 +188,7 @@ def test_download_round_trip_skip_and_interrupted_download(bucket, tmp_path):
     uri = "gs://%s/runs/tiny/export/" % bucket.name
 
     first = gcs.download_dir(uri, str(dst))
-    assert first.transferred == 4 and _tree(str(dst)) == local
+    assert first.transferred == 4 and read_tree(str(dst)) == local
     again = gcs.download_dir(uri, str(dst))
     assert (again.transferred, again.skipped) == (0, 4)
 
@@ -206,17 +196,17 @@ def test_download_round_trip_skip_and_interrupted_download(bucket, tmp_path):
     target = dst / "seq128" / "part-00000-of-00002.tfrecord.gz"
     target.write_bytes(b"\0" * target.stat().st_size)
     assert gcs.download_dir(uri, str(dst)).transferred == 1
-    assert _tree(str(dst)) == local
+    assert read_tree(str(dst)) == local
 
     # Interrupted mid-file: the final name never holds partial bytes, no temp file is left.
     fresh = tmp_path / "fresh"
     with pytest.raises(gcs.GcsError, match="simulated crash"):
         gcs.download_dir(uri, str(fresh), workers=1, progress=_crash_after(2))
-    leftovers = _tree(str(fresh))
+    leftovers = read_tree(str(fresh))
     assert not any(k.endswith(gcs.PARTIAL) for k in leftovers)
     assert all(local[k] == v for k, v in leftovers.items())
     assert gcs.download_dir(uri, str(fresh)).transferred == 4 - len(leftovers)
-    assert _tree(str(fresh)) == local
+    assert read_tree(str(fresh)) == local
 
 
 def test_preflight_ok_leaves_nothing_and_missing_bucket_fails_clearly(bucket):
@@ -309,7 +299,7 @@ def test_tpu_fetch_script_downloads_the_export(emulator, bucket, tmp_path):
     done = subprocess.run(["bash", os.path.join(repo, "scripts", "tpu_fetch.sh")], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert _tree(str(tmp_path / "got")) == _tree(str(export))
+    assert read_tree(str(tmp_path / "got")) == read_tree(str(export))
 
 
 _KILL_AFTER_CHUNKS = """

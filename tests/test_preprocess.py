@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from conftest import read_tree, shared_path
 from pretrain import config, preprocess, records, tokenization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,24 +39,13 @@ def reference(tmp_path_factory, cfg, small_corpus):
     return out, summary
 
 
-def _files(root):
-    """{relative path: bytes} of everything written, temporary files excluded."""
-    out = {}
-    for d, _, fs in os.walk(root):
-        for f in fs:
-            path = os.path.join(d, f)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, root)] = fh.read()
-    return out
-
-
 def test_output_is_identical_whatever_the_worker_count(reference, cfg, small_corpus, tmp_path):
     ref_dir, summary = reference
     assert summary["docs"] > 200 and summary["lengths"][128]["train"]["sequences"] > 0
     manifest = records.read_manifest(ref_dir, 128)
     assert len(manifest["train"]["shards"]) >= 4  # several chunks, so workers share work
     summary2 = preprocess.run(cfg, small_corpus, str(tmp_path), workers=2, **SETTINGS)
-    assert _files(str(tmp_path)) == _files(ref_dir)
+    assert read_tree(str(tmp_path)) == read_tree(ref_dir)
     for key in ("docs", "tokens", "lengths", "skipped", "unk_rate"):
         assert summary2[key] == summary[key]
 
@@ -119,7 +108,7 @@ def test_resume_after_kill_gives_identical_output(reference, small_corpus, tmp_p
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["docs"] > 200
-    assert _files(out) == _files(ref_dir)
+    assert read_tree(out) == read_tree(ref_dir)
     for f, mtime in done_before.items():  # finished chunks were skipped, not redone
         assert os.stat(os.path.join(state, f)).st_mtime_ns == mtime
 
