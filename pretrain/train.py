@@ -165,8 +165,9 @@ def _dense(g, v):
 def make_replica_step(task, optimizer, variables, seed=0):
     """One optimizer update from a stack of micro-batches [accum, b, ...].
 
-    Returns (loss, metrics, grad_norm, lr), identical on every replica. The
-    optimizer sums the gradients over replicas and clips (pretrain/optim.py).
+    Returns (loss, metrics, grad_norm), identical on every replica; metrics
+    include the learning rate the update used. The optimizer sums the
+    gradients over replicas and clips (pretrain/optim.py).
     """
 
     def replica_step(stack):
