@@ -20,6 +20,7 @@ setup(
         "sentencepiece",
         "absl-py",
         "google-cloud-storage",
+        "google-crc32c",  # records.py frames TFRecords without importing TF
         "tqdm",
         "tensorboard",  # tf.summary writes event files only when it is installed
         "numpy",
