@@ -326,8 +326,9 @@ def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip
     each input pipeline reads its own files (or every n-th example when there
     are fewer files than pipelines) in batches of the per-replica size.
 
-    Note: TF's tensor-seeded shuffles fail when the process-wide seed is
-    exactly 0 (`tf.random.set_seed(0)`); any other global seed, or none, works.
+    Note: TF's seeded shuffles also depend on TF's process-wide seed
+    (`tf.random.set_seed`): a resumed run must set the same one, or none, as
+    the trainer does. A process-wide seed of exactly 0 makes them fail.
 
     The order is a function of `seed` alone: files are shuffled and examples
     shuffled within each epoch with a per-epoch seed, and every epoch drops

@@ -25,3 +25,13 @@ def read_tree(root):
             with open(path, "rb") as f:
                 out[os.path.relpath(path, root)] = f.read()
     return out
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_global_tf_seed():
+    """tf.data's seeded shuffles also depend on TF's process-wide seed: a test
+    that sets one (tf.keras.utils.set_random_seed) must not change the record
+    order that later tests in the same process see."""
+    yield
+    import tensorflow as tf
+    tf.random.set_seed(None)
