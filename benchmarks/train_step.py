@@ -67,11 +67,7 @@ class DenseMlmTask(train.MlmTask):
         index = tf.stack([b, batch["masked_lm_positions"]], -1)
         labels = tf.scatter_nd(index, batch["masked_lm_ids"], shape)
         weights = tf.scatter_nd(index, batch["masked_lm_weights"], shape)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
-                          tf.float32)
-        loss_sum = tf.reduce_sum(ce * weights)
-        return loss_sum, {"mlm_loss": loss_sum, "mlm_acc": tf.reduce_sum(correct * weights)}
+        return train.masked_lm_sums(logits, labels, weights)
 
 
 def synthetic_batch(cfg, batch, seq_len, seed=0):

@@ -111,14 +111,17 @@ class MlmTask(object):
             "input_ids": batch["input_ids"],
             "segment_ids": batch["segment_ids"],
             "masked_lm_positions": batch["masked_lm_positions"]}, training=training)
-        logits = tf.cast(logits, tf.float32)
-        labels = batch["masked_lm_ids"]
-        weights = batch["masked_lm_weights"]
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
-                          tf.float32)
-        loss_sum = tf.reduce_sum(ce * weights)
-        return loss_sum, {"mlm_loss": loss_sum, "mlm_acc": tf.reduce_sum(correct * weights)}
+        return masked_lm_sums(logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
+
+
+def masked_lm_sums(logits, labels, weights):
+    """Weighted cross-entropy sum and the MlmTask metric sums (labels int32)."""
+    logits = tf.cast(logits, tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
+                      tf.float32)
+    loss_sum = tf.reduce_sum(ce * weights)
+    return loss_sum, {"mlm_loss": loss_sum, "mlm_acc": tf.reduce_sum(correct * weights)}
 
 
 class SimbertTask(object):
@@ -357,8 +360,7 @@ class Trainer(object):
         for prev in reversed(phases[:index]):
             latest = tf.train.latest_checkpoint(self._phase_dir(prev))
             if latest:
-                tf.train.Checkpoint(model=self.bundle.encoder).restore(
-                    latest).expect_partial()
+                export.restore_training_checkpoint(self.bundle, latest)
                 logging.info("phase %s starts from %s", phases[index]["name"], latest)
                 return
         if self.init_checkpoint:
