@@ -9,9 +9,10 @@ Runs, in one process on this machine:
   3. the dense baseline: the same model and optimizer, but the loss is taken
      from bert4keras's full-sequence MLM output [B, L, V] (`with_mlm`), as
      bert4keras's `pretraining/` does.
-MFU = model FLOPs per second / peak, with model FLOPs = 3 x forward FLOPs
-(`pretrain.models.flops_per_token`) for the positions each variant computes
-the vocabulary projection on.
+MFU = model FLOPs per second / peak, with model FLOPs = 3 x the forward FLOPs
+each variant needs (`pretrain.models.mlm_flops_per_sequence`): ours runs the
+vocabulary head and the last layer's query-side work on the P masked rows
+only, so its FLOP count is the smaller one.
 """
 import os
 import sys
@@ -24,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pretrain import models, optim, train  # noqa: E402
+from pretrain import dropout, models, optim, train  # noqa: E402
 from pretrain.config import load_config, max_predictions_for  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -92,7 +93,8 @@ def time_step(cfg, task_cls, stack, steps, xla):
     task = task_cls(cfg, bundle)
     variables = task.model.trainable_variables
     optimizer = optim.make_optimizer(cfg, cfg["train"]["phases"][0])
-    step = tf.function(train.make_replica_step(task, optimizer, variables), jit_compile=xla)
+    step = tf.function(train.make_replica_step(task, optimizer, variables,
+                                               rng_alg=dropout.rng_alg(xla)), jit_compile=xla)
     for _ in range(2):
         loss, _, _ = step(stack)
     float(loss)
@@ -110,9 +112,8 @@ def main(argv):
     P = max_predictions_for(cfg, L)
     stack = synthetic_batch(cfg, B, L)
     peak = matmul_peak()
-    encoder, head = models.flops_per_token(cfg, L)
-    sparse_flops = 3 * B * (L * encoder + P * head)
-    dense_flops = 3 * B * L * (encoder + head)
+    sparse_flops = 3 * B * models.mlm_flops_per_sequence(cfg, L, P, sparse=True)
+    dense_flops = 3 * B * models.mlm_flops_per_sequence(cfg, L, P, sparse=False)
 
     def sparse_task(c, b):
         return train.MlmTask(c, b, None)

@@ -15,7 +15,7 @@ import contextlib
 
 import tensorflow as tf
 
-_state = {"seed": None, "calls": 0}
+_state = {"seed": None, "calls": 0, "alg": "philox"}
 
 
 class StepSeededDropout(tf.keras.layers.Dropout):
@@ -30,14 +30,18 @@ class StepSeededDropout(tf.keras.layers.Dropout):
         _state["calls"] += 1
         call_seed = tf.random.experimental.stateless_fold_in(seed, _state["calls"])
         return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=call_seed,
-                                                    noise_shape=self.noise_shape)
+                                                    noise_shape=self.noise_shape,
+                                                    rng_alg=_state["alg"])
 
 
 @contextlib.contextmanager
-def seeded(seed):
-    """Dropout masks in this block derive from `seed` (an int tensor of shape [2])."""
+def seeded(seed, alg="philox"):
+    """Dropout masks in this block derive from `seed` (an int tensor of shape [2]).
+
+    alg: the stateless generator, see `rng_alg`.
+    """
     previous = dict(_state)
-    _state.update(seed=tf.cast(seed, tf.int64), calls=0)
+    _state.update(seed=tf.cast(seed, tf.int64), calls=0, alg=alg)
     try:
         yield
     finally:
@@ -50,6 +54,16 @@ def step_seed(base_seed, step, micro_index):
     replica = tf.cast(ctx.replica_id_in_sync_group if ctx is not None else 0, tf.int64)
     return tf.stack([tf.cast(base_seed, tf.int64) * 1024 + replica,
                      tf.cast(step, tf.int64) * 4096 + tf.cast(micro_index, tf.int64)])
+
+
+def rng_alg(compiled):
+    """The generator for a step compiled by XLA (TPU, jit_compile) or not.
+
+    TF's CPU/GPU kernels implement Philox only; under XLA, ThreeFry is the
+    fast one (TPU's native generator; on CPU the default, auto_select, made
+    the roberta_tiny step 1.3x slower than ThreeFry: benchmarks/train_step.py).
+    """
+    return "threefry" if compiled else "philox"
 
 
 def install():

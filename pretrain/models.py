@@ -162,6 +162,72 @@ class GatherPositions(keras.layers.Layer):
         return None
 
 
+class GatherBiasRows(keras.layers.Layer):
+    """T5 position bias [L, L, heads], query positions [B, P] -> attention bias [B, heads, P, L]."""
+
+    def call(self, inputs):
+        bias, positions = inputs
+        return tf.transpose(tf.gather(bias, positions), [0, 3, 1, 2])
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
+def _node_input(layer, i=0):
+    # The tensor a layer received in the model as bert4keras built it (node 0):
+    # layers are called again below, so layer.input would be ambiguous.
+    x = layer.get_input_at(0)
+    return x[i] if isinstance(x, list) else x
+
+
+def _dropout(bert, name, x):
+    # bert4keras skips Dropout layers of rate 0: no layer, no-op.
+    return bert.layers[name](x) if name in bert.layers else x
+
+
+def masked_hidden(bert, positions):
+    """The last hidden states at `positions` [B, P] -> [B, P, H].
+
+    Only these rows reach the MLM loss, so the last layer computes its
+    queries, attention output, FFN and norms for the P rows alone; keys and
+    values still come from all L positions. The layers are the model's own
+    (same weights, same maths), so the result equals gathering the full
+    output, for (1 - P/L) of the last layer's cost less. Models with an
+    attention mask (unilm) or shared layers fall back to the plain gather.
+    """
+    n = bert.num_hidden_layers
+    if isinstance(bert, T5SEncoder):
+        name = "Encoder-Transformer-%d-" % (n - 1)
+        attention = bert.layers[name + "MultiHeadSelfAttention"]
+        norm = bert.layers[name + "MultiHeadSelfAttention-Norm"]
+        x = _node_input(norm)
+        normed = norm.get_output_at(0)
+        query = GatherPositions()([normed, positions])
+        bias = GatherBiasRows()([_node_input(attention, 3), positions])
+        a = attention([query, normed, normed, bias], a_bias=True)
+        a = _dropout(bert, name + "MultiHeadSelfAttention-Dropout", a)
+        x = bert.layers[name + "MultiHeadSelfAttention-Add"](
+            [GatherPositions()([x, positions]), a])
+        f = bert.layers[name + "FeedForward"](bert.layers[name + "FeedForward-Norm"](x))
+        f = _dropout(bert, name + "FeedForward-Dropout", f)
+        x = bert.layers[name + "FeedForward-Add"]([x, f])
+        return _dropout(bert, "Encoder-Output-Dropout", bert.layers["Encoder-Output-Norm"](x))
+    name = "Transformer-%d-" % (n - 1)
+    if (bert.attention_bias is not None or bert.layer_norm_conds[0] is not None
+            or name + "MultiHeadSelfAttention" not in bert.layers):
+        return GatherPositions()([sequence_output(bert), positions])
+    attention = bert.layers[name + "MultiHeadSelfAttention"]
+    x = _node_input(attention)
+    query = GatherPositions()([x, positions])
+    a = attention([query, x, x])
+    a = _dropout(bert, name + "MultiHeadSelfAttention-Dropout", a)
+    a = bert.layers[name + "MultiHeadSelfAttention-Add"]([query, a])
+    a = bert.layers[name + "MultiHeadSelfAttention-Norm"](a)
+    f = _dropout(bert, name + "FeedForward-Dropout", bert.layers[name + "FeedForward"](a))
+    f = bert.layers[name + "FeedForward-Add"]([a, f])
+    return bert.layers[name + "FeedForward-Norm"](f)
+
+
 Bundle = collections.namedtuple("Bundle", ["bert", "encoder", "mlm_model", "sequence_model"])
 Bundle.__doc__ = """What `build_model` returns.
 
@@ -271,8 +337,8 @@ def build_model(cfg, check_vocab=True, seed=None):
     token_ids, segment_ids = bert.model.inputs[:2]
     hidden = sequence_output(bert)
     positions = Input(shape=(None,), dtype="int32", name="Input-Masked-Positions")
-    gathered = GatherPositions(name="MLM-Gather")([hidden, positions])
-    logits = _float32(apply_mlm_head(bert, gathered), "MLM-Logits-Float32")
+    logits = _float32(apply_mlm_head(bert, masked_hidden(bert, positions)),
+                      "MLM-Logits-Float32")
     mlm_model = keras.Model({"input_ids": token_ids, "segment_ids": segment_ids,
                              "masked_lm_positions": positions}, logits)
     sequence_model = keras.Model([token_ids, segment_ids], hidden)
@@ -290,6 +356,18 @@ def count_params(bert):
     return sum(seen.values())
 
 
+def _layer_flops(cfg, seq_len):
+    """Forward FLOPs of one transformer layer: (per position for keys and
+    values, per query row for everything else)."""
+    m = cfg["model"]
+    h, ff = m["hidden_size"], m["intermediate_size"]
+    inner = m["num_attention_heads"] * (m["attention_head_size"] or h // m["num_attention_heads"])
+    n_in = len(m["hidden_act"]) if isinstance(m["hidden_act"], list) else 1
+    kv = 2 * 2 * h * inner
+    row = 2 * 2 * h * inner + 2 * (n_in + 1) * h * ff + 2 * 2 * seq_len * inner
+    return kv, row
+
+
 def flops_per_token(cfg, seq_len):
     """Forward multiply-adds x2 per token: encoder, and the MLM head per prediction.
 
@@ -298,15 +376,28 @@ def flops_per_token(cfg, seq_len):
     A training step costs about 3x the forward.
     """
     m = cfg["model"]
-    h, e, ff, n = m["hidden_size"], m["embedding_size"] or m["hidden_size"], \
-        m["intermediate_size"], m["num_hidden_layers"]
-    inner = m["num_attention_heads"] * (m["attention_head_size"] or h // m["num_attention_heads"])
-    n_in = len(m["hidden_act"]) if isinstance(m["hidden_act"], list) else 1
-    per_layer = 2 * (4 * h * inner + (n_in + 1) * h * ff) + 2 * 2 * seq_len * inner
+    h, e = m["hidden_size"], m["embedding_size"] or m["hidden_size"]
     mapping = 2 * e * h if e != h else 0
-    encoder = n * per_layer + mapping
+    encoder = m["num_hidden_layers"] * sum(_layer_flops(cfg, seq_len)) + mapping
     head = 2 * (h * e + e * m["vocab_size"])
     return encoder, head
+
+
+def mlm_flops_per_sequence(cfg, seq_len, predictions, sparse=True):
+    """Forward FLOPs of one sequence for the MLM loss.
+
+    sparse: what `mlm_model` computes (see `masked_hidden`): the vocabulary
+    head, and for encoder models the last layer's queries, output projection,
+    attention rows and FFN, on the P masked rows only. Otherwise: every
+    position everywhere, as a full-sequence MLM head does.
+    """
+    encoder, head = flops_per_token(cfg, seq_len)
+    if not sparse:
+        return seq_len * (encoder + head)
+    if cfg["model"]["type"] != "t5s" and cfg["model"]["application"] != "encoder":
+        return seq_len * encoder + predictions * head
+    kv, row = _layer_flops(cfg, seq_len)
+    return seq_len * (encoder - row) + predictions * (row + head)
 
 
 def summary(cfg, seq_lens=None, measure_checkpoint=True):

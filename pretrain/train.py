@@ -165,8 +165,11 @@ def _dense(g, v):
     return tf.convert_to_tensor(g)
 
 
-def make_replica_step(task, optimizer, variables, seed=0):
+def make_replica_step(task, optimizer, variables, seed=0, rng_alg="philox"):
     """One optimizer update from a stack of micro-batches [accum, b, ...].
+
+    rng_alg: the dropout generator (`dropout.rng_alg`); fixed for a run, as
+    the masks, hence resumed losses, depend on it.
 
     Returns (loss, metrics, grad_norm), identical on every replica; metrics
     include the learning rate the update used. The optimizer sums the
@@ -183,7 +186,7 @@ def make_replica_step(task, optimizer, variables, seed=0):
             batch = {k: v[i] for k, v in stack.items()}
             # dropout masks derive from (update, micro-batch, replica): exact resume
             mask_seed = dropout.step_seed(seed, optimizer.iterations, i)
-            with tf.GradientTape() as tape, dropout.seeded(mask_seed):
+            with tf.GradientTape() as tape, dropout.seeded(mask_seed, rng_alg):
                 part, metrics = task.loss_sums(batch, training=True)
                 scaled = part / denom
             new = tape.gradient(scaled, variables)
@@ -401,8 +404,10 @@ class Trainer(object):
                                        start, accum)
         iterator = iter(train_ds)
         eval_fn = make_eval_fn(self.strategy, self.task, self.xla)
+        compiled = self.xla or isinstance(self.strategy, tf.distribute.TPUStrategy)
         loop = make_train_loop(self.strategy, make_replica_step(
-            self.task, optimizer, self.variables, train["seed"]), self.task.metrics, self.xla)
+            self.task, optimizer, self.variables, train["seed"], dropout.rng_alg(compiled)),
+            self.task.metrics, self.xla)
         step = start
         end = phase["steps"] if max_steps is None else min(phase["steps"], start + max_steps)
         seqs_per_update = train["batch_size"] * accum
