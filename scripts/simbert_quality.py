@@ -24,11 +24,13 @@ import subprocess
 import sys
 import time
 
-import pretrain  # noqa: F401  (selects tf_keras before TensorFlow loads)
-from absl import app, flags
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pretrain import export, models, simbert
-from pretrain.config import REPO_ROOT, load_config, resolve_config_path
+import pretrain  # noqa: F401,E402  (selects tf_keras before TensorFlow loads)
+from absl import app, flags  # noqa: E402
+
+from pretrain import export, models, simbert  # noqa: E402
+from pretrain.config import REPO_ROOT, load_config, resolve_config_path  # noqa: E402
 
 RUN_PY = os.path.join(REPO_ROOT, "pretrain", "run.py")
 SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "similarity")
