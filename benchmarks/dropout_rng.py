@@ -4,8 +4,9 @@
 
 The attention-probability mask of roberta_tiny at batch 32 x 128 is the
 default shape. `pretrain.dropout.rng_alg` picks the generator from these
-figures: under XLA on CPU, `auto_select` (TF's default) was ~100x slower than
-ThreeFry; TF's own CPU kernels implement Philox only.
+figures and from the whole step (benchmarks/train_step.py): under XLA on CPU
+ThreeFry is the fastest (`auto_select`, TF's default, is far slower here in
+isolation than inside the step); TF's own CPU kernels implement Philox only.
 """
 import os
 import sys
