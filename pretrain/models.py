@@ -185,15 +185,24 @@ def _dropout(bert, name, x):
     return bert.layers[name](x) if name in bert.layers else x
 
 
+def sparse_last_layer(cfg):
+    """Whether `mlm_model` runs the last layer on the masked rows only.
+
+    Encoders only: a unilm model's attention mask would need its rows gathered
+    too, and SimBERT trains on full sequences, so those models gather the
+    full output.
+    """
+    return cfg["model"]["type"] == "t5s" or cfg["model"]["application"] == "encoder"
+
+
 def masked_hidden(bert, positions):
-    """The last hidden states at `positions` [B, P] -> [B, P, H].
+    """The last hidden states of an encoder at `positions` [B, P] -> [B, P, H].
 
     Only these rows reach the MLM loss, so the last layer computes its
     queries, attention output, FFN and norms for the P rows alone; keys and
     values still come from all L positions. The layers are the model's own
     (same weights, same maths), so the result equals gathering the full
-    output, for (1 - P/L) of the last layer's cost less. Models with an
-    attention mask (unilm) or shared layers fall back to the plain gather.
+    output, for (1 - P/L) of the last layer's cost less.
     """
     n = bert.num_hidden_layers
     if isinstance(bert, T5SEncoder):
@@ -213,9 +222,6 @@ def masked_hidden(bert, positions):
         x = bert.layers[name + "FeedForward-Add"]([x, f])
         return _dropout(bert, "Encoder-Output-Dropout", bert.layers["Encoder-Output-Norm"](x))
     name = "Transformer-%d-" % (n - 1)
-    if (bert.attention_bias is not None or bert.layer_norm_conds[0] is not None
-            or name + "MultiHeadSelfAttention" not in bert.layers):
-        return GatherPositions()([sequence_output(bert), positions])
     attention = bert.layers[name + "MultiHeadSelfAttention"]
     x = _node_input(attention)
     query = GatherPositions()([x, positions])
@@ -337,8 +343,9 @@ def build_model(cfg, check_vocab=True, seed=None):
     token_ids, segment_ids = bert.model.inputs[:2]
     hidden = sequence_output(bert)
     positions = Input(shape=(None,), dtype="int32", name="Input-Masked-Positions")
-    logits = _float32(apply_mlm_head(bert, masked_hidden(bert, positions)),
-                      "MLM-Logits-Float32")
+    rows = (masked_hidden(bert, positions) if sparse_last_layer(cfg)
+            else GatherPositions()([hidden, positions]))
+    logits = _float32(apply_mlm_head(bert, rows), "MLM-Logits-Float32")
     mlm_model = keras.Model({"input_ids": token_ids, "segment_ids": segment_ids,
                              "masked_lm_positions": positions}, logits)
     sequence_model = keras.Model([token_ids, segment_ids], hidden)
@@ -394,9 +401,9 @@ def mlm_flops_per_sequence(cfg, seq_len, predictions, sparse=True):
     encoder, head = flops_per_token(cfg, seq_len)
     if not sparse:
         return seq_len * (encoder + head)
-    if cfg["model"]["type"] != "t5s" and cfg["model"]["application"] != "encoder":
+    if not sparse_last_layer(cfg):
         return seq_len * encoder + predictions * head
-    kv, row = _layer_flops(cfg, seq_len)
+    row = _layer_flops(cfg, seq_len)[1]
     return seq_len * (encoder - row) + predictions * (row + head)
 
 
