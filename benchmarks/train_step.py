@@ -1,6 +1,7 @@
 """Train-step speed: sequences/s and MFU, sparse MLM head vs the dense baseline.
 
     python benchmarks/train_step.py --config roberta_tiny --batch 32 --seq_len 128
+    ... --rng_alg auto_select | --dropout 0 | --noxla   (what the step's parts cost)
 
 Runs, in one process on this machine:
   1. the TF fp32 matmul peak (GFLOP/s at 2048^2, the MFU denominator);
@@ -34,6 +35,9 @@ flags.DEFINE_integer("batch", 32, "Sequences per step.")
 flags.DEFINE_integer("seq_len", 128, "Sequence length.")
 flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
 flags.DEFINE_bool("xla", True, "Compile the step with XLA.")
+flags.DEFINE_enum("rng_alg", None, ["auto_select", "philox", "threefry"],
+                  "Dropout-mask generator (default: the trainer's, dropout.rng_alg).")
+flags.DEFINE_float("dropout", None, "Override both dropout rates (e.g. 0: no masks).")
 
 
 def matmul_peak(n=2048, reps=10):
@@ -87,14 +91,14 @@ def synthetic_batch(cfg, batch, seq_len, seed=0):
     return {k: tf.constant(v[None]) for k, v in stack.items()}  # [accum=1, B, ...]
 
 
-def time_step(cfg, task_cls, stack, steps, xla):
+def time_step(cfg, task_cls, stack, steps, xla, rng_alg):
     tf.keras.utils.set_random_seed(0)
     bundle = models.build_model(cfg)
     task = task_cls(cfg, bundle)
     variables = task.model.trainable_variables
     optimizer = optim.make_optimizer(cfg, cfg["train"]["phases"][0])
     step = tf.function(train.make_replica_step(task, optimizer, variables,
-                                               rng_alg=dropout.rng_alg(xla)), jit_compile=xla)
+                                               rng_alg=rng_alg), jit_compile=xla)
     for _ in range(2):
         loss, _, _ = step(stack)
     float(loss)
@@ -108,6 +112,10 @@ def time_step(cfg, task_cls, stack, steps, xla):
 def main(argv):
     del argv
     cfg = load_config(FLAGS.config)
+    if FLAGS.dropout is not None:
+        cfg["model"].update(hidden_dropout_prob=FLAGS.dropout,
+                            attention_probs_dropout_prob=FLAGS.dropout)
+    rng_alg = FLAGS.rng_alg or dropout.rng_alg(FLAGS.xla)
     B, L = FLAGS.batch, FLAGS.seq_len
     P = max_predictions_for(cfg, L)
     stack = synthetic_batch(cfg, B, L)
@@ -118,11 +126,11 @@ def main(argv):
     def sparse_task(c, b):
         return train.MlmTask(c, b, None)
 
-    t_sparse = time_step(cfg, sparse_task, stack, FLAGS.steps, FLAGS.xla)
-    t_dense = time_step(cfg, DenseMlmTask, stack, FLAGS.steps, FLAGS.xla)
-    print("config %s  batch %d x seq %d  P=%d  xla=%s  %s  cpu threads=%d" % (
+    t_sparse = time_step(cfg, sparse_task, stack, FLAGS.steps, FLAGS.xla, rng_alg)
+    t_dense = time_step(cfg, DenseMlmTask, stack, FLAGS.steps, FLAGS.xla, rng_alg)
+    print("config %s  batch %d x seq %d  P=%d  xla=%s  %s  dropout %g (%s)  cpu threads=%d" % (
         cfg["name"], B, L, P, FLAGS.xla, cfg["train"]["optimizer"],
-        os.cpu_count() or 0))
+        cfg["model"]["hidden_dropout_prob"], rng_alg, os.cpu_count() or 0))
     print("matmul peak (fp32, 2048^2): %.1f GFLOP/s" % peak)
     for name, t, flops in (("sparse MLM head (ours)", t_sparse, sparse_flops),
                            ("dense MLM head (bert4keras with_mlm)", t_dense, dense_flops)):

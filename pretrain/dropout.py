@@ -61,7 +61,8 @@ def rng_alg(compiled):
 
     TF's CPU/GPU kernels implement Philox only; under XLA, ThreeFry is the
     fast one (TPU's native generator; on CPU the default, auto_select, made
-    the roberta_tiny step 1.3x slower than ThreeFry: benchmarks/train_step.py).
+    the roberta_tiny step 1.36x slower than ThreeFry:
+    `python benchmarks/train_step.py --rng_alg auto_select`).
     """
     return "threefry" if compiled else "philox"
 
