@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from bert4keras.backend import K
 
-from pretrain import models
+from pretrain import h5_weights, models
 from pretrain.config import bert4keras_config, resolve_path
 from pretrain.tokenization import load_vocab, read_vocab_file
 
@@ -116,6 +116,8 @@ def export_bert4keras(cfg, bundle, out_dir):
                          os.path.join(out_dir, "spm.model"), overwrite=True)
     with tf.io.gfile.GFile(os.path.join(out_dir, INFO_NAME), "w") as f:
         json.dump(info, f, indent=2)
+    if cfg["model"]["type"] == "t5s":  # also the published layout, for chinese_t5s.py
+        h5_weights.write_h5(bundle.bert, os.path.join(out_dir, h5_weights.H5_NAME))
     return prefix
 
 
@@ -143,6 +145,11 @@ def load_pretrained(cfg, bundle, ckpt_path, keep_tokens=None, allow_missing=()):
     CheckpointMismatchError listing them all; nothing is assigned then.
     Returns {"loaded": [...], "kept_init": [...], "unused": [...]}.
     """
+    if h5_weights.is_h5(ckpt_path):  # Keras h5 by layer name (the published T5s)
+        if keep_tokens is None:
+            keep_tokens = _auto_keep_tokens(
+                cfg, bundle.bert, h5_weights.checkpoint_shapes(bundle.bert, ckpt_path))
+        return h5_weights.load_h5(bundle.bert, ckpt_path, keep_tokens, CheckpointMismatchError)
     prefix = checkpoint_prefix(ckpt_path)
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
@@ -372,7 +379,7 @@ def main(argv):
     cfg = load_config(FLAGS.config)
     bundle = models.build_model(cfg)
     if FLAGS.checkpoint:
-        if is_name_based(FLAGS.checkpoint):
+        if h5_weights.is_h5(FLAGS.checkpoint) or is_name_based(FLAGS.checkpoint):
             load_pretrained(cfg, bundle, FLAGS.checkpoint)
         else:
             restore_training_checkpoint(bundle, FLAGS.checkpoint)
@@ -392,8 +399,9 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app, flags
     flags.DEFINE_string("config", None, "config name or path")
-    flags.DEFINE_string("checkpoint", None, "trainer checkpoint or Google-format "
-                        "checkpoint to export (default: the fresh initialisation)")
+    flags.DEFINE_string("checkpoint", None, "trainer checkpoint, Google-format "
+                        "checkpoint or Keras h5 (the published T5s model.h5) to export "
+                        "(default: the fresh initialisation)")
     flags.DEFINE_string("output", None, "output directory (local or gs://)")
     flags.DEFINE_enum("format", "bert4keras", ["bert4keras", "hf"], "output format")
     flags.DEFINE_bool("check", False, "reload the export and print the max abs difference")

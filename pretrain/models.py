@@ -18,10 +18,10 @@ import warnings
 import numpy as np
 import tensorflow as tf
 from bert4keras.backend import keras
-from bert4keras.layers import (Add, Dense, Dropout, Embedding, Input,
-                               LayerNormalization, RelativePositionEmbeddingT5,
-                               ScaleOffset, Activation)
-from bert4keras.models import T5_Encoder, build_transformer_model
+from bert4keras.layers import (Add, Dense, Dropout, Embedding, FeedForward, Input,
+                               LayerNormalization, MultiHeadAttention,
+                               RelativePositionEmbeddingT5, ScaleOffset, Activation)
+from bert4keras.models import T5_Base, build_transformer_model
 
 from pretrain.config import bert4keras_config
 from pretrain.tokenization import load_vocab
@@ -31,16 +31,20 @@ from pretrain.tokenization import load_vocab
 PUBLISHED_MB = {"roberta_tiny": 27, "roberta_small": 48, "simbert_base": 344}
 
 
-class T5SEncoder(T5_Encoder):
-    """A T5.1.1-style encoder for MLM pretraining ("T5s").
+class T5SEncoder(T5_Base):
+    """The T5s encoder as published (genggui001/chinese_language_model_t5s,
+    `chinese_t5s.py`, bert4keras 0.9.9), rebuilt on bert4keras 0.11.5.
 
-    On top of bert4keras's `T5_Encoder` (pre-norm RMSNorm, relative position
-    bias, no biases, no attention scaling, gated FFN) it adds segment
-    embeddings, an optional low-rank token embedding (embedding_size ->
-    hidden_size mapping), configurable relative-position buckets, and the MLM
-    head Dense(embedding_size, gelu) -> RMSNorm -> tied embedding -> bias.
+    A T5.1.1-style encoder for MLM pretraining: token + segment embeddings,
+    an optional low-rank token embedding (Embedding-Mapping, a Dense with
+    bias), one shared T5 relative position bias, pre-norm RMSNorm blocks with
+    unbiased, unscaled attention and a gated FFN, a final RMSNorm, then
+    Output-Scale (x / sqrt(hidden_size)). The MLM head is Dense(embedding_size,
+    gelu, with bias) -> RMSNorm -> tied embedding -> bias.
 
-    Load an export with
+    Layer names, weight shapes and the weight order inside each layer are the
+    published ones, so the released `model.h5` loads by layer name (see
+    `pretrain.h5_weights`). Load a bert4keras export with
     `build_transformer_model(config, ckpt, model=T5SEncoder, with_mlm='linear')`.
     """
 
@@ -57,10 +61,10 @@ class T5SEncoder(T5_Encoder):
         # int32 ids: the trainer feeds int32, and float ids would be cast
         # back anyway (and are unsafe under a bf16 policy).
         inputs = [self.apply(layer=Input, shape=(self.sequence_length,),
-                             dtype="int32", name="Encoder-Input-Token")]
+                             dtype="int32", name="Input-Token")]
         if self.segment_vocab_size > 0:
             inputs.append(self.apply(layer=Input, shape=(self.sequence_length,),
-                                     dtype="int32", name="Encoder-Input-Segment"))
+                                     dtype="int32", name="Input-Segment"))
         return inputs
 
     def apply_embeddings(self, inputs):
@@ -77,23 +81,59 @@ class T5SEncoder(T5_Encoder):
                            name="Embedding-Segment")
             x = self.apply(inputs=[x, s], layer=Add, name="Embedding-Token-Segment")
         x = self.apply(inputs=x, layer=Dropout, rate=self.dropout_rate,
-                       name="Encoder-Embedding-Dropout")
+                       name="Embedding-Dropout")
         if self.embedding_size != self.hidden_size:
             x = self.apply(inputs=x, layer=Dense, units=self.hidden_size,
-                           use_bias=False, kernel_initializer=self.initializer,
-                           name="Encoder-Embedding-Mapping")
+                           kernel_initializer=self.initializer,
+                           name="Embedding-Mapping")
         return x
 
+    def _rms_norm(self, x, name):
+        return self.apply(inputs=x, layer=LayerNormalization, zero_mean=False,
+                          offset=False, epsilon=1e-6, name=name)
+
+    def _residual(self, x, f, name):
+        f = self.apply(inputs=f, layer=Dropout, rate=self.dropout_rate,
+                       name=name + "-Dropout")
+        return self.apply(inputs=[x, f], layer=Add, name=name + "-Add")
+
+    def apply_main_layers(self, inputs, index):
+        """norm -> attention -> add, norm -> gated FFN -> add."""
+        x = inputs
+        attention = "Transformer-%d-MultiHeadSelfAttention" % index
+        feed_forward = "Transformer-%d-FeedForward" % index
+        position_bias = self.compute_position_bias(x)  # first, as published
+        h = self._rms_norm(x, attention + "-Norm")
+        h = self.apply(inputs=[h, h, h, position_bias], layer=MultiHeadAttention,
+                       arguments={"p_bias": "t5_relative"},
+                       heads=self.num_attention_heads,
+                       head_size=self.attention_head_size, out_dim=self.hidden_size,
+                       key_size=self.attention_key_size, use_bias=False,
+                       attention_scale=False,
+                       attention_dropout=self.attention_dropout_rate,
+                       kernel_initializer=self.initializer, name=attention)
+        x = self._residual(x, h, attention)
+        h = self._rms_norm(x, feed_forward + "-Norm")
+        h = self.apply(inputs=h, layer=FeedForward, units=self.intermediate_size,
+                       activation=self.hidden_act, use_bias=False,
+                       kernel_initializer=self.initializer, name=feed_forward)
+        return self._residual(x, h, feed_forward)
+
     def apply_final_layers(self, inputs):
-        x = super(T5SEncoder, self).apply_final_layers(inputs)
+        x = self._rms_norm(inputs, "Output-Norm")
+        x = self.apply(inputs=x, layer=Dropout, rate=self.dropout_rate,
+                       name="Output-Dropout")
+        # Published: the encoder output is divided by sqrt(hidden_size), with
+        # or without the MLM head.
+        x = self.apply(inputs=x, layer=ScaleOffset, scale=self.hidden_size ** -0.5,
+                       offset=False, name="Output-Scale")
         self.sequence_output = x
         if not self.with_mlm:
             return x
-        x = self.apply(inputs=x, layer=Dense, units=self.embedding_size,
-                       activation="gelu", use_bias=False,
+        act = self.hidden_act[0] if isinstance(self.hidden_act, list) else self.hidden_act
+        x = self.apply(inputs=x, layer=Dense, units=self.embedding_size, activation=act,
                        kernel_initializer=self.initializer, name="MLM-Dense")
-        x = self.apply(inputs=x, layer=LayerNormalization, zero_mean=False,
-                       offset=False, epsilon=1e-6, name="MLM-Norm")
+        x = self._rms_norm(x, "MLM-Norm")
         x = self.apply(inputs=x, layer=Embedding, arguments={"mode": "dense"},
                        name="Embedding-Token")
         x = self.apply(inputs=x, layer=ScaleOffset, scale=False, name="MLM-Bias")
@@ -102,14 +142,13 @@ class T5SEncoder(T5_Encoder):
                           name="MLM-Activation")
 
     def compute_position_bias(self, inputs=None):
-        # T5_Encoder hard-codes 32 buckets and the layer's default distance.
         if self.position_bias is None:
             self.position_bias = self.apply(
                 inputs=[inputs, inputs], layer=RelativePositionEmbeddingT5,
                 input_dim=self.num_buckets, output_dim=self.num_attention_heads,
                 max_distance=self.max_distance, bidirectional=True,
                 embeddings_initializer=self.initializer,
-                name="Encoder-Embedding-Relative-Position")
+                name="Embedding-Relative-Position")
         return self.position_bias
 
     def load_variable(self, checkpoint, name):
@@ -128,17 +167,18 @@ class T5SEncoder(T5_Encoder):
         mapping = {
             "Embedding-Token": ["shared/embedding"],
             "Embedding-Segment": ["shared/segment_embedding"],
-            "Encoder-Embedding-Mapping": ["encoder/embedding_hidden_mapping_in/kernel"],
-            "Encoder-Embedding-Relative-Position": [
+            "Embedding-Mapping": ["encoder/embedding_hidden_mapping_in/kernel",
+                                  "encoder/embedding_hidden_mapping_in/bias"],
+            "Embedding-Relative-Position": [
                 "encoder/block_000/layer_000/SelfAttention/relative_attention_bias"],
-            "Encoder-Output-Norm": ["encoder/final_layer_norm/scale"],
-            "MLM-Dense": ["mlm/transform/dense/kernel"],
+            "Output-Norm": ["encoder/final_layer_norm/scale"],
+            "MLM-Dense": ["mlm/transform/dense/kernel", "mlm/transform/dense/bias"],
             "MLM-Norm": ["mlm/transform/layer_norm/scale"],
             "MLM-Bias": ["mlm/output_bias"],
         }
         for i in range(self.num_hidden_layers):
             prefix = "encoder/block_%03d/" % i
-            name = "Encoder-Transformer-%d-" % i
+            name = "Transformer-%d-" % i
             mapping[name + "MultiHeadSelfAttention"] = [
                 prefix + "layer_000/SelfAttention/" + w for w in "qkvo"]
             mapping[name + "MultiHeadSelfAttention-Norm"] = [
@@ -205,8 +245,8 @@ def masked_hidden(bert, positions):
     output, for (1 - P/L) of the last layer's cost less.
     """
     n = bert.num_hidden_layers
+    name = "Transformer-%d-" % (n - 1)
     if isinstance(bert, T5SEncoder):
-        name = "Encoder-Transformer-%d-" % (n - 1)
         attention = bert.layers[name + "MultiHeadSelfAttention"]
         norm = bert.layers[name + "MultiHeadSelfAttention-Norm"]
         x = _node_input(norm)
@@ -220,8 +260,8 @@ def masked_hidden(bert, positions):
         f = bert.layers[name + "FeedForward"](bert.layers[name + "FeedForward-Norm"](x))
         f = _dropout(bert, name + "FeedForward-Dropout", f)
         x = bert.layers[name + "FeedForward-Add"]([x, f])
-        return _dropout(bert, "Encoder-Output-Dropout", bert.layers["Encoder-Output-Norm"](x))
-    name = "Transformer-%d-" % (n - 1)
+        x = _dropout(bert, "Output-Dropout", bert.layers["Output-Norm"](x))
+        return bert.layers["Output-Scale"](x)
     attention = bert.layers[name + "MultiHeadSelfAttention"]
     x = _node_input(attention)
     query = GatherPositions()([x, positions])
