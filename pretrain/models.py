@@ -15,10 +15,11 @@ import json
 import os
 import warnings
 
+import bert4keras.models
 import numpy as np
 import tensorflow as tf
 from bert4keras.backend import keras
-from bert4keras.layers import (Add, Dense, Dropout, Embedding, FeedForward, Input,
+from bert4keras.layers import (Add, Dense, Embedding, FeedForward, Input,
                                LayerNormalization, MultiHeadAttention,
                                RelativePositionEmbeddingT5, ScaleOffset, Activation)
 from bert4keras.models import T5_Base, build_transformer_model
@@ -80,21 +81,25 @@ class T5SEncoder(T5_Base):
                            embeddings_initializer=self.initializer,
                            name="Embedding-Segment")
             x = self.apply(inputs=[x, s], layer=Add, name="Embedding-Token-Segment")
-        x = self.apply(inputs=x, layer=Dropout, rate=self.dropout_rate,
-                       name="Embedding-Dropout")
+        x = self._dropout(x, "Embedding-Dropout")
         if self.embedding_size != self.hidden_size:
             x = self.apply(inputs=x, layer=Dense, units=self.hidden_size,
                            kernel_initializer=self.initializer,
                            name="Embedding-Mapping")
         return x
 
+    def _dropout(self, x, name):
+        # bert4keras.models.Dropout, looked up now: dropout.install() may
+        # replace it after this module was imported. Rate 0: no layer.
+        return self.apply(inputs=x, layer=bert4keras.models.Dropout,
+                          rate=self.dropout_rate, name=name)
+
     def _rms_norm(self, x, name):
         return self.apply(inputs=x, layer=LayerNormalization, zero_mean=False,
                           offset=False, epsilon=1e-6, name=name)
 
     def _residual(self, x, f, name):
-        f = self.apply(inputs=f, layer=Dropout, rate=self.dropout_rate,
-                       name=name + "-Dropout")
+        f = self._dropout(f, name + "-Dropout")
         return self.apply(inputs=[x, f], layer=Add, name=name + "-Add")
 
     def apply_main_layers(self, inputs, index):
@@ -120,9 +125,7 @@ class T5SEncoder(T5_Base):
         return self._residual(x, h, feed_forward)
 
     def apply_final_layers(self, inputs):
-        x = self._rms_norm(inputs, "Output-Norm")
-        x = self.apply(inputs=x, layer=Dropout, rate=self.dropout_rate,
-                       name="Output-Dropout")
+        x = self._dropout(self._rms_norm(inputs, "Output-Norm"), "Output-Dropout")
         # Published: the encoder output is divided by sqrt(hidden_size), with
         # or without the MLM head.
         x = self.apply(inputs=x, layer=ScaleOffset, scale=self.hidden_size ** -0.5,
@@ -447,13 +450,17 @@ def mlm_flops_per_sequence(cfg, seq_len, predictions, sparse=True):
     return seq_len * (encoder - row) + predictions * (row + head)
 
 
-def summary(cfg, seq_lens=None, measure_checkpoint=True):
+def summary(cfg, seq_lens=None, measure_checkpoint=True, vocab_size=None):
     """A dict of sizes for `cfg` (builds the model once, float32).
 
     measure_checkpoint: export the fresh model to a temporary directory and
     report the checkpoint's bytes and its deflate-compressed size (what a zip
     download of it weighs; the published sizes are those of zip files).
+    vocab_size: build with this many embedding rows instead of the config's
+    (say the 13,686 of the published T5s vocabulary).
     """
+    if vocab_size:
+        cfg = dict(cfg, model=dict(cfg["model"], vocab_size=vocab_size))
     bundle = build_model(cfg, check_vocab=False)
     params = count_params(bundle.bert)
     out = {"name": cfg["name"], "params": params, "fp32_MB": params * 4 / 1e6,
@@ -497,9 +504,10 @@ def main(argv):
     from absl import flags
     from pretrain.config import load_config
     if len(argv) != 2 or argv[1] != "summary":
-        raise SystemExit("usage: python -m pretrain.models summary --config NAME [--json]")
+        raise SystemExit("usage: python -m pretrain.models summary --config NAME [--json] [--vocab_size N]")
     FLAGS = flags.FLAGS
-    s = summary(load_config(FLAGS.config), measure_checkpoint=FLAGS.measure_checkpoint)
+    s = summary(load_config(FLAGS.config), measure_checkpoint=FLAGS.measure_checkpoint,
+                vocab_size=FLAGS.vocab_size)
     print(json.dumps(s, indent=2) if FLAGS.json else format_summary(s))
 
 
@@ -509,5 +517,7 @@ if __name__ == "__main__":
     flags.DEFINE_bool("json", False, "print JSON instead of text")
     flags.DEFINE_bool("measure_checkpoint", True, "export to a temp dir and measure the "
                       "checkpoint and its zip-compressed size")
+    flags.DEFINE_integer("vocab_size", None, "build with this vocabulary size instead of "
+                         "the config's (e.g. 13686, the published T5s vocab)")
     flags.mark_flag_as_required("config")
     app.run(main)
