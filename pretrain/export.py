@@ -9,7 +9,9 @@ bert4keras in a fresh Python process and compares outputs on real text.
 
 Import (`load_pretrained`) is the warm start: it reads a Google-format
 checkpoint by those same names, optionally shrinking the vocabulary with
-`keep_tokens`, and refuses to load partially.
+`keep_tokens`, and refuses to load partially. A T5s export also writes, and
+import also reads, a Keras h5 by layer name: the published T5s `model.h5`
+(`pretrain.h5_weights`).
 
     python -m pretrain.export --config roberta_tiny --output /tmp/rt [--checkpoint CKPT] [--check]
     python -m pretrain.export --config roberta_tiny --output /tmp/rt_hf --format hf
