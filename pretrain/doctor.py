@@ -135,7 +135,9 @@ def report(hw, tf, disk_path="."):
     if dists:
         lines.append("  build:      TPU kernels %s, CUDA %s" % (
             "yes" if tf["tpu_build"] else "no", "yes" if tf["cuda_build"] else "no"))
-        lines.append("  sees:       %s" % (", ".join(tf["devices"]) or tf["error"] or "-"))
+        lines.append("  sees:       %s%s" % (", ".join(tf["devices"]) or tf["error"] or "-",
+                                            " (TPU cores appear when a run initialises the TPU)"
+                                            if tf["tpu_build"] else ""))
     lines.append("libtpu:       %s" % (tf["libtpu"] or "-"))
     lines.append("tf-keras:     %s" % (tf["tf_keras"] or "not installed"))
     lines.append("bert4keras:   %s" % (tf["bert4keras"] or "not installed"))

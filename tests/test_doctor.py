@@ -1,5 +1,6 @@
 """pretrain.doctor: hardware detection over the cases a user meets, the
 diagnosis against this machine's real TensorFlow, and the CLIs that print it."""
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -10,6 +11,17 @@ import tensorflow as tf
 from pretrain import doctor, hardware
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _installed(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# The suite runs on the CPU/GPU build and, in CI, also on the TPU build.
+TF_DIST = "tensorflow-tpu" if _installed("tensorflow-tpu") else "tensorflow"
 
 
 def _pci(root, slot, vendor, device):
@@ -70,23 +82,29 @@ def test_this_machines_tensorflow_as_the_doctor_sees_it():
     status = doctor.tf_status()
     assert status["version"] == tf.__version__
     assert status["error"] is None
-    assert len(status["distributions"]) == 1
+    assert status["distributions"] == {TF_DIST: _installed(TF_DIST)}
+    assert status["tpu_build"] == (TF_DIST == "tensorflow-tpu")
+    assert status["libtpu"] == _installed("libtpu")
     assert "CPU:0" in status["devices"]
     assert not any(d.startswith("GPU") for d in status["devices"])
 
 
 def test_training_mode_over_the_cases(tmp_path):
-    real = doctor.tf_status()  # this machine: one CPU/CUDA build, no TPU kernels, no GPU
+    # This machine's TensorFlow (it sees no GPU), as the CPU build and as the TPU build.
+    status = doctor.tf_status()
+    cpu_build = dict(status, distributions={"tensorflow": "2.21.0"}, tpu_build=False, libtpu=None)
+    tpu_build = dict(status, distributions={"tensorflow-tpu": "2.20.0"}, tpu_build=True,
+                     libtpu="0.0.14")
     cpu = hardware.detect_hardware(str(tmp_path / "cpu"), nvidia_smi="/absent", environ={})
-    assert doctor.training_mode(cpu, real) == ("smoke", ["--smoke"])
+    assert doctor.training_mode(cpu, cpu_build) == ("smoke", ["--smoke"])
 
     # a Colab TPU runtime with the index's tensorflow: stop with the fix, never smoke
     tpu = hardware.detect_hardware(str(tpu_vm(tmp_path / "tpu", 8, "0x0027")), environ={})
     with pytest.raises(doctor.DeviceError) as err:
-        doctor.training_mode(tpu, real)
+        doctor.training_mode(tpu, cpu_build)
     assert "8 TPU chip(s) present" in str(err.value)
     assert str(err.value).endswith("Fix: bash scripts/install.sh --device tpu")
-    assert doctor.training_mode(tpu, real, force_smoke=True) == ("smoke", ["--smoke",
+    assert doctor.training_mode(tpu, cpu_build, force_smoke=True) == ("smoke", ["--smoke",
                                                                           "--allow_cpu"])
 
     # a GPU box whose TensorFlow sees no GPU
@@ -94,11 +112,9 @@ def test_training_mode_over_the_cases(tmp_path):
                                  nvidia_smi=fake_nvidia_smi(tmp_path, ["NVIDIA L4, 8.9"]))
     with pytest.raises(doctor.DeviceError, match=r"1 NVIDIA GPU\(s\) present, but TensorFlow "
                        r"sees none .*Fix: bash scripts/install.sh --device gpu$"):
-        doctor.training_mode(gpu, real)
+        doctor.training_mode(gpu, cpu_build)
 
     # the TPU build on a TPU VM, and the TPU build with the CPU build over it
-    tpu_build = dict(real, distributions={"tensorflow-tpu": "2.20.0"}, tpu_build=True,
-                     libtpu="0.0.14")
     assert doctor.training_mode(tpu, tpu_build) == ("tpu", ["--tpu", "local"])
     both = dict(tpu_build, distributions={"tensorflow-tpu": "2.20.0", "tensorflow": "2.20.0"})
     problems = doctor.diagnose(tpu, both)
@@ -115,7 +131,7 @@ def test_cli_on_this_cpu_machine_says_ok():
     done = _doctor()
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "tensorflow:   tensorflow %s" % tf.__version__ in out
+    assert "tensorflow:   %s %s" % (TF_DIST, _installed(TF_DIST)) in out
     assert "  sees:       CPU:0" in out
     assert "hardware:     no TPU chips, no NVIDIA GPUs (CPU only)" in out
     assert "verdict:      ok: TensorFlow can use the CPU" in out
@@ -123,12 +139,16 @@ def test_cli_on_this_cpu_machine_says_ok():
     assert _doctor("--detect").stdout.strip() == "cpu"
 
 
-def test_cli_with_tpu_chips_and_the_cpu_build_prints_the_fix_and_fails(tmp_path):
+def test_cli_on_a_tpu_vm_prints_the_fix_unless_the_tpu_build_is_installed(tmp_path):
     done = _doctor("--sysroot", str(tpu_vm(tmp_path)))
-    assert done.returncode == 1
     assert "hardware:     4 TPU chip(s) v4" in done.stdout
-    assert "PROBLEM:      4 TPU chip(s) present, but the installed tensorflow" in done.stdout
-    assert done.stdout.rstrip().endswith("fix:          bash scripts/install.sh --device tpu")
+    if TF_DIST == "tensorflow-tpu":
+        assert done.returncode == 0, done.stdout
+        assert "verdict:      ok: TensorFlow can use the TPU (run with --tpu local)" in done.stdout
+    else:
+        assert done.returncode == 1
+        assert "PROBLEM:      4 TPU chip(s) present, but the installed tensorflow" in done.stdout
+        assert done.stdout.rstrip().endswith("fix:          bash scripts/install.sh --device tpu")
 
 
 def _run(args, env=None):
