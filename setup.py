@@ -1,8 +1,13 @@
-"""Installs the `pretrain` package.
+"""Installs the `pretrain` package; `bash scripts/install.sh` is the way to install it.
 
-bert4keras 0.11.5 declares `keras<=2.3.1`, which cannot coexist with
-tf-keras 2.21, so it is not listed here: `scripts/install.sh` installs it
-with `--no-deps` after this package (see README, "Install").
+TensorFlow is not in install_requires: its CPU/GPU build (`tensorflow`) and its
+TPU build (`tensorflow-tpu`) are different distributions that write the same
+files, so a requirement here would pull the CPU build in over the TPU one.
+`scripts/install.sh --device auto|cpu|gpu|tpu` installs exactly one, with
+the libtpu that the TPU build needs; its pins are the project's TF versions.
+
+tf-keras declares `tensorflow` (the CPU build) and bert4keras 0.11.5 declares
+`keras<=2.3.1`, so both go in with `--no-deps`, from the script.
 """
 from setuptools import find_packages, setup
 
@@ -14,8 +19,6 @@ setup(
     packages=find_packages(include=["pretrain", "pretrain.*"]),
     python_requires=">=3.9",
     install_requires=[
-        "tensorflow==2.21.0",
-        "tf-keras==2.21.0",
         "jieba>=0.42",
         "sentencepiece",
         "absl-py",

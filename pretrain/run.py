@@ -35,7 +35,10 @@ flags.DEFINE_string("phase", None, "Start from this phase (1-based index or name
                     "default: the first unfinished one.")
 flags.DEFINE_integer("steps_per_loop", 100, "Optimizer updates per host call.")
 flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
-                  "bf16 = mixed bfloat16 (TPU); auto picks bf16 on TPU, fp32 elsewhere.")
+                  "bf16 = mixed bfloat16; auto picks bf16 on TPUs and Ampere or newer "
+                  "GPUs, fp32 elsewhere.")
+flags.DEFINE_bool("allow_cpu", False, "Train on the CPU even though this machine has a TPU "
+                  "or GPU that TensorFlow cannot use (by default the run stops and says why).")
 flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU before failing.")
 flags.mark_flag_as_required("config")
 
@@ -103,10 +106,8 @@ def run(train):
     if output.startswith("gs://"):
         from pretrain import gcs
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
-    precision = FLAGS.precision
-    if precision == "auto":
-        precision = "bf16" if FLAGS.tpu is not None else "fp32"
-    strategy = train.make_strategy(FLAGS.tpu, FLAGS.tpu_timeout)
+    strategy = train.make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
+    precision = train.choose_precision(FLAGS.precision, strategy)
     trainer = train.Trainer(cfg, data, output, strategy=strategy,
                             init_checkpoint=FLAGS.init_checkpoint,
                             steps_per_loop=FLAGS.steps_per_loop, precision=precision)

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pretrain import dropout
+from pretrain import doctor, dropout, hardware
 
 dropout.install()  # before models.py binds bert4keras's Dropout
 
@@ -38,19 +38,31 @@ class TrainingError(RuntimeError):
 # --------------------------------------------------------------------------
 # Strategy
 # --------------------------------------------------------------------------
-def make_strategy(tpu=None, timeout_s=300):
-    """TPUStrategy if `tpu` is given, MirroredStrategy on >1 GPU, else default."""
+def make_strategy(tpu=None, timeout_s=300, allow_cpu=False):
+    """TPUStrategy if `tpu` is given, MirroredStrategy on >1 GPU, else default.
+
+    Accelerator hardware that TF cannot use stops here with the doctor's
+    diagnosis, instead of a run that trains on the CPU without a word
+    (`allow_cpu` turns that into a warning).
+    """
     if tpu is None:
-        if len(tf.config.list_logical_devices("GPU")) > 1:
+        gpus = tf.config.list_logical_devices("GPU")
+        if not gpus:
+            _check_cpu_only(allow_cpu)
+        if len(gpus) > 1:
             return tf.distribute.MirroredStrategy()
         return tf.distribute.get_strategy()
     name = "local" if tpu in ("", "local") else tpu
     hint = ("On a Colab or Cloud TPU VM use --tpu local; on a TPU Node pass its "
             "name or grpc://IP:8470.")
+    if name == "local" and not hardware.tpu_chips()[0]:
+        raise TrainingError("--tpu local: this machine has no TPU chips. %s%s" % (
+            hint, _doctor_says()))
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
     except Exception as e:  # name lookups go through the Cloud TPU API
-        raise TrainingError("cannot resolve TPU %r: %s. %s" % (name, e, hint)) from None
+        raise TrainingError("cannot resolve TPU %r: %s. %s%s" % (
+            name, e, hint, _doctor_says())) from None
     outcome = {}
 
     def connect():
@@ -66,11 +78,56 @@ def make_strategy(tpu=None, timeout_s=300):
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        raise TrainingError("TPU %r did not answer within %d s. %s" % (name, timeout_s, hint))
+        raise TrainingError("TPU %r did not answer within %d s. %s%s" % (
+            name, timeout_s, hint, _doctor_says()))
     if "error" in outcome:
         first = str(outcome["error"]).strip().splitlines()[0]
-        raise TrainingError("no TPU reachable at %r: %s. %s" % (name, first, hint))
+        raise TrainingError("no TPU reachable at %r: %s. %s%s" % (
+            name, first, hint, _doctor_says()))
     return tf.distribute.TPUStrategy(resolver)
+
+
+def _doctor_says():
+    advice = doctor.advice()
+    return " Diagnosis (python -m pretrain.doctor): %s" % advice if advice else ""
+
+
+def _check_cpu_only(allow_cpu):
+    """Stop (or warn, with allow_cpu) when TF would train on the CPU beside an accelerator."""
+    hw = hardware.detect_hardware()
+    if hw.device == "cpu":
+        return
+    what = ("%d TPU chip(s); pass --tpu local to train on them" % hw.tpu_chips
+            if hw.device == "tpu" else "%d NVIDIA GPU(s) that TensorFlow does not see"
+            % len(hw.gpus))
+    message = "this machine has %s, but the run would train on the CPU.%s" % (
+        what, _doctor_says())
+    if not allow_cpu:
+        raise TrainingError(message + " Pass --allow_cpu to train on the CPU anyway.")
+    logging.warning("*" * 72)
+    logging.warning("TRAINING ON THE CPU (--allow_cpu): %s", message)
+    logging.warning("*" * 72)
+
+
+def choose_precision(requested, strategy):
+    """'bf16' or 'fp32' for --precision auto|fp32|bf16 on this strategy's devices.
+
+    auto: bf16 on TPUs and on GPUs that compute in bf16 natively (compute
+    capability 8.0, Ampere, and newer); fp32 elsewhere. Older GPUs emulate
+    bf16 slowly, so asking for it there only warns.
+    """
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "fp32" if requested == "fp32" else "bf16"
+    gpus = tf.config.list_physical_devices("GPU")
+    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability")
+                    or (0, 0) for g in gpus]
+    native = bool(gpus) and min(capabilities) >= (8, 0)
+    if requested == "auto":
+        return "bf16" if native else "fp32"
+    if requested == "bf16" and not native:
+        logging.warning("--precision bf16 on %s: no native bf16 there, so it runs slowly; "
+                        "fp32 is faster", "a GPU older than Ampere" if gpus else "the CPU")
+    return requested
 
 
 def _use_xla(strategy):

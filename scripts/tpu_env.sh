@@ -9,8 +9,8 @@ PROJECT="${PROJECT:-$(gcloud config get-value project 2>/dev/null || true)}"
 ZONE="${ZONE:-europe-west4-a}"            # v3-8 zones include europe-west4-a and us-central1-a
 TPU_NAME="${TPU_NAME:-pretrain-tpu}"
 ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-v3-8}"  # single-host slices only: v2-8, v3-8, v4-8
-# The TPU VM runtime image. The base image has no TensorFlow; tpu_setup.sh installs it from
-# pip (TPU_TF below). The tpu-vm-tf-* images carry an older TensorFlow than this project's.
+# The TPU VM runtime image. The base image has no TensorFlow; tpu_setup.sh installs the TPU
+# build with scripts/install.sh --device tpu. The tpu-vm-tf-* images carry an older TF.
 RUNTIME_VERSION="${RUNTIME_VERSION:-tpu-ubuntu2204-base}"
 SPOT="${SPOT:-0}"                          # 1: a spot TPU (cheaper, can be preempted)
 SERVICE_ACCOUNT="${SERVICE_ACCOUNT:-}"     # empty: the project's default compute account
@@ -30,11 +30,6 @@ REPO_URL="${REPO_URL:-$(git -C "$(dirname "${BASH_SOURCE[0]}")" remote get-url o
 REPO_BRANCH="${REPO_BRANCH:-main}"
 REMOTE_DIR="${REMOTE_DIR:-pretrain}"       # checkout, relative to the VM user's home
 VENV="${VENV:-pretrain-venv}"              # virtualenv, relative to the VM user's home
-# TensorFlow with the TPU runtime (libtpu comes as its dependency). PyPI has no TPU build of
-# TF 2.21, so the VM runs the newest one there; tf-keras must match it and is installed
-# --no-deps, since it would otherwise pull the CPU `tensorflow` back in. Empty: keep install.sh's.
-TPU_TF="${TPU_TF:-tensorflow-tpu==2.20.0}"
-TPU_TF_KERAS="${TPU_TF_KERAS:-tf-keras==2.20.1}"
 CONFIG="${CONFIG:-roberta_tiny.json}"
 RUN_FLAGS="${RUN_FLAGS:-}"                 # more run.py flags, e.g. "--precision bf16"
 TMUX_SESSION="${TMUX_SESSION:-pretrain}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up the TPU VM: clone (or update) this repo, install it into a virtualenv with
-# scripts/install.sh, swap in TensorFlow with the TPU runtime, and check that the TPU shows up.
-# Safe to rerun.
+# scripts/install.sh --device tpu (the TPU build of TensorFlow and its libtpu), run the
+# doctor, and check that the TPU shows up. Safe to rerun.
 #   bash scripts/tpu_setup.sh
 set -euo pipefail
 # shellcheck source=scripts/tpu_env.sh
@@ -21,12 +21,7 @@ else
   git clone -q -b "$REPO_BRANCH" "$REPO_URL" "$REMOTE_DIR"
 fi
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-PYTHON="$HOME/$VENV/bin/python" bash "$REMOTE_DIR/scripts/install.sh"
-if [ -n "$TPU_TF" ]; then
-  "$VENV/bin/pip" uninstall -y -q tensorflow tensorflow-cpu tf-keras || true
-  "$VENV/bin/pip" install -q "$TPU_TF"
-  "$VENV/bin/pip" install -q --no-deps "$TPU_TF_KERAS"
-fi
+PYTHON="$HOME/$VENV/bin/python" bash "$REMOTE_DIR/scripts/install.sh" --device tpu
 cd "$REMOTE_DIR"
 "$HOME/$VENV/bin/python" - <<'PY'
 import pretrain  # selects tf_keras before TensorFlow loads
@@ -36,6 +31,6 @@ strategy = train.make_strategy("local")
 print("TensorFlow", tf.__version__, "- TPU replicas:", strategy.num_replicas_in_sync)
 PY
 REMOTE
-tpu_bash "$(declare -p REPO_URL REPO_BRANCH REMOTE_DIR VENV TPU_TF TPU_TF_KERAS)
+tpu_bash "$(declare -p REPO_URL REPO_BRANCH REMOTE_DIR VENV)
 $body"
 echo "TPU VM $TPU_NAME is ready; next: bash scripts/tpu_launch.sh"

@@ -329,3 +329,18 @@ def test_upload_killed_mid_file_resumes_in_a_new_process(emulator, bucket, tmp_p
     summary = gcs.upload_dir(str(src), dst, chunk_size=CHUNK, state_dir=state)
     assert summary.resumed_bytes == 2 * CHUNK
     assert bucket.blob("r/part.bin").download_as_bytes() == data
+
+
+def test_doctor_checks_the_bucket_with_the_current_credentials(emulator, bucket):
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator)
+    ok = subprocess.run([sys.executable, "-m", "pretrain.doctor", "--gcs",
+                         "gs://%s/runs" % bucket.name], env=env, capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "gs://%s/runs is readable and writable" % bucket.name in ok.stdout
+    assert list(bucket.list_blobs()) == []  # the probe object is gone again
+    missing = subprocess.run([sys.executable, "-m", "pretrain.doctor", "--gcs",
+                              "gs://no-such-bucket-%s/x" % uuid.uuid4().hex[:8]], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1
+    assert "gcs:          FAILED:" in missing.stdout and "no-such-bucket" in missing.stdout

@@ -108,9 +108,9 @@ def test_create_and_setup_commands(gcloud):
     (ssh,) = calls
     assert ssh[:5] == ["compute", "tpus", "tpu-vm", "ssh", "tpu-a"]
     script = _remote_script(ssh)
-    assert _declared(script, ["REPO_URL", "TPU_TF", "REPO_BRANCH"]) == {
-        "REPO_URL": ENV["REPO_URL"], "TPU_TF": "tensorflow-tpu==2.20.0", "REPO_BRANCH": "main"}
-    assert 'bash "$REMOTE_DIR/scripts/install.sh"' in script
+    assert _declared(script, ["REPO_URL", "REPO_BRANCH"]) == {
+        "REPO_URL": ENV["REPO_URL"], "REPO_BRANCH": "main"}
+    assert 'bash "$REMOTE_DIR/scripts/install.sh" --device tpu' in script
 
 
 def test_launch_runs_preflight_then_the_run_in_tmux(gcloud, tmp_path):
