@@ -18,12 +18,13 @@ import warnings
 import numpy as np
 import tensorflow as tf
 from bert4keras.backend import keras
-from bert4keras.layers import (Add, Dense, Dropout, Embedding, Input,
+from bert4keras.layers import (Add, Dense, Embedding, Input,
                                LayerNormalization, RelativePositionEmbeddingT5,
                                ScaleOffset, Activation)
 from bert4keras.models import T5_Encoder, build_transformer_model
 
 from pretrain.config import bert4keras_config
+from pretrain.dropout import StepSeededDropout as Dropout  # step-seeded: exact resume
 from pretrain.tokenization import load_vocab
 
 # The published checkpoint sizes the issue asks us to compare with (MB as
