@@ -9,8 +9,8 @@ step counter (checkpointed), the micro-batch index and the replica id. Outside
 `seeded` (inference, Keras fit, bert4keras used directly) it is plain Dropout.
 
 Importing this module makes bert4keras build its models with this layer
-(`install()`), and models.py builds its own layers with it by name, so the
-order in which modules are imported does not matter. It has no weights, so
+(`install()`), and models.py imports it as its own `Dropout`, so the order in
+which modules are imported does not matter. It has no weights, so
 exported checkpoints are unaffected.
 """
 import contextlib

@@ -375,7 +375,7 @@ print("LOSSES", json.dumps([full, resumed]))
 
 
 def test_t5s_dropout_replays_after_resume_whatever_the_import_order(tmp_path):
-    cfg = tiny_config(tmp_path, base="t5s_tiny", phases=((128, 4),), dropout=0.1)
+    cfg = tiny_config(tmp_path, base="t5s_tiny", phases=((128, 4),), dropout=0.1, save_every=2)
     data = make_records(tmp_path, cfg, seq_lens=(128,), docs=200)
     out = subprocess.run([sys.executable, "-c", T5S_RESUME, cfg["path"], data,
                           str(tmp_path / "runs")], capture_output=True, text=True,
