@@ -8,8 +8,10 @@ from `fold_in(seed, call_index)`, where `seed` is built from the optimizer's
 step counter (checkpointed), the micro-batch index and the replica id. Outside
 `seeded` (inference, Keras fit, bert4keras used directly) it is plain Dropout.
 
-`install()` makes bert4keras build its models with this layer. It has no
-weights, so exported checkpoints are unaffected.
+Importing this module makes bert4keras build its models with this layer
+(`install()`), and models.py imports it as its own `Dropout`, so the order in
+which modules are imported does not matter. It has no weights, so
+exported checkpoints are unaffected.
 """
 import contextlib
 
@@ -73,3 +75,6 @@ def install():
     import bert4keras.models
     bert4keras.layers.Dropout = StepSeededDropout
     bert4keras.models.Dropout = StepSeededDropout
+
+
+install()  # on import: every model built after `import pretrain.models` is covered

@@ -15,7 +15,6 @@ import json
 import os
 import warnings
 
-import bert4keras.models
 import numpy as np
 import tensorflow as tf
 from bert4keras.backend import keras
@@ -25,6 +24,7 @@ from bert4keras.layers import (Add, Dense, Embedding, FeedForward, Input,
 from bert4keras.models import T5_Base, build_transformer_model
 
 from pretrain.config import bert4keras_config
+from pretrain.dropout import StepSeededDropout as Dropout  # step-seeded: exact resume
 from pretrain.tokenization import load_vocab
 
 # The published checkpoint sizes the issue asks us to compare with (MB as
@@ -89,9 +89,8 @@ class T5SEncoder(T5_Base):
         return x
 
     def _dropout(self, x, name):
-        # bert4keras.models.Dropout, looked up now: dropout.install() may
-        # replace it after this module was imported. Rate 0: no layer.
-        return self.apply(inputs=x, layer=bert4keras.models.Dropout,
+        # The step-seeded Dropout (exact resume). Rate 0: no layer.
+        return self.apply(inputs=x, layer=Dropout,
                           rate=self.dropout_rate, name=name)
 
     def _rms_norm(self, x, name):

@@ -139,7 +139,7 @@ def _write_chunk(chunk, splits, stats):
     for part in splits.values():  # one flat array per split, shared by all lengths
         part["ids"] = np.concatenate(part["ids"]) if part["ids"] else np.zeros(0, np.int32)
         part["words"] = np.concatenate(part["words"]) if part["words"] else None
-    writers = []
+    writers, entries = [], []  # entries: the shards' stats, in writer order
     try:
         for L, _ in job["lengths"]:
             paths = _shard_paths(job, chunk.index, L)
@@ -162,8 +162,10 @@ def _write_chunk(chunk, splits, stats):
                             writer.write(record)
                 stats["lengths"][str(L)][split] = {"name": os.path.basename(paths[split]),
                                                    "count": writer.count, "masked": masked}
-        for writer in writers:
+                entries.append(stats["lengths"][str(L)][split])
+        for writer, entry in zip(writers, entries):
             writer.commit()
+            entry["bytes"] = writer.size
     except BaseException:
         for writer in writers:
             writer.abort()
@@ -423,8 +425,9 @@ def _write_manifests(job, vocab, settings, chunk_stats):
     for L, P in job["lengths"]:
         per_split = {}
         for split in ("train", "eval"):
-            shards = [{"name": s["lengths"][str(L)][split]["name"],
-                       "count": s["lengths"][str(L)][split]["count"]} for s in chunk_stats]
+            # bytes: absent in the markers of chunks written before sizes were recorded
+            shards = [{k: v for k, v in s["lengths"][str(L)][split].items() if k != "masked"}
+                      for s in chunk_stats]
             masked = sum(s["lengths"][str(L)][split]["masked"] for s in chunk_stats)
             per_split[split] = {"examples": sum(x["count"] for x in shards),
                                 "masked_tokens": masked, "shards": shards}

@@ -17,6 +17,7 @@ import gzip
 import json
 import os
 import struct
+from concurrent import futures
 
 import google_crc32c
 import numpy as np
@@ -193,6 +194,7 @@ class ShardWriter(object):
         self.path = path
         self.tmp_path = path + ".tmp"
         self.count = 0
+        self.size = None  # bytes on disk, known at commit; the manifest records it
         self._raw = corpus.open_file(self.tmp_path, "wb")
         self._out = (gzip.GzipFile(filename="", mode="wb", fileobj=self._raw,
                                    compresslevel=3, mtime=0)  # mtime=0: reproducible bytes
@@ -216,6 +218,7 @@ class ShardWriter(object):
         self._flush()
         if self._out is not self._raw:
             self._out.close()
+        self.size = self._raw.tell()
         self._raw.close()
         corpus.rename(self.tmp_path, self.path)
 
@@ -301,6 +304,44 @@ def check_manifest(manifest, cfg, seq_len):
         raise ManifestError("%s does not match config %s:\n  - %s\nRe-run preprocessing with this "
                             "config, or point the trainer at the right data dir." % (
                                 where, cfg["name"], "\n  - ".join(problems)))
+    return manifest
+
+
+def _size_or_none(path):
+    return corpus.file_size(path) if corpus.exists(path) else None
+
+
+def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
+    """What a run needs from the records of one length, checked before its first step.
+
+    The manifest fits `cfg`; every non-empty shard of `splits` exists, with the
+    size the manifest recorded (manifests written before sizes were recorded:
+    existence only); each split holds one global batch. Returns the manifest.
+    """
+    manifest = check_manifest(read_manifest(data_dir, seq_len), cfg, seq_len)
+    base = seq_dir(data_dir, seq_len)
+    problems = []
+    for split in splits:
+        examples = manifest[split]["examples"]
+        if examples < batch_size:
+            hint = (" (preprocess with --eval_fraction > 0, or set train.eval_steps to 0 to "
+                    "train without eval)" if split == "eval" else "")
+            problems.append("the %s split has %d examples, fewer than one batch of %d%s"
+                            % (split, examples, batch_size, hint))
+        shards = [s for s in manifest[split]["shards"] if s["count"] > 0]
+        paths = [corpus.join(base, s["name"]) for s in shards]
+        with futures.ThreadPoolExecutor(16) as pool:  # one round trip per gs:// shard
+            sizes = list(pool.map(_size_or_none, paths))
+        for shard, path, size in zip(shards, paths, sizes):
+            if size is None:
+                problems.append("%s is missing" % path)
+            elif shard.get("bytes", size) != size:
+                problems.append("%s has %d bytes, the manifest recorded %d"
+                                % (path, size, shard["bytes"]))
+    if problems:
+        raise ManifestError("%s: the records cannot serve this run:\n  - %s\nRe-run "
+                            "preprocessing into this data dir, or point the trainer at a "
+                            "complete one." % (manifest["path"], "\n  - ".join(problems)))
     return manifest
 
 

@@ -40,6 +40,9 @@ flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
 flags.DEFINE_bool("allow_cpu", False, "Train on the CPU even though this machine has a TPU "
                   "or GPU that TensorFlow cannot use (by default the run stops and says why).")
 flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU before failing.")
+flags.DEFINE_bool("allow_train_changes", False, "Resume although the config's train section "
+                  "changed (e.g. more steps in the last phase); batch_size, grad_accum_steps, "
+                  "seed and a phase's name/seq_len can never change.")
 flags.mark_flag_as_required("config")
 
 SAMPLE_CORPUS = os.path.join(_ROOT, "data", "sample", "clue_small.txt")
@@ -79,6 +82,9 @@ def main(argv):
 
     try:
         exports, cfg, data, output = run(train)
+    except train.Interrupted as e:  # SIGINT/SIGTERM: saved; one line, 128 + signal
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_code)
     except (ConfigError, train.TrainingError, records.ManifestError, gcs.GcsError) as e:
         logging.error("%s", e)  # these messages say what to fix: no traceback
         sys.exit(1)
@@ -110,7 +116,8 @@ def run(train):
     precision = train.choose_precision(FLAGS.precision, strategy)
     trainer = train.Trainer(cfg, data, output, strategy=strategy,
                             init_checkpoint=FLAGS.init_checkpoint,
-                            steps_per_loop=FLAGS.steps_per_loop, precision=precision)
+                            steps_per_loop=FLAGS.steps_per_loop, precision=precision,
+                            allow_train_changes=FLAGS.allow_train_changes)
     exports = trainer.run(start_phase=_phase_index(cfg, FLAGS.phase))
     return exports, cfg, data, output
 

@@ -165,6 +165,22 @@ def split_groups(path, split, validation_fraction, stats=None):
             yield group
 
 
+def check_splits(cfg, path, splits=("train", "validation")):
+    """Raise ValueError unless each of `splits` holds a group (reads until they do).
+
+    The trainer calls this before its first step: an empty split would otherwise
+    fail only when its first batch is drawn.
+    """
+    fraction = cfg["data"]["validation_fraction"]
+    wanted = set(splits)
+    for group in read_groups(resolve_path(path), GroupStats(verbose=False)):
+        wanted.discard(group_split(group, fraction))
+        if not wanted:
+            return
+    raise ValueError("%s has no groups in split %s (validation_fraction=%s)"
+                     % (path, ", ".join(repr(w) for w in sorted(wanted)), fraction))
+
+
 # ---------------------------------------------------------------- tokens and batches
 
 

@@ -11,8 +11,10 @@ numbers in the config differ. The data flow per optimizer update:
 Losses are sums normalised by a *global* denominator (all replicas, all
 micro-batches), so 4 micro-batches of 8 give the update of one batch of 32.
 """
+import contextlib
 import json
 import os
+import signal
 import threading
 import time
 
@@ -20,19 +22,29 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pretrain import doctor, dropout, hardware
-
-dropout.install()  # before models.py binds bert4keras's Dropout
-
-from pretrain import export, models, optim  # noqa: E402
+from pretrain import doctor, dropout, export, hardware, models, optim
 
 # The sections of a config that define what a run directory holds; a resume
 # with any of them changed would silently mix two runs.
 _RUN_IDENTITY = ("name", "model", "tokenizer", "data")
+# The train section is saved too. On resume these keys may change freely (they
+# only say when to log, save and eval); these fix which batch every step reads,
+# so no resume may change them; any other change needs --allow_train_changes.
+_TRAIN_FREE = ("log_every", "save_every", "eval_every", "eval_steps", "keep_checkpoints")
+_TRAIN_FIXED = ("batch_size", "grad_accum_steps", "seed")
+_PHASE_FIXED = ("name", "seq_len")
 
 
 class TrainingError(RuntimeError):
     """A run cannot start or must stop; the message says why and what to do."""
+
+
+class Interrupted(TrainingError):
+    """SIGINT/SIGTERM stopped the run after saving; exit with `exit_code` (128 + signal)."""
+
+    def __init__(self, message, signum):
+        super(Interrupted, self).__init__(message)
+        self.exit_code = 128 + signum
 
 
 # --------------------------------------------------------------------------
@@ -158,6 +170,10 @@ class MlmTask(object):
                                     split=split, seed=seed, skip_batches=skip_batches,
                                     input_context=input_context)
 
+    def check_data(self, phase, batch_size, splits):
+        from pretrain import records
+        records.check_records(self.data_dir, self.cfg, phase["seq_len"], batch_size, splits)
+
     @staticmethod
     def denominator(batch):
         return tf.reduce_sum(batch["masked_lm_weights"])
@@ -196,6 +212,15 @@ class SimbertTask(object):
         return self.simbert.make_dataset(self.cfg, self.data_path, batch_size, split=split,
                                          seed=seed, skip_batches=skip_batches,
                                          input_context=input_context, seq_len=seq_len)
+
+    def check_data(self, phase, batch_size, splits):
+        splits = ["validation" if s == "eval" else s for s in splits]
+        try:
+            self.simbert.check_splits(self.cfg, self.data_path, splits)
+        except (ValueError, FileNotFoundError) as e:
+            raise TrainingError("%s. data.validation_fraction sets the share of groups held "
+                                "out for eval; train.eval_steps 0 trains without eval."
+                                % e) from None
 
     @staticmethod
     def denominator(batch):
@@ -339,8 +364,9 @@ def distributed_dataset(strategy, task, phase, cfg, split, start_step, accum):
 # --------------------------------------------------------------------------
 # Run directory
 # --------------------------------------------------------------------------
-def _check_output_dir(cfg, output_dir):
-    """Refuse to mix two configs' runs in one directory."""
+def _check_output_dir(cfg, output_dir, allow_train_changes=False):
+    """Refuse to mix two configs' runs in one directory, or to resume with a
+    train section that moves the data position or the schedule unasked."""
     identity = {k: cfg[k] for k in _RUN_IDENTITY}
     identity["smoke"] = cfg.get("smoke", False)
     path = os.path.join(output_dir, "run_config.json")
@@ -354,10 +380,72 @@ def _check_output_dir(cfg, output_dir):
                 "%s. Choose another --output, or delete that directory to start over."
                 % (output_dir, previous.get("name"), previous.get("smoke"), cfg["name"],
                    identity["smoke"], ", ".join(diff)))
-        return
+        if previous.get("train") == cfg["train"]:
+            return
+        if "train" not in previous:
+            logging.warning("%s has no train section (an older run dir): saving this one; "
+                            "later resumes are checked against it", path)
+        else:
+            _check_train_changes(previous["train"], cfg["train"], output_dir,
+                                 allow_train_changes)
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(path, "w") as f:
-        json.dump(identity, f, indent=2, ensure_ascii=False)
+        json.dump(dict(identity, train=cfg["train"]), f, indent=2, ensure_ascii=False)
+
+
+def _train_changes(old, new):
+    """[(key, old value, new value, kind)] with kind "free", "flag" or "fixed"."""
+    def kind(key, fixed):
+        return "free" if key in _TRAIN_FREE else "fixed" if key in fixed else "flag"
+
+    out = [(k, old.get(k), new.get(k), kind(k, _TRAIN_FIXED))
+           for k in sorted((set(old) | set(new)) - {"phases"}) if old.get(k) != new.get(k)]
+    old_phases, new_phases = old.get("phases") or [], new["phases"]
+    for i in range(max(len(old_phases), len(new_phases))):
+        if i >= len(new_phases):
+            out.append(("phases[%d]" % i, old_phases[i]["name"], "removed", "fixed"))
+        elif i >= len(old_phases):
+            out.append(("phases[%d]" % i, "none", new_phases[i]["name"], "flag"))
+        else:
+            a, b = old_phases[i], new_phases[i]
+            out.extend(("phases[%d].%s" % (i, k), a.get(k), b.get(k), kind(k, _PHASE_FIXED))
+                       for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+    return out
+
+
+def _check_train_changes(old, new, output_dir, allow):
+    changes = _train_changes(old, new)
+
+    def listing(kinds):
+        return ", ".join("%s: %s -> %s" % (k, a, b) for k, a, b, c in changes if c in kinds)
+
+    if any(c == "fixed" for _, _, _, c in changes):
+        raise TrainingError(
+            "%s holds a run with another train section: %s. These decide which batch each "
+            "step reads, so a resume cannot change them: restore them, or choose another "
+            "--output to start a new run." % (output_dir, listing(("fixed",))))
+    if not allow and any(c == "flag" for _, _, _, c in changes):
+        raise TrainingError(
+            "%s holds a run with another train section: %s. These change the schedule of the "
+            "run being resumed: restore them, or pass --allow_train_changes to resume with "
+            "them." % (output_dir, listing(("flag",))))
+    logging.warning("%s: resuming with train changes %s", output_dir, listing(("free", "flag")))
+
+
+def _non_finite_names(variables):
+    """A function returning the names of the float `variables` holding a NaN or inf.
+
+    One compiled pass over the weights per host call: an update with a finite
+    loss and gradient norm (as with a learning rate of inf) can still leave
+    non-finite weights, which no checkpoint may hold.
+    """
+    floats = [v for v in variables if v.dtype.is_floating]
+
+    @tf.function
+    def flags():
+        return tf.stack([tf.logical_not(tf.reduce_all(tf.math.is_finite(v))) for v in floats])
+
+    return lambda: [v.name for v, bad in zip(floats, flags().numpy()) if bad]
 
 
 class _Window(object):
@@ -386,13 +474,13 @@ class Trainer(object):
     """Builds everything once, then runs the config's phases in order."""
 
     def __init__(self, cfg, data, output_dir, strategy=None, init_checkpoint=None,
-                 steps_per_loop=100, precision="fp32", xla=None):
+                 steps_per_loop=100, precision="fp32", xla=None, allow_train_changes=False):
         self.cfg, self.data, self.output_dir = cfg, data, output_dir
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_loop = max(1, int(steps_per_loop))
         self.xla = _use_xla(self.strategy) if xla is None else xla
         self.init_checkpoint = init_checkpoint
-        _check_output_dir(cfg, output_dir)
+        _check_output_dir(cfg, output_dir, allow_train_changes)
         if precision == "bf16":
             tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
         # No global seed: build_model draws weights from train.seed and dropout
@@ -405,6 +493,9 @@ class Trainer(object):
         self.writers = {s: tf.summary.create_file_writer(
             os.path.join(output_dir, "tensorboard", s)) for s in ("train", "eval")}
         self.history = []  # (global_step, phase name, loss) for tests and scripts
+        self._checked_from = None  # data of phases from this index on checked
+        self._signal = None  # SIGINT/SIGTERM seen; the loop stops at the next host call
+        self._handling_signals = False
 
     # -- checkpoints ---------------------------------------------------------
     def _checkpoint(self, optimizer, phase_step):
@@ -430,9 +521,66 @@ class Trainer(object):
                                    allow_missing=pooler)
             logging.info("warm start from %s", self.init_checkpoint)
 
+    # -- before the first step ------------------------------------------------
+    def check_data(self, start=0):
+        """The data of every phase from `start` on: a problem would otherwise
+        surface when its phase starts or at its first eval, after hours of training."""
+        if self._checked_from is not None and self._checked_from <= start:
+            return
+        train = self.cfg["train"]
+        splits = ("train", "eval") if train["eval_steps"] > 0 else ("train",)
+        seen = set()
+        for phase in train["phases"][start:]:
+            if phase["seq_len"] not in seen:
+                seen.add(phase["seq_len"])
+                self.task.check_data(phase, train["batch_size"], splits)
+        self._checked_from = start
+
+    # -- signals ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals_stop_the_loop(self):
+        """SIGINT (Ctrl-C) and SIGTERM (preemption) stop the run at the next host-call
+        boundary, with a checkpoint; a second signal acts at once."""
+        if self._handling_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+
+        def note(signum, frame):
+            self._signal = signum
+            signal.signal(signum, previous[signum])
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, note)
+            previous[s] = signal.SIG_DFL if previous[s] is None else previous[s]
+        self._handling_signals = True
+        try:
+            yield
+        finally:
+            self._handling_signals = False
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_if_signalled(self, manager, phase, step, offset):
+        if self._signal is None:
+            return
+        latest = manager.latest_checkpoint
+        if step > 0 and not (latest or "").endswith("-%d" % step):
+            latest = manager.save(checkpoint_number=step)  # weights checked finite
+        raise Interrupted("%s: stopped at step %d of phase %s (global step %d), %s; rerun "
+                          "the same command to resume" % (
+                              signal.Signals(self._signal).name, step, phase["name"],
+                              offset + step, "checkpoint %s" % latest if latest
+                              else "nothing trained to save yet"), self._signal)
+
     # -- one phase -----------------------------------------------------------
     def run_phase(self, index, max_steps=None):
         """Train phase `index` to its end (or `max_steps` updates this call)."""
+        with self._signals_stop_the_loop():
+            return self._run_phase(index, max_steps)
+
+    def _run_phase(self, index, max_steps):
+        self.check_data(index)
         cfg, train = self.cfg, self.cfg["train"]
         phase = train["phases"][index]
         accum = train["grad_accum_steps"]
@@ -465,30 +613,29 @@ class Trainer(object):
         loop = make_train_loop(self.strategy, make_replica_step(
             self.task, optimizer, self.variables, train["seed"], dropout.rng_alg(compiled)),
             self.task.metrics, self.xla)
+        non_finite = _non_finite_names(self.bundle.encoder.weights + optimizer.weights)
         step = start
         end = phase["steps"] if max_steps is None else min(phase["steps"], start + max_steps)
         seqs_per_update = train["batch_size"] * accum
+        evals = train["eval_steps"] > 0
         logging.info("phase %s: steps %d..%d, seq_len %d, batch %d x accum %d, xla=%s, "
-                     "replicas=%d", phase["name"], start, end, phase["seq_len"],
-                     train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync)
+                     "replicas=%d%s", phase["name"], start, end, phase["seq_len"],
+                     train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
+                     "" if evals else ", no eval (train.eval_steps is 0)")
         window = _Window()  # metrics since the last log line
         while step < end:
+            self._stop_if_signalled(manager, phase, step, offset)
             n = self._loop_length(step, end)
             t0 = time.time()
             losses, norms, metric_sums, lr = loop(iterator, tf.constant(n))
-            losses = losses.numpy()
-            bad = np.flatnonzero(~np.isfinite(losses))
-            if bad.size:
-                raise TrainingError(
-                    "loss became %s at step %d of phase %s (global step %d); stopped without "
-                    "saving. The last good checkpoint is %s." % (
-                        losses[bad[0]], step + bad[0] + 1, phase["name"],
-                        offset + step + bad[0] + 1, manager.latest_checkpoint))
+            losses, norms = losses.numpy(), norms.numpy()
+            self._check_finite(losses, norms, non_finite, step, phase, offset,
+                               manager.latest_checkpoint)
             step += n
             phase_step.assign(step)
             self.history.extend((offset + step - n + i + 1, phase["name"], float(l))
                                 for i, l in enumerate(losses))
-            window.add(n, time.time() - t0, losses, norms.numpy(), metric_sums)
+            window.add(n, time.time() - t0, losses, norms, metric_sums)
             done = step == phase["steps"]
             if step % train["log_every"] == 0 or done or step == end:
                 scalars = window.scalars(seqs_per_update)
@@ -499,11 +646,37 @@ class Trainer(object):
                 window = _Window()
             if step % train["save_every"] == 0 or done:
                 manager.save(checkpoint_number=step)
-            if step % train["eval_every"] == 0 or done:
+            if evals and (step % train["eval_every"] == 0 or done):
                 self.evaluate(phase, eval_fn, offset + step)
+        self._stop_if_signalled(manager, phase, step, offset)
         if step >= phase["steps"]:
             return self._export(phase)
         return None
+
+    @staticmethod
+    def _check_finite(losses, norms, non_finite, step, phase, offset, last_good):
+        """Stop, saving nothing, at the first update with a NaN/inf loss or gradient
+        norm, or if this host call left NaN/inf weights."""
+        where = "The last good checkpoint is %s." % last_good if last_good else (
+            "No checkpoint of this phase was saved before it.")
+        bad = np.flatnonzero(~(np.isfinite(losses) & np.isfinite(norms)))
+        if bad.size:
+            k = bad[0]
+            what, value = (("loss", losses[k]) if not np.isfinite(losses[k])
+                           else ("gradient norm", norms[k]))
+            raise TrainingError("%s became %s at step %d of phase %s (global step %d); stopped "
+                                "without saving. %s" % (what, value, step + k + 1, phase["name"],
+                                                        offset + step + k + 1, where))
+        names = non_finite()
+        if names:
+            n = len(losses)
+            raise TrainingError(
+                "the weights became non-finite at step %d of phase %s (global step %d%s): %d "
+                "tensors hold NaN/inf (%s), though loss and gradient norm were finite (is the "
+                "learning rate too high?); stopped without saving. %s" % (
+                    step + n, phase["name"], offset + step + n,
+                    ", or earlier in that host call of steps %d..%d" % (step + 1, step + n)
+                    if n > 1 else "", len(names), ", ".join(names[:3]), where))
 
     def _loop_length(self, step, end):
         """Updates in the next host call: stop at log/save/eval boundaries."""
@@ -542,7 +715,9 @@ class Trainer(object):
 
     # -- all phases ----------------------------------------------------------
     def run(self, start_phase=0):
-        exports = []
-        for index in range(start_phase, len(self.cfg["train"]["phases"])):
-            exports.append(self.run_phase(index))
-        return exports
+        with self._signals_stop_the_loop():
+            self.check_data(start_phase)
+            exports = []
+            for index in range(start_phase, len(self.cfg["train"]["phases"])):
+                exports.append(self.run_phase(index))
+            return exports

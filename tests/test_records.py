@@ -165,3 +165,13 @@ def test_manifest_mismatches_raise_clear_errors(data_dir, cfg, tmp_path):
         records.make_dataset(str(tmp_path), cfg, 128, 8)
     with pytest.raises(records.ManifestError, match="fewer than one batch"):
         records.make_dataset(data_dir, cfg, 512, 4096, split="eval")
+
+
+def test_manifest_records_each_shard_size(data_dir):
+    for seq_len in (128, 512):
+        with open(os.path.join(data_dir, "seq%d" % seq_len, records.MANIFEST)) as f:
+            manifest = json.load(f)
+        for split in ("train", "eval"):
+            for shard in manifest[split]["shards"]:
+                path = os.path.join(data_dir, "seq%d" % seq_len, shard["name"])
+                assert shard["bytes"] == os.path.getsize(path) > 0

@@ -328,3 +328,20 @@ def test_jaccard_baseline_matches_set_arithmetic():
     groups = [simbert.Group("x:1", texts[:2]), simbert.Group("x:2", texts[2:])]
     # "今天" is nearest to "今天天气好" (2/4), which is in the other group
     assert simbert.retrieval_top1(simbert.jaccard_matrix, groups)["retrieval_top1"] == 0.75
+
+
+# ---------------------------------------------------------------- trainer data checks
+
+
+def test_trainer_refuses_an_empty_validation_split_before_the_first_step(tmp_path):
+    from pretrain import train
+    path = os.path.join(REPO_ROOT, "data", "sample", "similarity_groups.json")
+    cfg = tiny_cfg()
+    cfg["data"]["validation_fraction"] = 0.0
+    cfg["train"].update(save_every=2, eval_every=2, log_every=2)
+    cfg["train"]["phases"][0]["steps"] = 4
+    trainer = train.Trainer(cfg, path, str(tmp_path / "run"))
+    with pytest.raises(train.TrainingError, match=r"no groups in split 'validation'.*"
+                       r"validation_fraction=0.0.*eval_steps"):
+        trainer.run_phase(0)
+    assert trainer.history == []
