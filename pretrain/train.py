@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pretrain import doctor, dropout, hardware
+from pretrain import compat, doctor, dropout, hardware
 
 dropout.install()  # before models.py binds bert4keras's Dropout
 
@@ -137,7 +137,8 @@ def _use_xla(strategy):
         return False
     if isinstance(strategy, tf.distribute.MirroredStrategy):
         return bool(tf.config.list_logical_devices("GPU"))
-    return True
+    # One device: a GPU compiles; a CPU only where the build has XLA for it.
+    return bool(tf.config.list_logical_devices("GPU")) or compat.cpu_xla()
 
 
 # --------------------------------------------------------------------------
