@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pretrain import doctor, dropout, export, hardware, models, optim
+from pretrain import compat, doctor, dropout, export, hardware, models, optim
 
 # The sections of a config that define what a run directory holds; a resume
 # with any of them changed would silently mix two runs.
@@ -149,7 +149,8 @@ def _use_xla(strategy):
         return False
     if isinstance(strategy, tf.distribute.MirroredStrategy):
         return bool(tf.config.list_logical_devices("GPU"))
-    return True
+    # One device: a GPU compiles; a CPU only where the build has XLA for it.
+    return bool(tf.config.list_logical_devices("GPU")) or compat.cpu_xla()
 
 
 # --------------------------------------------------------------------------

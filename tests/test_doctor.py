@@ -8,7 +8,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from pretrain import doctor, hardware
+from pretrain import compat, doctor, hardware
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,6 +85,8 @@ def test_this_machines_tensorflow_as_the_doctor_sees_it():
     assert status["distributions"] == {TF_DIST: _installed(TF_DIST)}
     assert status["tpu_build"] == (TF_DIST == "tensorflow-tpu")
     assert status["libtpu"] == _installed("libtpu")
+    # the one behaviour that differs between the builds (pretrain/compat.py)
+    assert compat.cpu_xla() == (TF_DIST != "tensorflow-tpu")
     assert "CPU:0" in status["devices"]
     assert not any(d.startswith("GPU") for d in status["devices"])
 
