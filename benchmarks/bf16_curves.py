@@ -7,7 +7,7 @@ shows how far two float32 runs drift apart anyway. Prints the held-out loss curv
 them to a PNG.
 
     python benchmarks/bf16_curves.py --docs 3000 --batch_size 32 --seq_len 128 \\
-        --steps 300 --eval_every 50 --out benchmarks/bf16_curves.png
+        --steps 300 --eval_every 50 --png benchmarks/bf16_curves.png
 
 tests/test_precision.py runs the same comparison, smaller.
 """
@@ -79,6 +79,7 @@ def run_curves(cfg, records, out_dir, runs):
         t0 = time.time()
         trainer = train.Trainer(run_cfg, records, run_dir, steps_per_loop=50,
                                 precision=precision)
+        trainer.evaluate(run_cfg["train"]["phases"][0], global_step=0)
         trainer.run_phase(0)
         seconds = time.time() - t0
         curve = plot_curves.read_scalars(os.path.join(run_dir, "tensorboard", "eval"))["loss"]
@@ -114,24 +115,26 @@ def plot(curves, path, title):
     return path
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("corpus", CORPUS, "JSONL corpus (a `text` field per line)")
-flags.DEFINE_integer("docs", 3000, "documents taken from the start of --corpus")
-flags.DEFINE_integer("batch_size", 32, "sequences per update")
-flags.DEFINE_integer("seq_len", 128, "tokens per sequence")
-flags.DEFINE_integer("steps", 300, "updates per run")
-flags.DEFINE_integer("eval_every", 50, "updates between held-out evaluations")
-flags.DEFINE_integer("eval_steps", 8, "held-out batches per evaluation")
-flags.DEFINE_float("learning_rate", 1e-3, "peak learning rate (LAMB, linear decay)")
-flags.DEFINE_integer("warmup_steps", 30, "linear warmup updates")
-flags.DEFINE_float("dropout", 0.1, "hidden and attention dropout")
-flags.DEFINE_bool("second_fp32_seed", True, "also run fp32 from another initial seed")
-flags.DEFINE_string("out", "bf16_curves.png", "PNG to write")
-flags.DEFINE_string("work_dir", None, "where records and runs go (default: a temp dir)")
+def define_flags():
+    # Here, not at import: tests import run_curves beside scripts with flags of their own.
+    flags.DEFINE_string("corpus", CORPUS, "JSONL corpus (a `text` field per line)")
+    flags.DEFINE_integer("docs", 600, "documents taken from the start of --corpus")
+    flags.DEFINE_integer("batch_size", 32, "sequences per update")
+    flags.DEFINE_integer("seq_len", 128, "tokens per sequence")
+    flags.DEFINE_integer("steps", 300, "updates per run")
+    flags.DEFINE_integer("eval_every", 50, "updates between held-out evaluations")
+    flags.DEFINE_integer("eval_steps", 8, "held-out batches per evaluation")
+    flags.DEFINE_float("learning_rate", 5e-3, "peak learning rate (LAMB, linear decay)")
+    flags.DEFINE_integer("warmup_steps", 30, "linear warmup updates")
+    flags.DEFINE_float("dropout", 0.1, "hidden and attention dropout")
+    flags.DEFINE_bool("second_fp32_seed", True, "also run fp32 from another initial seed")
+    flags.DEFINE_string("png", "bf16_curves.png", "PNG to write")
+    flags.DEFINE_string("work_dir", None, "where records and runs go (default: a temp dir)")
 
 
 def main(argv):
     del argv
+    FLAGS = flags.FLAGS
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="bf16_curves_")
     cfg = small_config(work, FLAGS.seq_len, FLAGS.batch_size, FLAGS.steps, FLAGS.eval_every,
                        FLAGS.eval_steps, FLAGS.learning_rate, FLAGS.warmup_steps,
@@ -146,9 +149,10 @@ def main(argv):
           "over %d batches:" % (FLAGS.batch_size, FLAGS.seq_len, FLAGS.steps, FLAGS.docs,
                                 os.path.basename(FLAGS.corpus), FLAGS.eval_steps))
     print(format_table(curves))
-    print("wrote", plot(curves, FLAGS.out, "roberta_tiny, batch %d x seq %d, XLA on CPU"
+    print("wrote", plot(curves, FLAGS.png, "roberta_tiny, batch %d x seq %d, XLA on CPU"
                         % (FLAGS.batch_size, FLAGS.seq_len)))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -111,3 +111,37 @@ def test_attention_softmax_and_masking_are_float32_under_mixed_bfloat16():
     assert rel16 > 4 * BF16_EPS, rel16
     assert np.all(got[want == 0] == 0) and np.all(np.isfinite(as_np(grad)))
     np.testing.assert_allclose(got.sum(-1), 1, atol=2 * BF16_EPS)
+
+
+# ------------------------------------------------------------ the Trainer
+
+TINY = dict(hidden_size=64, embedding_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=128)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """Records (seq 64) from the first 300 documents of the shared modern-Chinese corpus."""
+    from conftest import shared_path
+    tmp = tmp_path_factory.mktemp("bf16_records")
+    cfg = bf16_curves.small_config(str(tmp), 64, 8, 150, 50, 4, 5e-3, 10, dropout=0.0, **TINY)
+    corpus = shared_path("corpus", "modern_translations.jsonl")
+    return bf16_curves.make_records(cfg, corpus, 300, str(tmp))
+
+
+def test_trainer_keeps_the_bf16_policy_to_its_model(tmp_path, records):
+    # Attention dropout on: bert4keras builds that Dropout inside call(), when
+    # the step is traced, i.e. after the Trainer has restored the policy.
+    cfg = bf16_curves.small_config(str(tmp_path), 64, 8, 2, 2, 1, 5e-3, 0, dropout=0.1, **TINY)
+    trainer = train.Trainer(cfg, records, str(tmp_path / "run"), precision="bf16")
+    assert tf.keras.mixed_precision.global_policy().name == "float32"
+    layers = trainer.bundle.bert.layers
+    assert layers["Transformer-0-MultiHeadSelfAttention"].compute_dtype == "bfloat16"
+    assert layers["Transformer-0-FeedForward"].compute_dtype == "bfloat16"
+    norms = [n for n in layers if isinstance(layers[n], bert4keras_layers.LayerNormalization)]
+    assert "MLM-Norm" in norms and all(layers[n].compute_dtype == "float32" for n in norms)
+    trainer.run_phase(0)
+    assert tf.keras.mixed_precision.global_policy().name == "float32"
+    assert len(trainer.history) == 2 and all(np.isfinite(l) for _, _, l in trainer.history)
+    with pytest.raises(ValueError, match="precision must be one of bf16, fp32, got 'fp16'"):
+        train.Trainer(cfg, records, str(tmp_path / "run"), precision="fp16")
