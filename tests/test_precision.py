@@ -2,6 +2,7 @@
 float32 references, bert4keras's own bf16 versions failing them, the policy
 kept inside the Trainer, and bf16 training and export against float32."""
 import os
+import re
 import sys
 
 import numpy as np
@@ -145,3 +146,66 @@ def test_trainer_keeps_the_bf16_policy_to_its_model(tmp_path, records):
     assert len(trainer.history) == 2 and all(np.isfinite(l) for _, _, l in trainer.history)
     with pytest.raises(ValueError, match="precision must be one of bf16, fp32, got 'fp16'"):
         train.Trainer(cfg, records, str(tmp_path / "run"), precision="fp16")
+
+
+@pytest.fixture(scope="module")
+def curves(tmp_path_factory, records):
+    """fp32 and bf16 runs from the same weights on the same batches (150 updates, XLA)."""
+    tmp = tmp_path_factory.mktemp("bf16_curves")
+    cfg = bf16_curves.small_config(str(tmp), 64, 8, 150, 50, 4, 5e-3, 10, dropout=0.0, **TINY)
+    seed = cfg["train"]["seed"]
+    out = bf16_curves.run_curves(cfg, records, str(tmp),
+                                 [("fp32", "fp32", seed), ("bf16", "bf16", seed)])
+    return cfg, out
+
+
+def test_bf16_training_follows_fp32_on_real_text(curves):
+    """Both held-out losses fall by more than 0.5 nats, and the bf16 one ends
+    within 0.02 nats of the fp32 one.
+
+    Why 0.02: fp32 runs of this size whose seeds differ by 1 and 2 ended
+    0.069 and 0.120 nats from the fp32 run here (8.924 vs 8.855 and 8.804,
+    measured once by running `curves` with those seeds). A bf16 run inside
+    0.02 is closer to its fp32 twin than a third of the seed noise; it is 2 %
+    of the fp32 drop of 1.05 nats. The gap measured here was 2e-4.
+    """
+    _, out = curves
+    c32, c16 = out["fp32"][0], out["bf16"][0]
+    assert [s for s, _ in c32] == [s for s, _ in c16] == [0, 50, 100, 150]
+    for curve in (c32, c16):
+        assert curve[0][1] - curve[-1][1] > 0.5, curve
+    assert abs(c16[-1][1] - c32[-1][1]) < 0.02, (c32, c16)
+    assert c16 != c32  # the bf16 run did compute in bf16
+    assert out["bf16"][2].bundle.bert.layers["Embedding-Token"].compute_dtype == "bfloat16"
+
+
+def test_bf16_run_saves_float32_state_and_exports_what_bert4keras_reloads(curves):
+    """The export of the bf16 run, reloaded by bert4keras in a fresh float32
+    process, gives the trainer's float32 reference (`export.float32_outputs`:
+    a float32 twin with the trained weights) to within 1e-5. Both sides
+    compute in float32 from the same float32 weights, so only the order of
+    summation can differ (measured: 0.0). The bf16 model's own logits differ
+    from that reference by bf16 rounding: more than 1e-3 (so the reference is
+    not the bf16 computation) and by less than 8 bf16 roundings of the largest
+    logit: the bf16 forward rounds the output of every layer on the way (2
+    layers of several matmuls; measured 0.011 with logits up to about 1.5)."""
+    from pretrain import export
+    cfg, out = curves
+    trainer = out["bf16"][2]
+    run = trainer.output_dir
+    ckpt = tf.train.latest_checkpoint(os.path.join(run, "checkpoints", "p1"))
+    dtypes = tf.train.load_checkpoint(ckpt).get_variable_to_dtype_map()
+    slots = [n for n in dtypes if ".OPTIMIZER_SLOT" in n]
+    assert slots and {re.search(r"OPTIMIZER_SLOT/[^/]+/([^/]+)/", n).group(1)
+                      for n in slots} == {"m", "v"}
+    assert {d for d in dtypes.values() if d.is_floating} == {tf.float32}
+    export_dir = os.path.join(run, "export", "p1")
+    exported = tf.train.load_checkpoint(os.path.join(export_dir, "bert_model.ckpt"))
+    assert set(exported.get_variable_to_dtype_map().values()) == {tf.float32}
+
+    assert export.check_export(cfg, export_dir, trainer.bundle) <= 1e-5
+    ids, segs = export.encode_pairs(export_dir, export.sample_pairs(8), 64)
+    want = export.float32_outputs(cfg, trainer.bundle, ids, segs)[0]
+    got = trainer.bundle.encoder.predict([ids, segs], verbose=0)
+    diff, top = np.abs(got - want)[ids > 0].max(), np.abs(want[ids > 0]).max()
+    assert 1e-3 < diff < 8 * BF16_EPS * top, (diff, top)
