@@ -114,6 +114,46 @@ def test_attention_softmax_and_masking_are_float32_under_mixed_bfloat16():
     np.testing.assert_allclose(got.sum(-1), 1, atol=2 * BF16_EPS)
 
 
+def test_mlm_and_simbert_losses_are_float32_under_bf16():
+    """Same weights in a bf16 and an fp32 model (eval mode, XLA): the losses
+    are float32 tensors and agree within 0.01 nats. A loss near 10 rounded
+    to bf16 would be off by up to 0.03 (its ulp there is 0.0625); the bf16
+    logits' own rounding averages out in the cross-entropy (SimBERT: 2e-4)."""
+    import copy
+    from pretrain import simbert
+    from pretrain.config import load_config
+    rng = np.random.RandomState(0)
+    for name in ("roberta_tiny", "simbert_tiny"):
+        cfg = copy.deepcopy(load_config(name))
+        cfg["model"].update(num_hidden_layers=1)
+        ids = rng.randint(105, cfg["model"]["vocab_size"], (4, 24)).astype(np.int32)
+        ids[:, 0] = 2 if name == "simbert_tiny" else 101
+        segs = np.zeros_like(ids)
+        segs[:, 12:] = 1
+        pos = np.array([[1, 5, 7]] * 4, np.int32)
+        losses = []
+        bundles = [models.build_model(cfg, precision=p) for p in ("bf16", "fp32")]
+        bundles[1].encoder.set_weights(bundles[0].encoder.get_weights())
+        for bundle in bundles:
+            if name == "simbert_tiny":
+                def loss_fn(bundle=bundle):
+                    batch = {"token_ids": tf.constant(ids), "segment_ids": tf.constant(segs)}
+                    _, metrics = simbert.forward_loss(bundle, batch, False)
+                    return [metrics["seq2seq_loss"], metrics["similarity_loss"]]
+            else:
+                def loss_fn(bundle=bundle):
+                    batch = {"input_ids": ids, "segment_ids": segs, "masked_lm_positions": pos}
+                    logits = bundle.mlm_model(batch, training=False)
+                    loss_sum, _ = train.masked_lm_sums(logits, ids[:, [1, 5, 7]],
+                                                       tf.ones([4, 3]))
+                    return [loss_sum / 12.0]
+            losses.append(tf.function(loss_fn, jit_compile=True)())
+        assert bundles[0].bert.layers["Embedding-Token"].compute_dtype == "bfloat16"
+        for got, want in zip(*losses):
+            assert got.dtype == tf.float32
+            assert abs(float(got) - float(want)) < 0.01, (name, float(got), float(want))
+
+
 # ------------------------------------------------------------ the Trainer
 
 TINY = dict(hidden_size=64, embedding_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -188,7 +228,7 @@ def test_bf16_run_saves_float32_state_and_exports_what_bert4keras_reloads(curves
     from that reference by bf16 rounding: more than 1e-3 (so the reference is
     not the bf16 computation) and by less than 8 bf16 roundings of the largest
     logit: the bf16 forward rounds the output of every layer on the way (2
-    layers of several matmuls; measured 0.011 with logits up to about 1.5)."""
+    layers of several matmuls; measured: 0.011)."""
     from pretrain import export
     cfg, out = curves
     trainer = out["bf16"][2]
