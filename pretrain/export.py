@@ -16,7 +16,6 @@ import also reads, a Keras h5 by layer name: the published T5s `model.h5`
     python -m pretrain.export --config roberta_tiny --output /tmp/rt [--checkpoint CKPT] [--check]
     python -m pretrain.export --config roberta_tiny --output /tmp/rt_hf --format hf
 """
-import contextlib
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from bert4keras.backend import K
 
-from pretrain import h5_weights, models
+from pretrain import h5_weights, models, precision
 from pretrain.config import bert4keras_config, resolve_path
 from pretrain.tokenization import load_vocab, read_vocab_file
 
@@ -287,16 +286,6 @@ def reload_outputs(out_dir, ids, segs):
     return outputs if isinstance(outputs, list) else [outputs]
 
 
-@contextlib.contextmanager
-def _float32_policy():
-    policy = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy("float32")
-    try:
-        yield
-    finally:
-        tf.keras.mixed_precision.set_global_policy(policy)
-
-
 def float32_outputs(cfg, bundle, ids, segs):
     """bundle.encoder's outputs computed in float32 on the CPU.
 
@@ -306,7 +295,7 @@ def float32_outputs(cfg, bundle, ids, segs):
     attention Dropout layer inside call(). Call this outside strategy.scope().
     """
     encoder = bundle.encoder
-    with _float32_policy(), tf.device("/CPU:0"):
+    with precision.policy("float32"), tf.device("/CPU:0"):
         if any(getattr(layer, "compute_dtype", "float32") != "float32"
                for layer in bundle.bert.layers.values()) or any(
                    "CPU" not in w.device.upper() for w in encoder.weights):

@@ -23,9 +23,12 @@ from bert4keras.layers import (Add, Dense, Embedding, FeedForward, Input,
                                RelativePositionEmbeddingT5, ScaleOffset, Activation)
 from bert4keras.models import T5_Base, build_transformer_model
 
+from pretrain import precision as precision_lib
 from pretrain.config import bert4keras_config
 from pretrain.dropout import StepSeededDropout as Dropout  # step-seeded: exact resume
 from pretrain.tokenization import load_vocab
+
+precision_lib.install()  # float32 norms and softmax under a mixed policy
 
 # The published checkpoint sizes the issue asks us to compare with (MB as
 # printed on the download pages).
@@ -358,11 +361,16 @@ def reinitialize(bert, seed, stddev):
                                                           stddev=stddev, dtype=w.dtype))
 
 
-def build_model(cfg, check_vocab=True, seed=None):
+def build_model(cfg, check_vocab=True, seed=None, precision=None):
     """The bert4keras model for `cfg` and its training heads (see `Bundle`).
 
     Weights are freshly initialised from `seed` (default: train.seed).
+    precision: 'fp32' or 'bf16' (mixed bfloat16, see pretrain/precision.py)
+    for this model only; None builds under the current global Keras policy.
     """
+    if precision is not None:
+        with precision_lib.policy(precision_lib.policy_name(precision)):
+            return build_model(cfg, check_vocab, seed)
     if check_vocab:
         check_vocab_size(cfg)
     config = bert4keras_config(cfg)

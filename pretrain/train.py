@@ -482,13 +482,12 @@ class Trainer(object):
         self.xla = _use_xla(self.strategy) if xla is None else xla
         self.init_checkpoint = init_checkpoint
         _check_output_dir(cfg, output_dir, allow_train_changes)
-        if precision == "bf16":
-            tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
         # No global seed: build_model draws weights from train.seed and dropout
         # masks come from step seeds (a global seed of 0 also breaks tf.data's
-        # tensor-seeded shuffles).
+        # tensor-seeded shuffles). The precision policy is the model's alone:
+        # the global policy is unchanged afterwards.
         with self.strategy.scope():
-            self.bundle = models.build_model(cfg)
+            self.bundle = models.build_model(cfg, precision=precision)
         self.task = make_task(cfg, self.bundle, data)
         self.variables = self.task.model.trainable_variables
         self.writers = {s: tf.summary.create_file_writer(
