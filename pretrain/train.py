@@ -295,6 +295,8 @@ def make_train_loop(strategy, replica_step, metric_names, xla):
     # Only wrap for XLA: a nested tf.function around the optimizer's merge_call
     # fails under MirroredStrategy.
     step_fn = tf.function(replica_step, jit_compile=True) if xla else replica_step
+    if not xla:
+        compat.uncompiled_loops()
 
     def first(x):
         return strategy.experimental_local_results(x)[0]
