@@ -205,3 +205,110 @@ def test_cli_exports_a_trainer_checkpoint(tmp_path):
     reader = tf.train.load_checkpoint(out)
     for name, weight in export.variable_pairs(bundle.bert):
         np.testing.assert_array_equal(reader.get_tensor(name), K.get_value(weight))
+
+
+# ------------------------------------- trainer exports: atomic, current, checked
+
+from test_train import records_dir, tiny_config  # noqa: E402,F401  (module fixture)
+
+
+def _export_weights(out):
+    reader = tf.train.load_checkpoint(os.path.join(out, export.CKPT_NAME))
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
+
+
+def _model_weights(bundle):
+    return {n: K.get_value(w) for n, w in export.variable_pairs(bundle.bert)}
+
+
+def _run_phase(tmp_path, records_dir, steps, out):
+    from pretrain import train
+    cfg = tiny_config(tmp_path, phases=((128, steps),))
+    trainer = train.Trainer(cfg, records_dir, out, steps_per_loop=3, xla=False)
+    return trainer, trainer.run()[0]
+
+
+def test_trainer_export_is_rewritten_when_half_written_or_stale(tmp_path, records_dir):
+    out = str(tmp_path / "run")
+    trainer, path = _run_phase(tmp_path, records_dir, 3, out)
+    with open(os.path.join(path, export.INFO_NAME)) as f:
+        info = json.load(f)
+    assert info["source"]["checkpoint"] == "ckpt-3"
+    assert info["reload_max_abs_diff"] == 0.0
+    # A kill between files: the weights and the info file never got written.
+    for name in os.listdir(path):
+        if name.startswith(export.CKPT_NAME + ".data") or name == export.INFO_NAME:
+            os.remove(os.path.join(path, name))
+    trainer, path = _run_phase(tmp_path, records_dir, 3, out)
+    assert os.path.exists(os.path.join(path, export.INFO_NAME))
+    got = _export_weights(path)
+    for name, value in _model_weights(trainer.bundle).items():
+        np.testing.assert_array_equal(got[name], value)
+    # The phase's steps grew: it trains on, and the export follows the new checkpoint.
+    trainer, path = _run_phase(tmp_path, records_dir, 5, out)
+    with open(os.path.join(path, export.INFO_NAME)) as f:
+        assert json.load(f)["source"]["checkpoint"] == "ckpt-5"
+    got = _export_weights(path)
+    for name, value in _model_weights(trainer.bundle).items():
+        np.testing.assert_array_equal(got[name], value)
+    assert sorted(os.listdir(os.path.dirname(path))) == ["p1_seq128"]  # no staging left
+
+
+def test_a_reload_that_differs_fails_the_run_and_keeps_the_last_good_export(
+        tmp_path, records_dir, monkeypatch):
+    from pretrain import train
+    out = str(tmp_path / "run")
+    _, path = _run_phase(tmp_path, records_dir, 3, out)
+    before = _export_weights(path)
+    bias = "cls/predictions/output_bias"
+    write = export._to_checkpoint_layout
+
+    def off_by_1e_3(bert, name, value):  # a checkpoint that is wrong by 1e-3 in one bias
+        value = write(bert, name, value)
+        return value + np.float32(1e-3) if name == bias else value
+
+    monkeypatch.setattr(export, "_to_checkpoint_layout", off_by_1e_3)
+    with pytest.raises(train.TrainingError, match=r"reload .* differs .* by [0-9.e-]+ > "
+                       r"tolerance 0\.0001"):
+        _run_phase(tmp_path, records_dir, 5, out)
+    after = _export_weights(path)
+    assert sorted(after) == sorted(before)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name])
+    assert sorted(os.listdir(os.path.dirname(path))) == ["p1_seq128"]
+
+
+def test_relative_output_from_another_working_directory(tmp_path, records_dir, monkeypatch):
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _, path = _run_phase(tmp_path, records_dir, 3, os.path.join("runs", "rel"))
+    assert path == os.path.join("runs", "rel", "export", "p1_seq128")
+    with open(work / path / export.INFO_NAME) as f:
+        assert json.load(f)["reload_max_abs_diff"] == 0.0
+
+
+def test_cli_relative_output_with_check_from_another_directory(tmp_path):
+    raw = json.load(open(load_config("roberta_tiny")["path"]))
+    raw.pop("smoke")
+    raw["model"].update(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                        intermediate_size=64, embedding_size=16)
+    raw["tokenizer"]["vocab"] = os.path.join(REPO_ROOT, "data", "vocab.txt")
+    (tmp_path / "tiny.json").write_text(json.dumps(raw))
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    result = subprocess.run([sys.executable, "-m", "pretrain.export", "--config", "tiny.json",
+                             "--output", "rel/out", "--check"], cwd=str(tmp_path), env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max |trained - bert4keras reload|: 0" in result.stdout
+    assert os.path.exists(tmp_path / "rel" / "out" / export.INFO_NAME)
+
+
+def test_reload_check_runs_with_gpus_hidden(tmp_path, capfd):
+    cfg = small_cfg("roberta_tiny", num_hidden_layers=1, hidden_size=32,
+                    num_attention_heads=2, intermediate_size=64, embedding_size=16)
+    bundle = models.build_model(cfg)
+    out = str(tmp_path / "e")
+    export.export_bert4keras(cfg, bundle, out)
+    assert export.check_export(cfg, out, bundle) == 0.0
+    assert "reload check process: CUDA_VISIBLE_DEVICES=-1" in capfd.readouterr().out
