@@ -96,6 +96,24 @@ def remove(path):
         pass
 
 
+class OutputPathError(ValueError):
+    """An output path that cannot be a directory."""
+
+
+def check_output_dir(path, flag="--output"):
+    """Raise OutputPathError unless `path` is a directory or can be made one."""
+    if is_gcs(path):
+        blocked = path if _gfile().exists(path) and not _gfile().isdir(path) else None
+    else:
+        blocked = os.path.abspath(path)
+        while not os.path.exists(blocked):  # the nearest part that exists
+            blocked = os.path.dirname(blocked)
+        blocked = None if os.path.isdir(blocked) else blocked
+    if blocked:
+        raise OutputPathError("%s %s: %s is a file, not a directory; give a directory path "
+                              "(it is created if missing)" % (flag, path, blocked))
+
+
 def file_size(path):
     return _gfile().stat(path).length if is_gcs(path) else os.path.getsize(path)
 

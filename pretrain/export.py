@@ -457,6 +457,11 @@ def main(argv):
     from pretrain.config import load_config
     FLAGS = flags.FLAGS
     del argv
+    from pretrain.corpus import OutputPathError, check_output_dir
+    try:
+        check_output_dir(FLAGS.output)
+    except OutputPathError as e:
+        sys.exit("error: %s" % e)
     cfg = load_config(FLAGS.config)
     output = FLAGS.output if "://" in FLAGS.output else os.path.abspath(FLAGS.output)
     bundle = models.build_model(cfg)

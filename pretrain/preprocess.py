@@ -529,6 +529,11 @@ def main(argv):
     if len(argv) > 2 or (len(argv) == 2 and argv[1] != "vocab"):
         raise SystemExit("usage: python -m pretrain.preprocess [vocab] --config ... --input ... "
                          "--output ...; unexpected arguments: %s" % " ".join(argv[1:]))
+    try:
+        corpus.check_output_dir(FLAGS.output)
+    except corpus.OutputPathError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
     cfg = load_config(FLAGS.config)
     common = dict(workers=FLAGS.workers, text_field=FLAGS.text_field,
                   input_format=FLAGS.input_format, shard_mb=FLAGS.shard_mb,

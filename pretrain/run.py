@@ -71,12 +71,14 @@ def smoke_data(cfg, output):
 
 def main(argv):
     del argv
-    from pretrain import gcs, records, train
+    from pretrain import corpus, export, gcs, preprocess, records, train
     from pretrain.config import ConfigError
 
     try:
         exports, cfg, data, output = run(train)
-    except (ConfigError, train.TrainingError, records.ManifestError, gcs.GcsError) as e:
+    except (ConfigError, train.TrainingError, records.ManifestError, gcs.GcsError,
+            corpus.OutputPathError, preprocess.PreprocessError,
+            export.CheckpointMismatchError) as e:
         logging.error("%s", e)  # these messages say what to fix: no traceback
         sys.exit(1)
     print("\nrun finished: %s" % cfg["name"])
@@ -96,6 +98,8 @@ def run(train):
                               else None)
     if output is None:
         raise app.UsageError("--output is required (a local dir or gs://bucket/path)")
+    from pretrain import corpus
+    corpus.check_output_dir(output)
     data = FLAGS.data or (smoke_data(cfg, output) if FLAGS.smoke else None)
     if data is None:
         raise app.UsageError("--data is required: the records dir written by "

@@ -312,3 +312,38 @@ def test_reload_check_runs_with_gpus_hidden(tmp_path, capfd):
     export.export_bert4keras(cfg, bundle, out)
     assert export.check_export(cfg, out, bundle) == 0.0
     assert "reload check process: CUDA_VISIBLE_DEVICES=-1" in capfd.readouterr().out
+
+
+def _cli(args, cwd):
+    return subprocess.run([sys.executable] + args, cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [l for l in result.stderr.splitlines() if l.startswith(("error:", "E"))
+             and all(n in l for n in needles)]
+    assert lines, result.stderr[-3000:]
+
+
+def test_clis_refuse_bad_paths_in_one_line(tmp_path):
+    """--output naming a file; a SimBERT --model that is no export, or an MLM one."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args in (["pretrain/run.py", "--config", "roberta_tiny", "--smoke"],
+                 ["pretrain/run.py", "--config", "roberta_tiny", "--data", str(tmp_path)],
+                 ["-m", "pretrain.export", "--config", "roberta_tiny"]):
+        for output in (str(afile), str(afile / "sub")):
+            _one_line_error(_cli(args + ["--output", output], REPO_ROOT),
+                            "--output", "is a file, not a directory", "give a directory")
+    _one_line_error(_cli(["-m", "pretrain.simbert", "encode", "--model", str(tmp_path),
+                          "--text", "你好"], REPO_ROOT),
+                    "--model", "no bert_config.json", "SimBERT export")
+    cfg = small_cfg("roberta_tiny", num_hidden_layers=1, hidden_size=32,
+                    num_attention_heads=2, intermediate_size=64, embedding_size=16)
+    mlm = str(tmp_path / "mlm")
+    export.export_bert4keras(cfg, models.build_model(cfg), mlm)
+    _one_line_error(_cli(["-m", "pretrain.simbert", "encode", "--model", mlm,
+                          "--text", "你好"], REPO_ROOT),
+                    "--model", "MLM-only", "bert/pooler/dense", "simbert")

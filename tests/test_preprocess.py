@@ -218,3 +218,14 @@ def test_user_dict_words_are_masked_whole(cfg, tmp_path):
                 assert not (span & masked) or span <= masked  # all six or none
                 whole += span <= masked
     assert whole > 10
+
+
+def test_output_that_is_a_file_is_one_line_error(small_corpus, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = subprocess.run([sys.executable, "-m", "pretrain.preprocess", "--config",
+                             "roberta_tiny", "--input", small_corpus, "--output", str(afile),
+                             "--workers", "1", "--progress=false"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "--output %s: %s is a file, not a directory" % (afile, afile) in result.stderr
