@@ -57,7 +57,8 @@ def _phase_index(cfg, phase):
 
 
 def smoke_data(cfg, output):
-    """The shipped sample, preprocessed under the run dir if not done yet."""
+    """The shipped sample, preprocessed under the run dir if not done yet
+    (records of other settings there are this run's own: they are remade)."""
     if cfg["data"]["task"] == "simbert":
         return SAMPLE_GROUPS
     from pretrain import preprocess
@@ -65,7 +66,7 @@ def smoke_data(cfg, output):
     seq_lens = sorted({p["seq_len"] for p in cfg["train"]["phases"]})
     preprocess.run(cfg, [SAMPLE_CORPUS], records_dir, seq_lens=seq_lens,
                    dupe_factor=cfg["data"]["dupe_factor"], workers=1,
-                   seed=cfg["train"]["seed"])
+                   seed=cfg["train"]["seed"], replace=True)
     return records_dir
 
 
