@@ -347,3 +347,90 @@ def test_clis_refuse_bad_paths_in_one_line(tmp_path):
     _one_line_error(_cli(["-m", "pretrain.simbert", "encode", "--model", mlm,
                           "--text", "你好"], REPO_ROOT),
                     "--model", "MLM-only", "bert/pooler/dense", "simbert")
+
+
+# ------------------------------------------- warm start from Google's own layout
+
+GOOGLE = dict(vocab=21128, hidden=64, layers=2, heads=4, ffn=96, positions=512, types=2)
+
+
+def _google_layout_checkpoint(prefix, seed=11):
+    """A checkpoint laid out like Google's chinese_L-12_H-768_A-12/bert_model.ckpt
+    (names and shapes from Google BERT's modeling.py, plus the NSP head,
+    global_step and the Adam slots), random values, written by a TF1 Saver."""
+    V, H, I = GOOGLE["vocab"], GOOGLE["hidden"], GOOGLE["ffn"]
+    shapes = {"bert/embeddings/word_embeddings": [V, H],
+              "bert/embeddings/token_type_embeddings": [GOOGLE["types"], H],
+              "bert/embeddings/position_embeddings": [GOOGLE["positions"], H],
+              "bert/embeddings/LayerNorm/gamma": [H], "bert/embeddings/LayerNorm/beta": [H]}
+    for i in range(GOOGLE["layers"]):
+        layer = "bert/encoder/layer_%d/" % i
+        for part in ("attention/self/query", "attention/self/key", "attention/self/value",
+                     "attention/output/dense"):
+            shapes[layer + part + "/kernel"], shapes[layer + part + "/bias"] = [H, H], [H]
+        shapes[layer + "intermediate/dense/kernel"] = [H, I]
+        shapes[layer + "intermediate/dense/bias"] = [I]
+        shapes[layer + "output/dense/kernel"], shapes[layer + "output/dense/bias"] = [I, H], [H]
+        for norm in ("attention/output/LayerNorm", "output/LayerNorm"):
+            shapes[layer + norm + "/gamma"] = shapes[layer + norm + "/beta"] = [H]
+    shapes.update({
+        "bert/pooler/dense/kernel": [H, H], "bert/pooler/dense/bias": [H],
+        "cls/predictions/transform/dense/kernel": [H, H],
+        "cls/predictions/transform/dense/bias": [H],
+        "cls/predictions/transform/LayerNorm/gamma": [H],
+        "cls/predictions/transform/LayerNorm/beta": [H],
+        "cls/predictions/output_bias": [V],
+        "cls/seq_relationship/output_weights": [2, H], "cls/seq_relationship/output_bias": [2]})
+    rng = np.random.default_rng(seed)
+    values = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = [tf.compat.v1.Variable(v, name=n) for n, v in values.items()]
+        for n, v in values.items():  # AdamWeightDecayOptimizer's slots
+            variables.append(tf.compat.v1.Variable(np.zeros_like(v), name=n + "/adam_m"))
+            variables.append(tf.compat.v1.Variable(np.ones_like(v), name=n + "/adam_v"))
+        variables.append(tf.compat.v1.Variable(np.int64(1000000), name="global_step"))
+        saver = tf.compat.v1.train.Saver(variables)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, prefix, write_meta_graph=False, write_state=False)
+    return values
+
+
+@pytest.mark.parametrize("name", ["roberta_tiny", "simbert_tiny"])
+def test_warm_start_from_googles_layout(tmp_path, name):
+    from pretrain import run, train
+    prefix = str(tmp_path / "chinese_L-2_H-64_A-4" / "bert_model.ckpt")
+    values = _google_layout_checkpoint(prefix)
+    names = {n for n, _ in tf.train.list_variables(prefix)}
+    assert "global_step" in names and "cls/seq_relationship/output_weights" in names
+    assert "bert/encoder/layer_1/output/dense/kernel/adam_v" in names
+    cfg = small_cfg(name, embedding_size=None, hidden_size=GOOGLE["hidden"],
+                    num_hidden_layers=GOOGLE["layers"], num_attention_heads=GOOGLE["heads"],
+                    intermediate_size=GOOGLE["ffn"])
+    data = run.SAMPLE_GROUPS if name.startswith("simbert") else str(tmp_path)
+    trainer = train.Trainer(cfg, data, str(tmp_path / "run"), init_checkpoint=prefix)
+    trainer._start_weights(0)  # what a run with --init_checkpoint does first
+    keep = load_vocab(cfg).keep_tokens
+    assert (keep is None) == (name == "roberta_tiny")
+    if keep is not None:  # simbert_tiny's simplified vocab: 13585 of the 21128 rows
+        assert len(keep) == cfg["model"]["vocab_size"] == 13585
+    bert = trainer.bundle.bert
+    checked = 0
+    for layer, ckpt_names in bert.variable_mapping().items():  # bert4keras's own names
+        if layer not in bert.layers:
+            continue
+        for ckpt_name, weight in zip(ckpt_names, bert.layers[layer].weights):
+            want = values[ckpt_name]
+            if keep is not None and ckpt_name in ("bert/embeddings/word_embeddings",
+                                                  "cls/predictions/output_bias"):
+                want = want[keep]
+            np.testing.assert_array_equal(K.get_value(weight), want, err_msg=ckpt_name)
+            checked += 1
+    n_weights = len(trainer.bundle.encoder.weights)
+    assert checked == n_weights == len(values) - 2 - (0 if cfg["model"]["with_pool"] else 2)
+    report = export.load_pretrained(cfg, models.build_model(cfg), prefix)
+    assert report["unused"] == sorted(
+        ["cls/seq_relationship/output_bias", "cls/seq_relationship/output_weights"]
+        + ([] if cfg["model"]["with_pool"] else ["bert/pooler/dense/bias",
+                                                 "bert/pooler/dense/kernel"]))
