@@ -61,7 +61,7 @@ def join(base, *parts):
 
 
 def open_file(path, mode="r"):
-    if is_gcs(path):
+    if "://" in path:  # gs://, or another tf.io.gfile URL (file:// in tests)
         return _gfile().GFile(path, mode)
     if "b" in mode:
         return open(path, mode)

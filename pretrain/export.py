@@ -135,7 +135,10 @@ def export_bert4keras(cfg, bundle, out_dir, extra_info=None):
 
 
 def _write_info(out_dir, info):
-    with tf.io.gfile.GFile(os.path.join(out_dir, INFO_NAME), "w") as f:
+    path = os.path.join(out_dir, INFO_NAME)
+    if tf.io.gfile.exists(path):  # not every tf.io.gfile filesystem truncates on "w" (ram://)
+        tf.io.gfile.remove(path)
+    with tf.io.gfile.GFile(path, "w") as f:
         json.dump(info, f, indent=2)
 
 
@@ -156,9 +159,9 @@ def publish_export(cfg, bundle, out_dir, source=None, check=True):
     dir with that file is complete. A check above RELOAD_TOLERANCE raises
     ExportCheckError and leaves `out_dir` as it was. Locally the move is two
     renames (old dir aside, new dir in), so `out_dir` is never half written.
-    gs:// has no directory rename: the old info file is deleted first, the
-    files are copied, and the info file comes last; a kill during the copy
-    leaves a dir without it, which the trainer rewrites.
+    gs:// has no directory rename: the old export is deleted (its info file
+    first), the files are copied, and the info file comes last; a kill during
+    the copy leaves a dir without it, which the trainer rewrites.
     Returns (checkpoint prefix in out_dir, max |diff| or None).
     """
     out_dir = out_dir.rstrip("/")
@@ -193,9 +196,11 @@ def _move_dir(src, dst):
         if os.path.exists(old):
             shutil.rmtree(old)
         return
-    tf.io.gfile.makedirs(dst)
-    if tf.io.gfile.exists(os.path.join(dst, INFO_NAME)):
+    if tf.io.gfile.exists(os.path.join(dst, INFO_NAME)):  # first: mark it incomplete
         tf.io.gfile.remove(os.path.join(dst, INFO_NAME))
+    tf.io.gfile.makedirs(dst)
+    for name in tf.io.gfile.listdir(dst):  # an export dir holds files only
+        tf.io.gfile.remove(os.path.join(dst, name))
     names = sorted(tf.io.gfile.listdir(src), key=lambda n: n == INFO_NAME)  # info last
     for name in names:
         tf.io.gfile.copy(os.path.join(src, name), os.path.join(dst, name), overwrite=True)

@@ -433,3 +433,22 @@ def test_warm_start_from_googles_layout(tmp_path, name):
         ["cls/seq_relationship/output_bias", "cls/seq_relationship/output_weights"]
         + ([] if cfg["model"]["with_pool"] else ["bert/pooler/dense/bias",
                                                  "bert/pooler/dense/kernel"]))
+
+
+def test_publish_to_a_filesystem_without_rename(tmp_path):
+    """The gs:// path (delete, copy, info file last), through a file:// URL."""
+    cfg = small_cfg("roberta_tiny", num_hidden_layers=1, hidden_size=32,
+                    num_attention_heads=2, intermediate_size=64, embedding_size=16)
+    out = "file://%s/published/e" % tmp_path
+    for seed in (1, 2):
+        bundle = models.build_model(cfg)
+        randomize(bundle, seed=seed)
+        prefix, diff = export.publish_export(cfg, bundle, out, {"checkpoint": "ckpt-%d" % seed})
+        assert prefix == out + "/" + export.CKPT_NAME and diff == 0.0
+        info = export.read_info(out)
+        assert info["source"] == {"checkpoint": "ckpt-%d" % seed}
+        assert info["reload_max_abs_diff"] == 0.0
+        reader = tf.train.load_checkpoint(prefix)
+        for name, value in _model_weights(bundle).items():
+            np.testing.assert_array_equal(reader.get_tensor(name), value)
+    assert os.listdir(tmp_path / "published") == ["e"]  # no staging left
