@@ -29,6 +29,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import posixpath
 import re
 
@@ -94,6 +95,17 @@ def remove(path):
             os.remove(path)
     except (OSError, IOError):
         pass
+
+
+def listdir(path):
+    return [n.rstrip("/") for n in _gfile().listdir(path)] if is_gcs(path) else os.listdir(path)
+
+
+def rmtree(path):
+    if is_gcs(path):
+        _gfile().rmtree(path)
+    else:
+        shutil.rmtree(path)
 
 
 class OutputPathError(ValueError):

@@ -26,7 +26,6 @@ import json
 import multiprocessing
 import os
 import queue
-import shutil
 import signal
 import sys
 import threading
@@ -435,19 +434,9 @@ def _remove_records(output_dir):
     """Delete what preprocessing writes in output_dir (state and seq* dirs)."""
     if not corpus.exists(output_dir):
         return
-    if corpus.is_gcs(output_dir):
-        import tensorflow as tf
-        names = [n.rstrip("/") for n in tf.io.gfile.listdir(output_dir)]
-    else:
-        names = os.listdir(output_dir)
-    for name in names:
+    for name in corpus.listdir(output_dir):
         if name == STATE_DIR or (name.startswith("seq") and name[3:].isdigit()):
-            path = corpus.join(output_dir, name)
-            if corpus.is_gcs(path):
-                import tensorflow as tf
-                tf.io.gfile.rmtree(path)
-            else:
-                shutil.rmtree(path)
+            corpus.rmtree(corpus.join(output_dir, name))
 
 
 def _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
