@@ -76,6 +76,11 @@ def test_invalid_json_names_line(tmp_path):
         load_config(str(path))
 
 
+def _refused(tmp_path, raw, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(_write(tmp_path, raw))
+
+
 @pytest.mark.parametrize("section,key,value,expect", [
     ("train", "log_every", 0, r"train\.log_every must be an integer >= 1, got 0"),
     ("train", "save_every", 0, r"train\.save_every must be an integer >= 1"),
@@ -98,24 +103,21 @@ def test_invalid_json_names_line(tmp_path):
 def test_bad_values_are_named_with_file_and_key(tmp_path, section, key, value, expect):
     raw = _base()
     raw[section][key] = value
-    with pytest.raises(ConfigError, match=r"bad\.json: " + expect):
-        load_config(_write(tmp_path, raw))
+    _refused(tmp_path, raw, r"bad\.json: " + expect)
 
 
 @pytest.mark.parametrize("key,value", [("steps", 0), ("steps", 1.5), ("warmup_steps", -1)])
 def test_bad_phase_steps_are_named(tmp_path, key, value):
     raw = _base()
     raw["train"]["phases"][1][key] = value
-    with pytest.raises(ConfigError, match=r"bad\.json: train\.phases\[1\]\.%s must be an "
-                       r"integer >= %d" % (key, 0 if key == "warmup_steps" else 1)):
-        load_config(_write(tmp_path, raw))
+    _refused(tmp_path, raw, r"bad\.json: train\.phases\[1\]\.%s must be an integer >= %d"
+             % (key, 0 if key == "warmup_steps" else 1))
 
 
 def test_smoke_values_are_validated_too(tmp_path):
     raw = _base()
     raw["smoke"]["train"]["log_every"] = 0
-    with pytest.raises(ConfigError, match=r"bad\.json \(smoke\): train\.log_every"):
-        load_config(_write(tmp_path, raw))
+    _refused(tmp_path, raw, r"bad\.json \(smoke\): train\.log_every")
 
 
 def test_layer_norm_eps_is_not_a_setting(tmp_path):
@@ -123,8 +125,7 @@ def test_layer_norm_eps_is_not_a_setting(tmp_path):
     # changed nothing is refused rather than silently ignored.
     raw = _base()
     raw["model"]["layer_norm_eps"] = 1e-5
-    with pytest.raises(ConfigError, match=r"bad\.json: unknown key model\.layer_norm_eps"):
-        load_config(_write(tmp_path, raw))
+    _refused(tmp_path, raw, r"bad\.json: unknown key model\.layer_norm_eps")
 
 
 def test_pad_must_be_id_0(tmp_path):
