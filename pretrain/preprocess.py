@@ -50,18 +50,28 @@ class PreprocessError(RuntimeError):
 _STATE = {}
 
 
-def _exit_with_parent(parent_pid):
-    # A parent killed hard (SIGKILL, or a driver that is not our CLI) cannot
-    # terminate the pool: each worker notices it is orphaned and ends itself.
-    while os.getppid() == parent_pid:
-        time.sleep(0.2)
-    os._exit(1)
+def _end_with_parent():
+    """A parent killed hard (SIGKILL, or a driver that is not our CLI) cannot
+    terminate the pool, so a worker ends itself when its parent is gone."""
+    parent = os.getppid()
+    try:  # Linux: the kernel kills this process the moment its parent dies
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch():  # elsewhere (and if the parent died before prctl): poll
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _init_worker(job, progress_queue):
     """Builds the tokenizer, segmenter and maskers once per process."""
     if multiprocessing.parent_process() is not None:  # a pool worker
-        threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+        _end_with_parent()
     tok = tokenization.make_tokenizer(job["tokenizer"])
     seg = None
     if job["mode"] == "records" and job["whole_word_mask"]:
