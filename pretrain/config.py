@@ -43,7 +43,6 @@ _MODEL_OPTIONAL = {
     "application": "encoder",
     "relative_attention_num_buckets": 32,
     "relative_attention_max_distance": 128,
-    "layer_norm_eps": 1e-12,
 }
 _MODEL_TYPES = ("bert", "roberta", "t5s")
 
@@ -107,6 +106,20 @@ _TOP_LEVEL = {"name", "description", "smoke"} | set(_SECTIONS)
 
 class ConfigError(ValueError):
     """A config file has a missing, unknown or invalid key."""
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(path, key, value, minimum=1):
+    if not _is_int(value) or value < minimum:
+        raise ConfigError("%s: %s must be an integer >= %d, got %r" % (path, key, minimum, value))
+
+
+def _check_prob(path, key, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError("%s: %s must be in [0, 1], got %r" % (path, key, value))
 
 
 def resolve_config_path(name_or_path):
@@ -198,23 +211,41 @@ def validate(raw, path="<config>"):
         raise ConfigError("%s: data.seq_lens and data.max_predictions must have the "
                           "same length (%d vs %d)" % (
                               path, len(data["seq_lens"]), len(data["max_predictions"])))
+    for i, (L, P) in enumerate(zip(data["seq_lens"], data["max_predictions"])):
+        _check_int(path, "data.seq_lens[%d]" % i, L, minimum=3)  # [CLS] token [SEP]
+        if not _is_int(P) or not 1 <= P <= L - 2:  # only tokens between [CLS] and [SEP]
+            raise ConfigError("%s: data.max_predictions[%d] must be an integer in [1, seq_len "
+                              "- 2 = %d], got %r" % (path, i, L - 2, P))
     if not 0.0 < data["masked_lm_prob"] < 1.0:
         raise ConfigError("%s: data.masked_lm_prob must be in (0, 1)" % path)
+    for key in ("mask_token_prob", "random_token_prob", "validation_fraction"):
+        _check_prob(path, "data." + key, data[key])
+    if data["mask_token_prob"] + data["random_token_prob"] > 1:
+        raise ConfigError("%s: data.mask_token_prob + data.random_token_prob must be <= 1, "
+                          "got %r + %r" % (path, data["mask_token_prob"],
+                                           data["random_token_prob"]))
+    for key in ("dupe_factor", "maxlen"):
+        _check_int(path, "data." + key, data[key])
     if train["optimizer"] not in ("lamb", "adamw"):
         raise ConfigError("%s: train.optimizer must be 'lamb' or 'adamw', got %r" % (
             path, train["optimizer"]))
     for key in ("batch_size", "grad_accum_steps"):
         if not isinstance(train[key], int) or train[key] <= 0:
             raise ConfigError("%s: train.%s must be a positive integer" % (path, key))
+    for key in ("log_every", "save_every", "eval_every", "eval_steps", "keep_checkpoints"):
+        _check_int(path, "train." + key, train[key])
     if not isinstance(train["phases"], list) or not train["phases"]:
         raise ConfigError("%s: train.phases must be a non-empty list" % path)
     phases = []
     for i, phase in enumerate(train["phases"]):
         phase = _check_keys("train.phases[%d]" % i, phase, _PHASE_REQUIRED,
                             _PHASE_OPTIONAL, path)
+        _check_int(path, "train.phases[%d].seq_len" % i, phase["seq_len"], minimum=3)
         if data["task"] == "mlm" and phase["seq_len"] not in data["seq_lens"]:
             raise ConfigError("%s: train.phases[%d].seq_len=%d is not in data.seq_lens %s"
                               % (path, i, phase["seq_len"], data["seq_lens"]))
+        _check_int(path, "train.phases[%d].steps" % i, phase["steps"])
+        _check_int(path, "train.phases[%d].warmup_steps" % i, phase["warmup_steps"], minimum=0)
         if phase["warmup_steps"] > phase["steps"]:
             raise ConfigError("%s: train.phases[%d].warmup_steps exceeds steps" % (path, i))
         if phase["name"] is None:

@@ -29,6 +29,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import posixpath
 import re
 
@@ -61,7 +62,7 @@ def join(base, *parts):
 
 
 def open_file(path, mode="r"):
-    if is_gcs(path):
+    if "://" in path:  # gs://, or another tf.io.gfile URL (file:// in tests)
         return _gfile().GFile(path, mode)
     if "b" in mode:
         return open(path, mode)
@@ -94,6 +95,35 @@ def remove(path):
             os.remove(path)
     except (OSError, IOError):
         pass
+
+
+def listdir(path):
+    return [n.rstrip("/") for n in _gfile().listdir(path)] if is_gcs(path) else os.listdir(path)
+
+
+def rmtree(path):
+    if is_gcs(path):
+        _gfile().rmtree(path)
+    else:
+        shutil.rmtree(path)
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be a directory."""
+
+
+def check_output_dir(path, flag="--output"):
+    """Raise OutputPathError unless `path` is a directory or can be made one."""
+    if is_gcs(path):
+        blocked = path if _gfile().exists(path) and not _gfile().isdir(path) else None
+    else:
+        blocked = os.path.abspath(path)
+        while not os.path.exists(blocked):  # the nearest part that exists
+            blocked = os.path.dirname(blocked)
+        blocked = None if os.path.isdir(blocked) else blocked
+    if blocked:
+        raise OutputPathError("%s %s: %s is a file, not a directory; give a directory path "
+                              "(it is created if missing)" % (flag, path, blocked))
 
 
 def file_size(path):

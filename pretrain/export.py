@@ -18,6 +18,7 @@ import also reads, a Keras h5 by layer name: the published T5s `model.h5`
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,8 +38,21 @@ INFO_NAME = "pretrain_export.json"
 SAMPLE_TEXT = "data/sample/clue_small.txt"
 
 
+# Max |difference| allowed between a model and its export reloaded by
+# bert4keras. Both sides are float32 on the CPU running the same ops, so here
+# the difference is exactly 0.0; a different oneDNN kernel or summation order
+# moves O(10) logits by ~1e-6 (torch vs TF kernels: 1.2e-5 at most, README),
+# while a wrong weight moves them far more: one bias off by 1e-3 by 1e-3, two
+# attention biases swapped by 0.55 (tests/test_export.py).
+RELOAD_TOLERANCE = 1e-4
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model; the message lists every variable."""
+
+
+class ExportCheckError(ValueError):
+    """An export reloaded by bert4keras does not reproduce the model."""
 
 
 def variable_pairs(bert):
@@ -89,8 +103,9 @@ def checkpoint_prefix(path):
     return path
 
 
-def export_bert4keras(cfg, bundle, out_dir):
-    """Write the bert4keras model directory; returns the checkpoint prefix."""
+def export_bert4keras(cfg, bundle, out_dir, extra_info=None):
+    """Write the bert4keras model directory in place; returns the checkpoint
+    prefix. `publish_export` is the interruption-safe, checked way."""
     tf.io.gfile.makedirs(out_dir)
     pairs = variable_pairs(bundle.bert)
     values = K.batch_get_value([w for _, w in pairs])  # float32 even under bf16
@@ -108,6 +123,7 @@ def export_bert4keras(cfg, bundle, out_dir):
     tok = cfg["tokenizer"]
     info = {"config": cfg["name"], "build_transformer_model": _load_kwargs(cfg),
             "do_lower_case": tok["do_lower_case"]}
+    info.update(extra_info or {})
     if tok["vocab"] is not None:
         vocab = load_vocab(cfg)
         vocab.write(os.path.join(out_dir, "vocab.txt"))
@@ -115,11 +131,83 @@ def export_bert4keras(cfg, bundle, out_dir):
     else:
         tf.io.gfile.copy(resolve_path(tok["spm_model"]),
                          os.path.join(out_dir, "spm.model"), overwrite=True)
-    with tf.io.gfile.GFile(os.path.join(out_dir, INFO_NAME), "w") as f:
-        json.dump(info, f, indent=2)
     if cfg["model"]["type"] == "t5s":  # also the published layout, for chinese_t5s.py
         h5_weights.write_h5(bundle.bert, os.path.join(out_dir, h5_weights.H5_NAME))
+    _write_info(out_dir, info)  # last: its presence marks a complete export
     return prefix
+
+
+def _write_info(out_dir, info):
+    path = os.path.join(out_dir, INFO_NAME)
+    if tf.io.gfile.exists(path):  # not every tf.io.gfile filesystem truncates on "w" (ram://)
+        tf.io.gfile.remove(path)
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(info, f, indent=2)
+
+
+def read_info(out_dir):
+    """pretrain_export.json of an export dir, or None when there is none."""
+    path = os.path.join(out_dir, INFO_NAME)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def publish_export(cfg, bundle, out_dir, source=None, check=True):
+    """Export to `OUT.partial`, reload-check it there, then move it to `out_dir`.
+
+    `source` (JSON-able, e.g. the trainer checkpoint) and the check's max
+    |diff| go into pretrain_export.json, which is written last, so an export
+    dir with that file is complete. A check above RELOAD_TOLERANCE raises
+    ExportCheckError and leaves `out_dir` as it was. Locally the move is two
+    renames (old dir aside, new dir in), so `out_dir` is never half written.
+    gs:// has no directory rename: the old export is deleted (its info file
+    first), the files are copied, and the info file comes last; a kill during
+    the copy leaves a dir without it, which the trainer rewrites.
+    Returns (checkpoint prefix in out_dir, max |diff| or None).
+    """
+    out_dir = out_dir.rstrip("/")
+    staging = out_dir + ".partial"
+    if tf.io.gfile.exists(staging):
+        tf.io.gfile.rmtree(staging)
+    export_bert4keras(cfg, bundle, staging, {"source": source})
+    diff = None
+    if check:
+        diff = check_export(cfg, staging, bundle)
+        if not diff <= RELOAD_TOLERANCE:  # NaN fails too
+            tf.io.gfile.rmtree(staging)
+            raise ExportCheckError(
+                "the bert4keras reload of the export for %s differs from the model by %.3g > "
+                "tolerance %g; %s was left unchanged" % (out_dir, diff, RELOAD_TOLERANCE,
+                                                         out_dir))
+        info = read_info(staging)
+        info["reload_max_abs_diff"] = diff
+        _write_info(staging, info)
+    _move_dir(staging, out_dir)
+    return os.path.join(out_dir, CKPT_NAME), diff
+
+
+def _move_dir(src, dst):
+    if "://" not in dst:
+        old = dst + ".old"
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        if os.path.exists(dst):
+            os.rename(dst, old)
+        os.rename(src, dst)
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        return
+    if tf.io.gfile.exists(os.path.join(dst, INFO_NAME)):  # first: mark it incomplete
+        tf.io.gfile.remove(os.path.join(dst, INFO_NAME))
+    tf.io.gfile.makedirs(dst)
+    for name in tf.io.gfile.listdir(dst):  # an export dir holds files only
+        tf.io.gfile.remove(os.path.join(dst, name))
+    names = sorted(tf.io.gfile.listdir(src), key=lambda n: n == INFO_NAME)  # info last
+    for name in names:
+        tf.io.gfile.copy(os.path.join(src, name), os.path.join(dst, name), overwrite=True)
+    tf.io.gfile.rmtree(src)
 
 
 def _load_kwargs(cfg):
@@ -322,18 +410,24 @@ def check_exports(items, n_pairs=8, maxlen=64):
         for i, (cfg, out_dir, bundle) in enumerate(items):
             if "://" in out_dir:  # bert4keras reads with open(): copy gs:// locally
                 out_dir = _local_copy(out_dir, os.path.join(tmp, "export%d" % i))
+            out_dir = os.path.abspath(out_dir)  # the child runs in another directory
             ids, segs = encode_pairs(out_dir, pairs, maxlen)
             expected.append((ids, float32_outputs(cfg, bundle, ids, segs)))
             path = os.path.join(tmp, "in%d.npz" % i)
             np.savez(path, ids=ids, segs=segs)
             jobs.append((out_dir, path, os.path.join(tmp, "out%d.npz" % i)))
-        code = ("import pretrain, numpy as np\n"
+        code = ("import os, pretrain, numpy as np\n"
                 "from pretrain import export\n"
+                "print('reload check process: CUDA_VISIBLE_DEVICES=%%s' %% "
+                "os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True)\n"
                 "for out_dir, src, dst in %r:\n"
                 "    d = np.load(src)\n"
                 "    np.savez(dst, *export.reload_outputs(out_dir, d['ids'], d['segs']))\n"
                 % (jobs,))
-        subprocess.run([sys.executable, "-c", code], check=True,
+        # The reload check runs on the CPU, so it never fails for lack of GPU
+        # memory while the trainer holds the GPUs.
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")
+        subprocess.run([sys.executable, "-c", code], check=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         diffs = []
         for (ids, want), (_, _, dst) in zip(expected, jobs):
@@ -367,7 +461,13 @@ def main(argv):
     from pretrain.config import load_config
     FLAGS = flags.FLAGS
     del argv
+    from pretrain.corpus import OutputPathError, check_output_dir
+    try:
+        check_output_dir(FLAGS.output)
+    except OutputPathError as e:
+        sys.exit("error: %s" % e)
     cfg = load_config(FLAGS.config)
+    output = FLAGS.output if "://" in FLAGS.output else os.path.abspath(FLAGS.output)
     bundle = models.build_model(cfg)
     if FLAGS.checkpoint:
         if h5_weights.is_h5(FLAGS.checkpoint) or is_name_based(FLAGS.checkpoint):
@@ -376,15 +476,19 @@ def main(argv):
             restore_training_checkpoint(bundle, FLAGS.checkpoint)
     if FLAGS.format == "hf":
         from pretrain import hf_export
-        hf_export.export_hf(cfg, bundle, FLAGS.output)
+        hf_export.export_hf(cfg, bundle, output)
         if FLAGS.check:
             print("max |TF - HF| (MLM logits, pooled vector if any): %.3g" % hf_export.check_hf(
-                cfg, FLAGS.output, bundle))
+                cfg, output, bundle))
         return
-    prefix = export_bert4keras(cfg, bundle, FLAGS.output)
+    try:
+        prefix, diff = publish_export(cfg, bundle, output, {"checkpoint": FLAGS.checkpoint},
+                                      check=FLAGS.check)
+    except ExportCheckError as e:
+        sys.exit("error: %s" % e)
     print("wrote", prefix)
     if FLAGS.check:
-        print("max |trained - bert4keras reload|: %.3g" % check_export(cfg, FLAGS.output, bundle))
+        print("max |trained - bert4keras reload|: %.3g" % diff)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,8 @@ def hf_weights(cfg, bundle):
                   attention_probs_dropout_prob=m["attention_probs_dropout_prob"],
                   max_position_embeddings=m["max_position_embeddings"],
                   type_vocab_size=m["type_vocab_size"],
+                  # bert4keras's BERT builds every LayerNormalization with a fixed
+                  # epsilon of 1e-12 (no config key changes it)
                   initializer_range=m["initializer_range"], layer_norm_eps=1e-12,
                   pad_token_id=0)
     if electra:

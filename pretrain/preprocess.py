@@ -26,7 +26,9 @@ import json
 import multiprocessing
 import os
 import queue
+import signal
 import sys
+import threading
 import time
 import zlib
 
@@ -48,8 +50,28 @@ class PreprocessError(RuntimeError):
 _STATE = {}
 
 
+def _end_with_parent():
+    """A parent killed hard (SIGKILL, or a driver that is not our CLI) cannot
+    terminate the pool, so a worker ends itself when its parent is gone."""
+    parent = os.getppid()
+    try:  # Linux: the kernel kills this process the moment its parent dies
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch():  # elsewhere (and if the parent died before prctl): poll
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _init_worker(job, progress_queue):
     """Builds the tokenizer, segmenter and maskers once per process."""
+    if multiprocessing.parent_process() is not None:  # a pool worker
+        _end_with_parent()
     tok = tokenization.make_tokenizer(job["tokenizer"])
     seg = None
     if job["mode"] == "records" and job["whole_word_mask"]:
@@ -192,6 +214,9 @@ def _process_task(chunks):
             stats["counts"] = counts
         else:
             _write_chunk(chunk, splits, stats)
+            if corpus.exists(marker):  # done before for other lengths: keep those
+                with corpus.open_file(marker) as f:
+                    stats["lengths"] = dict(json.load(f)["lengths"], **stats["lengths"])
             with corpus.open_file(marker + ".tmp", "w") as f:
                 json.dump(stats, f, sort_keys=True)
             corpus.rename(marker + ".tmp", marker)
@@ -316,9 +341,13 @@ def _check_bad(totals, max_bad_fraction, bad_lines, final):
 
 def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, seed=12345,
         text_field=None, input_format="auto", max_bad_fraction=0.05, user_dict=None,
-        eval_fraction=None, compress=True, shard_mb=8.0, segmenter="auto", progress=True):
+        eval_fraction=None, compress=True, shard_mb=8.0, segmenter="auto", progress=True,
+        replace=False):
     """Preprocess `inputs` (globs/dirs/files, list or comma-separated) into
     `output_dir` for config `cfg` (a dict from config.load_config).
+
+    Records already in `output_dir` made with other settings are refused, or
+    with `replace` deleted and made again. Lengths may be added to them.
 
     None means "from the config": seq_lens (data.seq_lens), dupe_factor
     (data.dupe_factor), eval_fraction (data.validation_fraction), user_dict
@@ -336,22 +365,96 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
     job["n_chunks"] = len(chunks)
     settings = _settings(job, files, shard_mb, input_format)
 
+    corpus.check_output_dir(output_dir)
     state = corpus.join(output_dir, STATE_DIR)
-    corpus.makedirs(state)
-    for L, _ in job["lengths"]:
-        corpus.makedirs(records.seq_dir(output_dir, L))
     settings_path = corpus.join(state, "settings.json")
-    if corpus.exists(settings_path):
+    fresh = not corpus.exists(settings_path)
+    if not fresh:
         with corpus.open_file(settings_path) as f:
             old = json.load(f)
-        if old != json.loads(json.dumps(settings)):
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise PreprocessError(
-                "%s holds records made with other settings (%s differ); use a new --output or "
-                "delete it" % (output_dir, ", ".join(changed)))
-    else:
-        with corpus.open_file(settings_path, "w") as f:
-            json.dump(settings, f, indent=1, sort_keys=True)
+        problem = _settings_change(old, json.loads(json.dumps(settings)))
+        if problem and replace:
+            logging.info("preprocess: rebuilding %s (%s)", output_dir, problem)
+            _remove_records(output_dir)
+            fresh = True
+        elif problem:
+            raise PreprocessError("%s holds records made with other settings: %s. Use a new "
+                                  "--output, delete %s, or rerun with the old value%s" % (
+                                      output_dir, problem, output_dir, _old_flags(old, settings)))
+        else:  # lengths may be added: the settings file lists all made so far
+            settings = dict(settings, lengths=sorted(
+                {tuple(x) for x in old["lengths"]} | {tuple(x) for x in settings["lengths"]}))
+    corpus.makedirs(state)
+    with corpus.open_file(settings_path + ".tmp", "w") as f:
+        json.dump(settings, f, indent=1, sort_keys=True)
+    corpus.rename(settings_path + ".tmp", settings_path)
+    for L, _ in job["lengths"]:
+        corpus.makedirs(records.seq_dir(output_dir, L))
+    try:
+        return _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
+                           max_bad_fraction, inputs)
+    except PreprocessError:
+        if fresh:  # records of unusable input: leave nothing that a good corpus trips on
+            _remove_records(output_dir)
+        raise
+
+
+# settings -> the flag that sets it (the others come from the config)
+_FLAGS = {"lengths": "--seq_lens", "dupe_factor": "--dupe_factor", "seed": "--seed",
+          "eval_fraction": "--eval_fraction", "segmenter": "--segmenter",
+          "compress": "--compress", "text_fields": "--text_field", "shard_mb": "--shard_mb",
+          "input_format": "--input_format", "sources": "--input",
+          "user_dict_sha256": "--user_dict"}
+
+
+def _short(value, width=60):
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _settings_change(old, new):
+    """'key was A, now B; ...' for settings that differ (None if none do).
+    A length not made yet is no change; another P for a made length is."""
+    old_p, new_p = dict(map(tuple, old.get("lengths", []))), dict(map(tuple, new["lengths"]))
+    diffs = ["max_predictions at seq_len %s was %s, now %s" % (L, old_p[L], P)
+             for L, P in sorted(new_p.items()) if L in old_p and old_p[L] != P]
+    for key in sorted((set(old) | set(new)) - {"lengths"}):
+        if old.get(key) != new.get(key):
+            diffs.append("%s was %s, now %s" % (key, _short(old.get(key)), _short(new.get(key))))
+    return "; ".join(diffs) or None
+
+
+def _old_flags(old, new):
+    flags = []
+    for key, flag in sorted(_FLAGS.items()):
+        if key != "lengths" and key in old and old[key] != new.get(key):
+            value = old[key]
+            if key == "sources":
+                value = ",".join(s["path"] for s in value)
+            elif isinstance(value, list):
+                value = ",".join(map(str, value))
+            elif key == "user_dict_sha256":
+                value = "FILE (sha256 %s)" % (value or "none")[:12]
+            flags.append("%s %s" % (flag, value if not isinstance(value, bool) else
+                                    str(value).lower()))
+    if not flags:
+        return " (it comes from the config)"
+    return " (%s)" % " ".join(flags)
+
+
+def _remove_records(output_dir):
+    """Delete what preprocessing writes in output_dir (state and seq* dirs)."""
+    if not corpus.exists(output_dir):
+        return
+    for name in corpus.listdir(output_dir):
+        if name == STATE_DIR or (name.startswith("seq") and name[3:].isdigit()):
+            corpus.rmtree(corpus.join(output_dir, name))
+
+
+def _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
+                max_bad_fraction, inputs):
+    from absl import logging
+    output_dir = job["output"]
 
     done = {}
     for c in chunks:
@@ -359,9 +462,10 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
         if corpus.exists(marker):
             with corpus.open_file(marker) as f:
                 stats = json.load(f)
-            names = [s["name"] for per in stats["lengths"].values() for s in per.values()]
-            if all(corpus.exists(corpus.join(records.seq_dir(output_dir, int(L)), s["name"]))
-                   for L, per in stats["lengths"].items() for s in per.values()) and names:
+            per_length = stats["lengths"]
+            if all(str(L) in per_length and per_length[str(L)] and all(
+                    corpus.exists(corpus.join(records.seq_dir(output_dir, L), s["name"]))
+                    for s in per_length[str(L)].values()) for L, _ in job["lengths"]):
                 done[c.index] = stats
     job["done"] = set(done)
     todo = [t for t in tasks if any(c.index not in done for c in t)]
@@ -525,13 +629,23 @@ def _define_flags():
         flags.mark_flag_as_required(name)
 
 
+def _exit_on_sigterm(signum, frame):
+    sys.exit(128 + signum)  # unwinds through _run_tasks, which terminates the pool
+
+
 def main(argv):
     from absl import flags
     from pretrain.config import load_config
     FLAGS = flags.FLAGS
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if len(argv) > 2 or (len(argv) == 2 and argv[1] != "vocab"):
         raise SystemExit("usage: python -m pretrain.preprocess [vocab] --config ... --input ... "
                          "--output ...; unexpected arguments: %s" % " ".join(argv[1:]))
+    try:
+        corpus.check_output_dir(FLAGS.output)
+    except corpus.OutputPathError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
     cfg = load_config(FLAGS.config)
     common = dict(workers=FLAGS.workers, text_field=FLAGS.text_field,
                   input_format=FLAGS.input_format, shard_mb=FLAGS.shard_mb,

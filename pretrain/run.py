@@ -63,7 +63,8 @@ def _phase_index(cfg, phase):
 
 
 def smoke_data(cfg, output):
-    """The shipped sample, preprocessed under the run dir if not done yet."""
+    """The shipped sample, preprocessed under the run dir if not done yet
+    (records of other settings there are this run's own: they are remade)."""
     if cfg["data"]["task"] == "simbert":
         return SAMPLE_GROUPS
     from pretrain import preprocess
@@ -71,13 +72,13 @@ def smoke_data(cfg, output):
     seq_lens = sorted({p["seq_len"] for p in cfg["train"]["phases"]})
     preprocess.run(cfg, [SAMPLE_CORPUS], records_dir, seq_lens=seq_lens,
                    dupe_factor=cfg["data"]["dupe_factor"], workers=1,
-                   seed=cfg["train"]["seed"])
+                   seed=cfg["train"]["seed"], replace=True)
     return records_dir
 
 
 def main(argv):
     del argv
-    from pretrain import gcs, records, train
+    from pretrain import corpus, export, gcs, preprocess, records, train
     from pretrain.config import ConfigError
 
     try:
@@ -85,7 +86,9 @@ def main(argv):
     except train.Interrupted as e:  # SIGINT/SIGTERM: saved; one line, 128 + signal
         print(e, file=sys.stderr)
         sys.exit(e.exit_code)
-    except (ConfigError, train.TrainingError, records.ManifestError, gcs.GcsError) as e:
+    except (ConfigError, train.TrainingError, records.ManifestError, gcs.GcsError,
+            corpus.OutputPathError, preprocess.PreprocessError,
+            export.CheckpointMismatchError) as e:
         logging.error("%s", e)  # these messages say what to fix: no traceback
         sys.exit(1)
     print("\nrun finished: %s" % cfg["name"])
@@ -105,15 +108,18 @@ def run(train):
                               else None)
     if output is None:
         raise app.UsageError("--output is required (a local dir or gs://bucket/path)")
-    data = FLAGS.data or (smoke_data(cfg, output) if FLAGS.smoke else None)
-    if data is None:
+    from pretrain import corpus
+    corpus.check_output_dir(output)
+    if FLAGS.data is None and not FLAGS.smoke:
         raise app.UsageError("--data is required: the records dir written by "
                              "`python -m pretrain.preprocess` (or SimBERT groups JSON)")
     if output.startswith("gs://"):
         from pretrain import gcs
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
+    # The devices before the smoke data: a TPU or GPU that TF cannot use stops here.
     strategy = train.make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
     precision = train.choose_precision(FLAGS.precision, strategy)
+    data = FLAGS.data or smoke_data(cfg, output)
     trainer = train.Trainer(cfg, data, output, strategy=strategy,
                             init_checkpoint=FLAGS.init_checkpoint,
                             steps_per_loop=FLAGS.steps_per_loop, precision=precision,

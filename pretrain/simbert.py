@@ -652,6 +652,23 @@ def _lines(path):
         return [line.strip() for line in f if line.strip()]
 
 
+def _model_problem(path):
+    """Why `path` is no SimBERT export (None when it is one)."""
+    want = ("give a SimBERT export dir (RUN/export/PHASE of a simbert_* run, or "
+            "`python -m pretrain.export --config simbert_tiny ...`)")
+    if not tf.io.gfile.exists(os.path.join(path, "bert_config.json")):
+        return "no bert_config.json there; %s" % want
+    try:
+        names = {n for n, _ in tf.train.list_variables(os.path.join(path, "bert_model.ckpt"))}
+    except (tf.errors.OpError, ValueError):
+        return "no readable bert_model.ckpt there; %s" % want
+    if "bert/pooler/dense/kernel" not in names:
+        return ("an MLM-only export (its checkpoint has no bert/pooler/dense); %s. To make "
+                "one from it: python pretrain/run.py --config simbert_tiny.json "
+                "--init_checkpoint %s --output RUN" % (want, path))
+    return None
+
+
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError("usage: python -m pretrain.simbert {%s} --model DIR ..."
@@ -659,6 +676,9 @@ def main(argv):
     command = argv[1]
     if not FLAGS.model:
         raise app.UsageError("--model EXPORT_DIR is required")
+    problem = _model_problem(FLAGS.model)
+    if problem:
+        sys.exit("error: --model %s: %s" % (FLAGS.model, problem))
     cfg = load_config(FLAGS.config)
     maxlen = FLAGS.maxlen or cfg["data"]["maxlen"]
     cfg["data"]["maxlen"] = maxlen

@@ -84,21 +84,37 @@ def load_vocab(cfg):
         _, sp = _load_spm(path)
         pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
         pad = sp.id_to_piece(sp.pad_id()) if sp.pad_id() >= 0 else "[PAD]"
-        return Vocab(pieces, None, path,
-                     specials=(pad, sp.id_to_piece(sp.unk_id()), "[CLS]", "[SEP]", "[MASK]"))
+        vocab = Vocab(pieces, None, path,
+                      specials=(pad, sp.id_to_piece(sp.unk_id()), "[CLS]", "[SEP]", "[MASK]"))
+        _check_pad_first(cfg, "spm_model %s" % path, vocab.token_to_id[pad])
+        return vocab
     path = resolve_path(tok["vocab"])
     tokens = read_vocab_file(path)
-    keep = None
+    keep, key = None, "vocab %s" % path
     if tok["keep_tokens"]:
         with corpus.open_file(resolve_path(tok["keep_tokens"]), "r") as f:
             keep = json.load(f)
         tokens = [tokens[i] for i in keep]
+        key = "keep_tokens %s" % resolve_path(tok["keep_tokens"])
     elif tok["simplified"]:
         from bert4keras.tokenizers import load_vocab as b4k_load_vocab
         token_dict, keep = b4k_load_vocab(path, simplified=True,
                                           startswith=list(tok["startswith"]))
         tokens = sorted(token_dict, key=token_dict.get)
-    return Vocab(tokens, keep, path)
+        key = "startswith %s" % (tok["startswith"],)
+    vocab = Vocab(tokens, keep, path)
+    _check_pad_first(cfg, key, vocab.token_to_id["[PAD]"])
+    return vocab
+
+
+def _check_pad_first(cfg, key, pad_id):
+    # The models treat id 0 as padding (attention mask, input_mask, loss weights).
+    if pad_id != 0:
+        from pretrain.config import ConfigError
+        raise ConfigError("%s: tokenizer.%s %s [PAD] at id %d, not 0; the models mask id 0 as "
+                          "padding, so [PAD] must come first" % (
+                              cfg.get("path", cfg.get("name")), key,
+                              "puts" if key.startswith(("keep", "start")) else "has", pad_id))
 
 
 def tokenizer_spec(cfg, vocab=None):

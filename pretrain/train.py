@@ -708,11 +708,22 @@ class Trainer(object):
         self.writers[split].flush()
 
     def _export(self, phase):
+        """Export the phase's final weights unless a checked export of this
+        checkpoint is already there (a half-written or older one is redone)."""
         out = os.path.join(self.output_dir, "export", phase["name"])
-        if not tf.io.gfile.exists(os.path.join(out, "bert_config.json")):
-            export.export_bert4keras(self.cfg, self.bundle, out)
-            diff = export.check_export(self.cfg, out, self.bundle)
-            logging.info("exported %s (bert4keras reload max |diff| = %.2e)", out, diff)
+        latest = tf.train.latest_checkpoint(self._phase_dir(phase))
+        source = {"checkpoint": os.path.basename(latest) if latest else None,
+                  "phase": phase["name"], "phase_steps": phase["steps"]}
+        info = export.read_info(out)
+        if (info and info.get("source") == source
+                and info.get("reload_max_abs_diff") is not None):
+            return out
+        try:
+            _, diff = export.publish_export(self.cfg, self.bundle, out, source)
+        except export.ExportCheckError as e:
+            raise TrainingError(str(e)) from None
+        logging.info("exported %s from %s (bert4keras reload max |diff| = %.2e)", out,
+                     source["checkpoint"], diff)
         return out
 
     # -- all phases ----------------------------------------------------------

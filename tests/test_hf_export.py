@@ -28,7 +28,9 @@ def test_hf_matches_tf(tmp_path, name, model, hf_class):
     with open(tmp_path / "hf" / "config.json") as f:
         assert json.load(f)["architectures"] == [hf_class]
     diff = hf_export.check_hf(cfg, out, bundle)
-    assert diff <= 1e-4, diff
+    # README: within 2e-5 (torch and TF sum in another order; measured 1.2e-5
+    # for roberta_tiny, 2.4e-6 for the BERT-shaped SimBERT)
+    assert diff <= 2e-5, diff
     # The saved tokenizer gives bert4keras's ids on real text.
     pairs = export.sample_pairs(4)
     ids, segs = export.encode_pairs(out, pairs, 64, do_lower_case=True)

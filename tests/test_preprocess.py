@@ -218,3 +218,132 @@ def test_user_dict_words_are_masked_whole(cfg, tmp_path):
                 assert not (span & masked) or span <= masked  # all six or none
                 whole += span <= masked
     assert whole > 10
+
+
+def test_output_that_is_a_file_is_one_line_error(small_corpus, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = subprocess.run([sys.executable, "-m", "pretrain.preprocess", "--config",
+                             "roberta_tiny", "--input", small_corpus, "--output", str(afile),
+                             "--workers", "1", "--progress=false"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "--output %s: %s is a file, not a directory" % (afile, afile) in result.stderr
+
+
+def test_a_missing_length_can_be_added_later(reference, cfg, small_corpus, tmp_path):
+    ref_dir, _ = reference
+    out = str(tmp_path / "out")
+    preprocess.run(cfg, small_corpus, out, workers=1, **dict(SETTINGS, seq_lens=[128]))
+    assert not os.path.exists(os.path.join(out, "seq512"))
+    preprocess.run(cfg, small_corpus, out, workers=1, **dict(SETTINGS, seq_lens=[512]))
+    for L in ("seq128", "seq512"):
+        assert read_tree(os.path.join(out, L)) == read_tree(os.path.join(ref_dir, L))
+    # the run with both lengths now finds everything done
+    before = read_tree(out)
+    preprocess.run(cfg, small_corpus, out, workers=1, **SETTINGS)
+    assert read_tree(out) == before
+
+
+def test_changed_setting_is_one_line_naming_old_and_new_value(cfg, small_corpus, tmp_path):
+    out = str(tmp_path / "out")
+    one = dict(SETTINGS, seq_lens=[128], dupe_factor=1)
+    preprocess.run(cfg, small_corpus, out, workers=1, segmenter="jieba", **one)
+    with pytest.raises(preprocess.PreprocessError) as e:
+        preprocess.run(cfg, small_corpus, out, workers=1, segmenter="rjieba", **one)
+    message = str(e.value)
+    assert "\n" not in message
+    assert "segmenter was 'jieba', now 'rjieba'" in message
+    assert "--segmenter jieba" in message and "new --output" in message
+
+
+def test_a_failed_run_does_not_block_a_good_corpus(cfg, small_corpus, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n', encoding="utf-8")
+    out = str(tmp_path / "out")
+    one = dict(SETTINGS, seq_lens=[128], dupe_factor=1)
+    with pytest.raises(preprocess.PreprocessError, match="no documents"):
+        preprocess.run(cfg, str(empty), out, workers=1, max_bad_fraction=1.0, **one)
+    summary = preprocess.run(cfg, small_corpus, out, workers=1, **one)
+    assert summary["docs"] > 200
+
+
+def test_smoke_records_are_rebuilt_when_settings_differ(tmp_path):
+    from pretrain import run
+    pytest.importorskip("rjieba")
+    cfg = config.load_config("roberta_tiny", smoke=True)
+    out = str(tmp_path / "smoke")
+    seq_lens = sorted({p["seq_len"] for p in cfg["train"]["phases"]})
+    preprocess.run(cfg, [run.SAMPLE_CORPUS], os.path.join(out, "records"), seq_lens=seq_lens,
+                   dupe_factor=1, workers=1, seed=cfg["train"]["seed"], segmenter="jieba",
+                   progress=False)
+    records_dir = run.smoke_data(cfg, out)
+    with open(os.path.join(records_dir, preprocess.STATE_DIR, "settings.json")) as f:
+        assert json.load(f)["segmenter"] == "rjieba"
+    assert records.read_manifest(records_dir, 128)["masking"]["segmenter"] == "rjieba"
+
+
+def _children(pid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_end_with_their_parent(tmp_path, sig):
+    """Kill the CLI mid-run: its worker processes end too and write no more chunks."""
+    import gzip
+    source = shared_path("corpus", "modern_translations.jsonl")
+    with open(source, "rb") as f:
+        data = f.read(6 << 20)
+    data = data[:data.rindex(b"\n") + 1]
+    half = data.index(b"\n", len(data) // 2) + 1
+    inputs = []
+    for i, part in enumerate((data[:half], data[half:])):  # a .gz file is one task
+        path = tmp_path / ("part%d.jsonl.gz" % i)
+        path.write_bytes(gzip.compress(part, 1))
+        inputs.append(str(path))
+    out = str(tmp_path / "out")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pretrain.preprocess", "--config", "roberta_tiny", "--input",
+         ",".join(inputs), "--output", out, "--seq_lens", "128", "--dupe_factor", "3",
+         "--shard_mb", "0.25", "--segmenter", "jieba", "--workers", "2", "--progress=false"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = os.path.join(out, preprocess.STATE_DIR)
+
+    def markers():
+        return sorted(f for f in os.listdir(state) if f.startswith("chunk-")
+                      and f.endswith(".json")) if os.path.isdir(state) else []
+
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not markers():
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert proc.poll() is None and len(workers) >= 2, "the run ended before the test could kill it"
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    killed_at = markers()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    left = [p for p in workers if _alive(p)]
+    for p in left:  # do not leave them behind if the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not left, "workers still running 5 s after their parent got signal %d" % sig
+    assert markers() == killed_at
