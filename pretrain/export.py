@@ -238,7 +238,12 @@ def load_pretrained(cfg, bundle, ckpt_path, keep_tokens=None, allow_missing=()):
         if keep_tokens is None:
             keep_tokens = _auto_keep_tokens(
                 cfg, bundle.bert, h5_weights.checkpoint_shapes(bundle.bert, ckpt_path))
-        return h5_weights.load_h5(bundle.bert, ckpt_path, keep_tokens, CheckpointMismatchError)
+        pairs, loaded, missing, bad, unused = h5_weights.match_h5(
+            bundle.bert, ckpt_path, keep_tokens)
+        _assign_or_refuse(pairs, "%s does not fit this model" % ckpt_path,
+                          ("layers missing from the file", missing),
+                          ("layers with other weights", bad), keep_tokens)
+        return {"loaded": loaded, "kept_init": [], "unused": unused}
     prefix = checkpoint_prefix(ckpt_path)
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
@@ -261,20 +266,9 @@ def load_pretrained(cfg, bundle, ckpt_path, keep_tokens=None, allow_missing=()):
                 pairs.append((weight, value))
     finally:
         bert.keep_tokens = old_keep
-    if missing or bad_shape:
-        lines = ["checkpoint %s does not fit config %s; nothing was loaded." % (
-            prefix, cfg["name"])]
-        if missing:
-            lines.append("missing from the checkpoint (%d):" % len(missing))
-            lines += ["  " + n for n in missing]
-        if bad_shape:
-            lines.append("shape mismatches (%d):" % len(bad_shape))
-            lines += ["  " + s for s in bad_shape]
-            if keep_tokens is None:
-                lines.append("(a vocabulary-size mismatch needs keep_tokens, e.g. "
-                             "load_vocab(cfg).keep_tokens)")
-        raise CheckpointMismatchError("\n".join(lines))
-    K.batch_set_value(pairs)
+    _assign_or_refuse(pairs, "checkpoint %s does not fit config %s" % (prefix, cfg["name"]),
+                      ("missing from the checkpoint", missing),
+                      ("shape mismatches", bad_shape), keep_tokens)
     used = {n for n, _ in variable_pairs(bert)}
     unused = sorted(n for n in shapes if n not in used and not _is_training_state(n))
     loaded = sorted(used - set(kept_init))
@@ -282,6 +276,25 @@ def load_pretrained(cfg, bundle, ckpt_path, keep_tokens=None, allow_missing=()):
         print("load_pretrained: %d weights not in %s keep their initialisation: %s" % (
             len(kept_init), prefix, ", ".join(kept_init)))
     return {"loaded": loaded, "kept_init": kept_init, "unused": unused}
+
+
+def _assign_or_refuse(pairs, head, missing, bad, keep_tokens):
+    """Assign every (weight, value) pair, or raise CheckpointMismatchError
+    listing every missing and misshapen weight and assign nothing."""
+    (missing_label, missing), (bad_label, bad) = missing, bad
+    if missing or bad:
+        lines = [head + "; nothing was loaded."]
+        if missing:
+            lines.append("%s (%d):" % (missing_label, len(missing)))
+            lines += ["  " + n for n in missing]
+        if bad:
+            lines.append("%s (%d):" % (bad_label, len(bad)))
+            lines += ["  " + n for n in bad]
+            if keep_tokens is None:
+                lines.append("(a vocabulary-size mismatch needs keep_tokens, e.g. "
+                             "load_vocab(cfg).keep_tokens)")
+        raise CheckpointMismatchError("\n".join(lines))
+    K.batch_set_value(pairs)
 
 
 def _auto_keep_tokens(cfg, bert, shapes):

@@ -20,7 +20,7 @@ gives the published layout, and reading maps a published file back.
 
     write_h5(bert, path)          our model -> model.h5 (local or gs://)
     read_h5(path)                 {layer name: [arrays]} of the weighted layers
-    load_h5(bert, path, ...)      assign by layer name, all or nothing
+    match_h5(bert, path, ...)     pair the file's weights with the model's by layer name
 """
 import collections
 import os
@@ -144,16 +144,16 @@ def _shapes(arrays):
     return "[%s]" % ", ".join(str(list(a.shape)) for a in arrays)
 
 
-def load_h5(bert, path, keep_tokens=None, error=ValueError):
-    """Assign the weights of an h5 to `bert` by layer name, as
-    `load_weights(by_name=True)` does, but all or nothing.
+def match_h5(bert, path, keep_tokens=None):
+    """Match the weights of an h5 to `bert` by layer name, as
+    `load_weights(by_name=True)` does; assigns nothing.
 
     keep_tokens: row indices into the file's vocabulary for the
         vocabulary-indexed layers (VOCAB_LAYERS), as bert4keras applies them.
-    A layer of the model missing from the file, or with another number of
-    weights or other shapes, raises `error` listing every such layer; nothing
-    is assigned then. Returns {"loaded": [...], "kept_init": [], "unused": [...]}
-    (layer names; unused: weighted layers of the file the model lacks).
+    Returns (pairs, loaded, missing, bad, unused): (weight, value) pairs to
+    assign, the layers they cover, the model's layers the file lacks, those
+    with another number of weights or other shapes, and the file's weighted
+    layers the model lacks. `export.load_pretrained` assigns all or nothing.
     """
     stored = read_h5(path)
     pairs, missing, bad = [], [], []
@@ -182,19 +182,5 @@ def load_h5(bert, path, keep_tokens=None, error=ValueError):
             loaded.append(layer.name)
     finally:
         bert.keep_tokens = old_keep
-    if missing or bad:
-        lines = ["%s does not fit this model; nothing was loaded." % path]
-        if missing:
-            lines.append("layers missing from the file (%d):" % len(missing))
-            lines += ["  " + n for n in missing]
-        if bad:
-            lines.append("layers with other weights (%d):" % len(bad))
-            lines += ["  " + s for s in bad]
-            if keep_tokens is None:
-                lines.append("(a vocabulary-size mismatch needs keep_tokens, e.g. "
-                             "load_vocab(cfg).keep_tokens)")
-        raise error("\n".join(lines))
-    K.batch_set_value(pairs)
     model_layers = {layer.name for layer in bert.model.layers}
-    return {"loaded": loaded, "kept_init": [],
-            "unused": [n for n in stored if n not in model_layers]}
+    return pairs, loaded, missing, bad, [n for n in stored if n not in model_layers]

@@ -15,7 +15,6 @@ against TensorFlow's own parser. TensorFlow is imported only by the reader.
 """
 import gzip
 import json
-import os
 import struct
 from concurrent import futures
 

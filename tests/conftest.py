@@ -1,5 +1,8 @@
 """Shared test setup: select tf_keras before TensorFlow loads; locate shared data."""
+import json
 import os
+import subprocess
+import sys
 
 import pretrain  # noqa: F401  (sets TF_KERAS / TF_USE_LEGACY_KERAS)
 import pytest
@@ -35,3 +38,21 @@ def _no_leaked_global_tf_seed():
     yield
     import tensorflow as tf
     tf.random.set_seed(None)
+
+
+def export_with_cli(tmp_path, config_path, model, checkpoint):
+    """`python -m pretrain.export --checkpoint CHECKPOINT` for the config file
+    at config_path with `model` values replaced and the shipped vocab; returns
+    the output dir."""
+    with open(config_path) as f:
+        raw = json.load(f)
+    raw["model"].update(model)
+    raw["tokenizer"]["vocab"] = os.path.join(REPO_ROOT, "data", "vocab.txt")
+    path = str(tmp_path / "cli_config.json")
+    with open(path, "w") as f:
+        json.dump(raw, f)
+    out = str(tmp_path / "cli")
+    subprocess.run([sys.executable, "-m", "pretrain.export", "--config", path,
+                    "--checkpoint", checkpoint, "--output", out],
+                   check=True, cwd=REPO_ROOT, capture_output=True)
+    return out

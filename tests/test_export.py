@@ -15,6 +15,7 @@ from bert4keras.models import build_transformer_model
 from pretrain import export, models
 from pretrain.config import REPO_ROOT, load_config
 from pretrain.tokenization import load_vocab
+from conftest import export_with_cli
 from test_models import randomize, small_cfg
 
 # Every shipped config's export must reload in bert4keras to the same outputs.
@@ -189,18 +190,9 @@ def test_cli_exports_a_trainer_checkpoint(tmp_path):
         export.restore_training_checkpoint(other, ckpt)
 
     # The CLI on the same checkpoint writes the same weights.
-    with open(raw_cfg["path"]) as f:
-        raw = json.load(f)
-    raw["model"].update(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
-                        intermediate_size=64)
-    raw["tokenizer"]["vocab"] = os.path.join(REPO_ROOT, "data", "vocab.txt")
-    config_path = str(tmp_path / "tiny.json")
-    with open(config_path, "w") as f:
-        json.dump(raw, f)
-    out = str(tmp_path / "cli")
-    subprocess.run([sys.executable, "-m", "pretrain.export", "--config", config_path,
-                    "--checkpoint", os.path.dirname(ckpt), "--output", out],
-                   check=True, cwd=REPO_ROOT, capture_output=True)
+    out = export_with_cli(tmp_path, raw_cfg["path"], dict(
+        num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64),
+        os.path.dirname(ckpt))
     reader = tf.train.load_checkpoint(out)
     for name, weight in export.variable_pairs(bundle.bert):
         np.testing.assert_array_equal(reader.get_tensor(name), K.get_value(weight))

@@ -1,11 +1,8 @@
 """T5s as published (genggui001/chinese_language_model_t5s, `chinese_t5s.py`):
 the h5 layer layout, h5 export/import, warm starts from the release, and a
 NumPy forward pass of the architecture as the oracle."""
-import json
 import math
 import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -15,6 +12,7 @@ import tensorflow as tf
 from pretrain import export, h5_weights, models, train
 from pretrain.config import REPO_ROOT, load_config
 from pretrain.tokenization import load_vocab, read_vocab_file
+from conftest import export_with_cli
 from test_models import randomize, real_ids, small_cfg
 
 PUBLISHED_VOCAB = 13686  # lines of the vocab.txt released with the weights
@@ -363,19 +361,9 @@ def test_trainer_warm_start_and_cli_take_the_h5(tmp_path):
         for got, want in zip(layers[name].get_weights(), values):
             np.testing.assert_array_equal(got, want)
     # python -m pretrain.export --checkpoint model.h5: both outputs hold it.
-    with open(cfg["path"]) as f:
-        raw = json.load(f)
-    raw["model"].update({k: cfg["model"][k] for k in (
+    out = export_with_cli(tmp_path, cfg["path"], {k: cfg["model"][k] for k in (
         "num_hidden_layers", "hidden_size", "embedding_size", "num_attention_heads",
-        "attention_head_size", "intermediate_size")})
-    raw["tokenizer"]["vocab"] = os.path.join(REPO_ROOT, "data", "vocab.txt")
-    config_path = str(tmp_path / "small.json")
-    with open(config_path, "w") as f:
-        json.dump(raw, f)
-    out = str(tmp_path / "cli")
-    subprocess.run([sys.executable, "-m", "pretrain.export", "--config", config_path,
-                    "--checkpoint", path, "--output", out],
-                   check=True, cwd=REPO_ROOT, capture_output=True)
+        "attention_head_size", "intermediate_size")}, path)
     reader = tf.train.load_checkpoint(out)
     np.testing.assert_array_equal(reader.get_tensor("mlm/transform/dense/bias"),
                                   weights["MLM-Dense"][1])
