@@ -215,7 +215,9 @@ def _model_weights(bundle):
 def _run_phase(tmp_path, records_dir, steps, out):
     from pretrain import train
     cfg = tiny_config(tmp_path, phases=((128, steps),))
-    trainer = train.Trainer(cfg, records_dir, out, steps_per_loop=3, xla=False)
+    # Growing the phase on resume is a train-section change the run must be told of.
+    trainer = train.Trainer(cfg, records_dir, out, steps_per_loop=3, xla=False,
+                            allow_train_changes=True)
     return trainer, trainer.run()[0]
 
 
