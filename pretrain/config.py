@@ -232,8 +232,9 @@ def validate(raw, path="<config>"):
     for key in ("batch_size", "grad_accum_steps"):
         if not isinstance(train[key], int) or train[key] <= 0:
             raise ConfigError("%s: train.%s must be a positive integer" % (path, key))
-    for key in ("log_every", "save_every", "eval_every", "eval_steps", "keep_checkpoints"):
+    for key in ("log_every", "save_every", "eval_every", "keep_checkpoints"):
         _check_int(path, "train." + key, train[key])
+    _check_int(path, "train.eval_steps", train["eval_steps"], minimum=0)  # 0: no eval
     if not isinstance(train["phases"], list) or not train["phases"]:
         raise ConfigError("%s: train.phases must be a non-empty list" % path)
     phases = []

@@ -85,7 +85,7 @@ def _refused(tmp_path, raw, pattern):
     ("train", "log_every", 0, r"train\.log_every must be an integer >= 1, got 0"),
     ("train", "save_every", 0, r"train\.save_every must be an integer >= 1"),
     ("train", "eval_every", 0, r"train\.eval_every must be an integer >= 1"),
-    ("train", "eval_steps", 0, r"train\.eval_steps must be an integer >= 1"),
+    ("train", "eval_steps", -1, r"train\.eval_steps must be an integer >= 0"),
     ("train", "keep_checkpoints", 0, r"train\.keep_checkpoints must be an integer >= 1"),
     ("train", "save_every", 2.5, r"train\.save_every must be an integer >= 1, got 2\.5"),
     ("data", "dupe_factor", 0, r"data\.dupe_factor must be an integer >= 1"),
