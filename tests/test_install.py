@@ -8,16 +8,28 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+DEVICES = ("cpu", "gpu", "tpu")
+
+
+@pytest.fixture(scope="module")
+def dry_runs():
+    """The three devices' dry runs, started together: they wait on the network, not the CPU."""
+    procs = {d: subprocess.Popen(["bash", "scripts/install.sh", "--device", d, "--dry-run"],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for d in DEVICES}
+    return {d: (p.returncode, out, err) for d, p in procs.items()
+            for out, err in [p.communicate(timeout=600)]}
+
+
 @pytest.mark.parametrize("device, tensorflow, also", [
     ("cpu", "tensorflow==2.21.0", ()),
     ("gpu", "tensorflow==2.21.0", ("nvidia-cudnn-cu12==", "nvidia-cublas-cu12==")),
     ("tpu", "tensorflow_tpu==2.20.0", ("libtpu==0.0.14", "tensorboard==2.20.")),
 ])
-def test_dry_run_resolves_one_tensorflow(device, tensorflow, also):
-    done = subprocess.run(["bash", "scripts/install.sh", "--device", device, "--dry-run"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+def test_dry_run_resolves_one_tensorflow(dry_runs, device, tensorflow, also):
+    returncode, stdout, stderr = dry_runs[device]
+    assert returncode == 0, stdout[-2000:] + stderr[-2000:]
+    lines = stdout.splitlines()
     assert "tensorflow distributions: " + tensorflow in lines
     would = [l.split(": ", 1)[1] for l in lines if l.startswith("would install: ")]
     for prefix in also:
