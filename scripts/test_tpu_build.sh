@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The trainer, export, SimBERT, notebook and doctor tests on the TPU build of
+# The trainer (test_train.py: the step, accumulation, resume, strategies,
+# dropout; its failure paths do not depend on the build), export, SimBERT,
+# notebook and doctor tests on the TPU build of
 # TensorFlow (tensorflow-tpu 2.20.0, which also runs on a CPU machine), in a
 # fresh venv made by `scripts/install.sh --device tpu --dev`.
 #   bash scripts/test_tpu_build.sh                 # make the venv in .venv-tpu ($TPU_VENV), test
