@@ -99,8 +99,8 @@ def make_strategy(tpu=None, timeout_s=300, allow_cpu=False):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def _doctor_says():
-    advice = doctor.advice()
+def _doctor_says(hw=None):
+    advice = doctor.advice(hw)
     return " Diagnosis (python -m pretrain.doctor): %s" % advice if advice else ""
 
 
@@ -113,7 +113,7 @@ def _check_cpu_only(allow_cpu):
             if hw.device == "tpu" else "%d NVIDIA GPU(s) that TensorFlow does not see"
             % len(hw.gpus))
     message = "this machine has %s, but the run would train on the CPU.%s" % (
-        what, _doctor_says())
+        what, _doctor_says(hw))
     if not allow_cpu:
         raise TrainingError(message + " Pass --allow_cpu to train on the CPU anyway.")
     logging.warning("*" * 72)
