@@ -112,13 +112,13 @@ def training_mode(hw, tf, force_smoke=False):
     Raises DeviceError when an accelerator is present but this TensorFlow
     cannot use it: falling back to a CPU smoke run would hide that.
     """
-    problems = diagnose(hw, tf)
     if force_smoke:
         return "smoke", ["--smoke"] + (["--allow_cpu"] if hw.device == "tpu" else [])
-    if problems:
-        raise DeviceError("%s present, but: %s. Fix: %s" % (
+    problem = advice(hw, tf)
+    if problem:
+        raise DeviceError("%s present, but: %s" % (
             "TPU" if hw.device == "tpu" else "GPU" if hw.device == "gpu" else "no accelerator",
-            "; ".join(p for p, _ in problems), problems[0][1]))
+            problem))
     if hw.device == "tpu":
         return "tpu", ["--tpu", "local"]
     if hw.device == "gpu":
