@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The trainer (test_train.py: the step, accumulation, resume, strategies,
 # dropout; its failure paths do not depend on the build), export (writing,
-# reloading, importing), SimBERT, notebook and doctor tests on the TPU build of
+# reloading, importing), SimBERT and doctor tests on the TPU build of
 # TensorFlow (tensorflow-tpu 2.20.0, which also runs on a CPU machine), in a
 # fresh venv made by `scripts/install.sh --device tpu --dev`.
 #   bash scripts/test_tpu_build.sh                 # make the venv in .venv-tpu ($TPU_VENV), test
@@ -24,10 +24,13 @@ if [ "$mode" != --tests-only ]; then
 fi
 if [ "$mode" != --install-only ]; then
   # Of the export tests, those that write, reload and import checkpoints
-  # (the rest is file handling that does not depend on the build).
+  # (the rest is file handling that does not depend on the build). Left to
+  # the TF 2.21 suite: the notebook, which drives the same run.py as the
+  # trainer tests, and SimBERT's held-out quality check, a longer Keras fit.
   e=tests/test_export.py
   "$venv/bin/python" -m pytest -q -n auto --dist loadfile tests/test_train.py \
-    tests/test_simbert.py tests/test_notebook.py tests/test_doctor.py \
+    tests/test_simbert.py tests/test_doctor.py \
+    --deselect tests/test_simbert.py::test_heldout_seq2seq_loss_falls \
     "$e::test_bert4keras_reload_reproduces_outputs" "$e::test_simbert_export_has_pool_and_unilm" \
     "$e::test_check_notices_a_swapped_pair_of_zero_free_weights" \
     "$e::test_warm_start_shrinks_vocab_with_keep_tokens" "$e::test_cli_exports_a_trainer_checkpoint" \
