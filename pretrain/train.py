@@ -774,10 +774,9 @@ class Trainer(object):
     def _export(self, phase):
         """Export the phase's final weights unless a checked export of this
         checkpoint is already there (a half-written or older one is redone).
-
-        Every worker exports (the reload check predicts with the model, which
-        under MultiWorkerMirroredStrategy runs collectives); only the chief's is
-        kept. Returns the export dir (None on other workers)."""
+        Only the chief exports; other workers return None."""
+        if not self.is_chief:
+            return None
         out = os.path.join(self.output_dir, "export", phase["name"])
         latest = tf.train.latest_checkpoint(self._phase_dir(phase))
         source = {"checkpoint": os.path.basename(latest) if latest else None,
@@ -786,16 +785,10 @@ class Trainer(object):
         if (info and info.get("source") == source
                 and info.get("reload_max_abs_diff") is not None):
             return out
-        scratch = None if self.is_chief else tempfile.mkdtemp(prefix="pretrain-export-")
         try:
-            _, diff = export.publish_export(self.cfg, self.bundle, scratch or out, source)
+            _, diff = export.publish_export(self.cfg, self.bundle, out, source)
         except export.ExportCheckError as e:
             raise TrainingError(str(e)) from None
-        finally:
-            if scratch:
-                shutil.rmtree(scratch, ignore_errors=True)
-        if scratch:
-            return None
         logging.info("exported %s from %s (bert4keras reload max |diff| = %.2e)", out,
                      source["checkpoint"], diff)
         return out
