@@ -90,3 +90,39 @@ def test_one_shard_three_pipelines_638_examples(tmp_path, cfg):
     stream = read(data_dir, cfg, 1, 3, 3, 0, 214)
     # from the last batch of the first epoch on into the second (213 read: wrong)
     assert read(data_dir, cfg, 1, 3, 3, 0, 3, skip_batches=211) == stream[211:214]
+
+
+def test_a_run_over_several_hosts_refuses_local_paths(monkeypatch):
+    from pretrain import train
+    strategy = tf.distribute.get_strategy()
+    train.check_paths_for_hosts(strategy, {"--output": "/tmp/run"})  # one host: fine
+    monkeypatch.setattr(train, "num_hosts", lambda s: 4)
+    train.check_paths_for_hosts(strategy, {"--data": "gs://b/records", "--output": "gs://b/run",
+                                           "--init_checkpoint": None})
+    with pytest.raises(train.TrainingError, match=r"--output /tmp/run is a local path, but "
+                                                   r"this run spans 4 hosts"):
+        train.check_paths_for_hosts(strategy, {"--data": "gs://b/records",
+                                               "--output": "/tmp/run"})
+
+
+def test_hosts_of_a_multi_worker_cluster():
+    """Workers on one machine are one host (local paths work); on two, two."""
+    from pretrain import train
+
+    class Resolver(object):
+        def __init__(self, workers):
+            self.workers = workers
+
+        def cluster_spec(self):
+            return tf.train.ClusterSpec({"worker": self.workers})
+
+    class Strategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def __init__(self, workers):  # no cluster is started
+            self._resolver = Resolver(workers)
+
+        @property
+        def cluster_resolver(self):
+            return self._resolver
+
+    assert train.num_hosts(Strategy(["127.0.0.1:1", "127.0.0.1:2"])) == 1
+    assert train.num_hosts(Strategy(["node0:1", "node1:1"])) == 2
