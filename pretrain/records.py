@@ -420,6 +420,13 @@ def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip
                             "than one batch of %d each" % (manifest["path"], split,
                                                            manifest[split]["examples"],
                                                            n_pipes, local_batch))
+    if n_pipes > 1:
+        from absl import logging
+        logging.info("%s split, input pipeline %d of %d: %s, %d batches of %d per epoch",
+                     split, pipe + 1, n_pipes, "%d of %d shard files" % (
+                         len(shards[pipe::n_pipes]), len(shards)) if shard_files else
+                     "1 example in %d from all %d shard files (too few or uneven files to "
+                     "split)" % (n_pipes, len(shards)), batches_per_epoch, local_batch)
     if shard_files:
         shards = shards[pipe::n_pipes]
     files = [f for f, _ in shards]
