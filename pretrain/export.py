@@ -399,7 +399,9 @@ def float32_outputs(cfg, bundle, ids, segs):
     with precision.policy("float32"), tf.device("/CPU:0"):
         if any(getattr(layer, "compute_dtype", "float32") != "float32"
                for layer in bundle.bert.layers.values()) or any(
-                   "CPU" not in w.device.upper() for w in encoder.weights):
+                   "CPU" not in w.device.upper() for w in encoder.weights) or isinstance(
+                       encoder.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # (a multi-worker model predicts with collectives: the chief alone cannot)
             twin = models.build_model(cfg, check_vocab=False)
             K.batch_set_value([(w, K.get_value(v)) for (_, w), (_, v) in zip(
                 variable_pairs(twin.bert), variable_pairs(bundle.bert))])

@@ -358,13 +358,36 @@ def _epoch_seed(seed, epoch):
     return seed * 1000003 + epoch * 7919 + 1
 
 
+# File-level sharding must keep this share of the batches example-level sharding
+# gives; below it (few or uneven files) every pipeline reads all files instead.
+FILE_SHARDING_KEEP = 0.9
+
+
+def plan_shards(counts, pipelines, local_batch):
+    """(by_file, batches_per_epoch) for `pipelines` input pipelines over shard files
+    of `counts` examples, in batches of `local_batch`.
+
+    by_file: pipeline i reads files i, i + n, ... (less I/O); otherwise every
+    pipeline reads every file and keeps every n-th example. Either way each
+    pipeline yields exactly `batches_per_epoch` batches per epoch, the count of
+    the smallest pipeline, so none runs ahead of the others into a new epoch.
+    """
+    by_example = sum(counts) // pipelines // local_batch
+    if len(counts) >= pipelines:
+        by_file = min(sum(counts[p::pipelines]) // local_batch for p in range(pipelines))
+        if by_file > 0 and by_file >= FILE_SHARDING_KEEP * by_example:
+            return True, by_file
+    return False, by_example
+
+
 def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip_batches=0,
                  input_context=None, repeat=True, shuffle_buffer=10000, cycle_length=16):
     """Batches of MLM examples with static shapes (drop_remainder=True).
 
     `batch_size` is the global batch. With a `tf.distribute.InputContext`
-    each input pipeline reads its own files (or every n-th example when there
-    are fewer files than pipelines) in batches of the per-replica size.
+    each input pipeline reads its own files, or every n-th example when the
+    files do not split evenly enough (`plan_shards`), in batches of the
+    per-replica size; every pipeline yields the same batches per epoch.
 
     Note: TF's seeded shuffles also depend on TF's process-wide seed
     (`tf.random.set_seed`): a resumed run must set the same one, or none, as
@@ -391,17 +414,21 @@ def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip
         local_batch = input_context.get_per_replica_batch_size(batch_size)
         n_pipes, pipe = input_context.num_input_pipelines, input_context.input_pipeline_id
         per_step = input_context.num_replicas_in_sync // n_pipes
-    shard_files = len(shards) >= n_pipes
+    shard_files, batches_per_epoch = plan_shards([c for _, c in shards], n_pipes, local_batch)
+    if batches_per_epoch == 0:
+        raise ManifestError("%s: the %s split has %d examples for %d input pipeline(s), fewer "
+                            "than one batch of %d each" % (manifest["path"], split,
+                                                           manifest[split]["examples"],
+                                                           n_pipes, local_batch))
+    if n_pipes > 1:
+        from absl import logging
+        logging.info("%s split, input pipeline %d of %d: %s, %d batches of %d per epoch",
+                     split, pipe + 1, n_pipes, "%d of %d shard files" % (
+                         len(shards[pipe::n_pipes]), len(shards)) if shard_files else
+                     "1 example in %d from all %d shard files (too few or uneven files to "
+                     "split)" % (n_pipes, len(shards)), batches_per_epoch, local_batch)
     if shard_files:
         shards = shards[pipe::n_pipes]
-        examples = sum(c for _, c in shards)
-    else:
-        examples = sum(c for _, c in shards) // n_pipes
-    batches_per_epoch = examples // local_batch
-    if batches_per_epoch == 0:
-        raise ManifestError("%s: the %s split has %d examples for this input pipeline, fewer "
-                            "than one batch of %d" % (manifest["path"], split, examples,
-                                                      local_batch))
     files = [f for f, _ in shards]
     compression = "GZIP" if manifest["compression"] == "gzip" else ""
     spec = feature_spec(seq_len, manifest["max_predictions"])
@@ -419,7 +446,8 @@ def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip
             ds = ds.shard(n_pipes, pipe)
         if training:
             ds = ds.shuffle(shuffle_buffer, seed=epoch_seed)
-        return ds.batch(local_batch, drop_remainder=True)
+        # the same count on every pipeline: replicas stay in step, resumes exact
+        return ds.batch(local_batch, drop_remainder=True).take(batches_per_epoch)
 
     first_epoch, within = divmod(skip_batches * per_step, batches_per_epoch)
     ds = one_epoch(tf.constant(first_epoch, tf.int64)).skip(within)

@@ -113,11 +113,17 @@ def run(train):
     if FLAGS.data is None and not FLAGS.smoke:
         raise app.UsageError("--data is required: the records dir written by "
                              "`python -m pretrain.preprocess` (or SimBERT groups JSON)")
+    if FLAGS.data is None and os.environ.get("TF_CONFIG"):
+        raise app.UsageError("--data is required with TF_CONFIG: the workers would each "
+                             "preprocess the smoke sample into one dir")
     if output.startswith("gs://"):
         from pretrain import gcs
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
     # The devices before the smoke data: a TPU or GPU that TF cannot use stops here.
     strategy = train.make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
+    train.check_paths_for_hosts(strategy, {"--data": FLAGS.data or SAMPLE_CORPUS,
+                                           "--output": output,
+                                           "--init_checkpoint": FLAGS.init_checkpoint})
     precision = train.choose_precision(FLAGS.precision, strategy)
     data = FLAGS.data or smoke_data(cfg, output)
     trainer = train.Trainer(cfg, data, output, strategy=strategy,

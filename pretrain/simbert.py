@@ -12,7 +12,9 @@ two sentences a, b of a group and emits the adjacent rows
 seq_len (static shapes for TPU). `forward_loss` adds the UniLM seq2seq
 cross-entropy on the second segment and the in-batch similarity
 cross-entropy on the L2-normalised pooled [CLS] (cosine x 30, diagonal
-excluded, the partner row as label), and returns both terms for logging.
+excluded, the partner row as label; the candidates are every row of the
+update's global micro-batch, gathered from all replicas), and returns both
+terms for logging.
 
 Use: `SimBERT.load(export_dir)` rebuilds an export with bert4keras
 (`with_pool='linear', application='unilm'`), then `encode`, `search`,
@@ -344,12 +346,25 @@ def partner_labels(batch_size):
 
 
 def similarity_loss(pooled):
-    """In-batch similarity cross-entropy and top-1 accuracy on pooled [CLS]."""
+    """In-batch similarity cross-entropy and top-1 accuracy on pooled [CLS].
+
+    Under a distribution strategy the candidates are the rows of every replica
+    (all_gather): each local row is scored against the whole global
+    micro-batch, as one device with that batch would. all_gather's gradient
+    returns the other replicas' terms to the rows they came from, so the
+    summed gradient is the one-device gradient. Returns the mean over local rows.
+    """
     v = tf.math.l2_normalize(tf.cast(pooled, tf.float32), axis=1)
     n = tf.shape(v)[0]
-    sims = tf.matmul(v, v, transpose_b=True) * SIMILARITY_SCALE
-    sims -= tf.eye(n) * 1e12  # a row is not its own positive
-    labels = partner_labels(n)
+    ctx = tf.distribute.get_replica_context()  # None in cross-replica context
+    candidates, first = v, 0
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        candidates = ctx.all_gather(v, axis=0)  # replica order; equal local batches
+        first = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * n
+    rows = first + tf.range(n)  # the local rows' indices among the candidates
+    sims = tf.matmul(v, candidates, transpose_b=True) * SIMILARITY_SCALE
+    sims -= tf.one_hot(rows, tf.shape(candidates)[0]) * 1e12  # a row is not its own positive
+    labels = first + partner_labels(n)
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, sims))
     acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(sims, axis=1, output_type=tf.int32),
                                           labels), tf.float32))

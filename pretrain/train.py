@@ -14,7 +14,9 @@ micro-batches), so 4 micro-batches of 8 give the update of one batch of 32.
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 
@@ -51,12 +53,15 @@ class Interrupted(TrainingError):
 # Strategy
 # --------------------------------------------------------------------------
 def make_strategy(tpu=None, timeout_s=300, allow_cpu=False):
-    """TPUStrategy if `tpu` is given, MirroredStrategy on >1 GPU, else default.
+    """TPUStrategy if `tpu` is given, MultiWorkerMirroredStrategy when TF_CONFIG
+    is set (one process per node), MirroredStrategy on >1 GPU, else default.
 
     Accelerator hardware that TF cannot use stops here with the doctor's
     diagnosis, instead of a run that trains on the CPU without a word
     (`allow_cpu` turns that into a warning).
     """
+    if tpu is None and os.environ.get("TF_CONFIG"):
+        return _multi_worker(allow_cpu)
     if tpu is None:
         gpus = tf.config.list_logical_devices("GPU")
         if not gpus:
@@ -97,6 +102,42 @@ def make_strategy(tpu=None, timeout_s=300, allow_cpu=False):
         raise TrainingError("no TPU reachable at %r: %s. %s%s" % (
             name, first, hint, _doctor_says()))
     return tf.distribute.TPUStrategy(resolver)
+
+
+def _multi_worker(allow_cpu):
+    # Before anything lists devices: the collectives are configured at TF's startup.
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except (ValueError, KeyError) as e:
+        raise TrainingError("TF_CONFIG=%s: %s. It should be like {\"cluster\": {\"worker\": "
+                            "[\"host1:port\", \"host2:port\"]}, \"task\": {\"type\": "
+                            "\"worker\", \"index\": 0}}" % (os.environ["TF_CONFIG"], e)) from None
+    if not tf.config.list_logical_devices("GPU"):
+        _check_cpu_only(allow_cpu)
+    return strategy
+
+
+def num_hosts(strategy):
+    """How many machines the strategy's input pipelines run on."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return strategy.extended.num_hosts
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        spec = strategy.cluster_resolver.cluster_spec().as_dict()
+        return len({address.rsplit(":", 1)[0] for job in ("chief", "worker")
+                    for address in spec.get(job, [])})
+    return 1
+
+
+def check_paths_for_hosts(strategy, paths):
+    """On more than one host every input pipeline and worker must reach `paths`
+    ({flag: path}; None skipped): only gs:// is the same path everywhere."""
+    hosts = num_hosts(strategy)
+    if hosts < 2:
+        return
+    for flag, path in sorted(paths.items()):
+        if path and not path.startswith("gs://"):
+            raise TrainingError("%s %s is a local path, but this run spans %d hosts, which "
+                                "all read it: put it in a bucket (gs://...)" % (flag, path, hosts))
 
 
 def _doctor_says(hw=None):
@@ -147,7 +188,8 @@ def _use_xla(strategy):
     # TPUs compile the whole step with XLA anyway.
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return False
-    if isinstance(strategy, tf.distribute.MirroredStrategy):
+    if isinstance(strategy, (tf.distribute.MirroredStrategy,
+                             tf.distribute.MultiWorkerMirroredStrategy)):
         return bool(tf.config.list_logical_devices("GPU"))
     # One device: a GPU compiles; a CPU only where the build has XLA for it.
     return bool(tf.config.list_logical_devices("GPU")) or compat.cpu_xla()
@@ -297,6 +339,10 @@ def make_train_loop(strategy, replica_step, metric_names, xla):
     step_fn = tf.function(replica_step, jit_compile=True) if xla else replica_step
     if not xla:
         compat.uncompiled_loops()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # its uncompiled loop of several updates meets the TmpVar collision of
+            # compat.uncompiled_loops on TF 2.21 too (AlreadyExistsError ... AddOpsRewrite)
+            tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
 
     def first(x):
         return strategy.experimental_local_results(x)[0]
@@ -367,9 +413,10 @@ def distributed_dataset(strategy, task, phase, cfg, split, start_step, accum):
 # --------------------------------------------------------------------------
 # Run directory
 # --------------------------------------------------------------------------
-def _check_output_dir(cfg, output_dir, allow_train_changes=False):
+def _check_output_dir(cfg, output_dir, allow_train_changes=False, write=True):
     """Refuse to mix two configs' runs in one directory, or to resume with a
-    train section that moves the data position or the schedule unasked."""
+    train section that moves the data position or the schedule unasked.
+    `write`: record this run's config there (the chief's job)."""
     identity = {k: cfg[k] for k in _RUN_IDENTITY}
     identity["smoke"] = cfg.get("smoke", False)
     path = os.path.join(output_dir, "run_config.json")
@@ -391,6 +438,8 @@ def _check_output_dir(cfg, output_dir, allow_train_changes=False):
         else:
             _check_train_changes(previous["train"], cfg["train"], output_dir,
                                  allow_train_changes)
+    if not write:
+        return
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(dict(identity, train=cfg["train"]), f, indent=2, ensure_ascii=False)
@@ -483,7 +532,10 @@ class Trainer(object):
         self.steps_per_loop = max(1, int(steps_per_loop))
         self.xla = _use_xla(self.strategy) if xla is None else xla
         self.init_checkpoint = init_checkpoint
-        _check_output_dir(cfg, output_dir, allow_train_changes)
+        # Multi-worker: the chief writes the run dir; every worker saves checkpoints
+        # (TF's save is collective), the others to a scratch dir deleted at once.
+        self.is_chief = self.strategy.extended.should_checkpoint
+        _check_output_dir(cfg, output_dir, allow_train_changes, write=self.is_chief)
         # No global seed: build_model draws weights from train.seed and dropout
         # masks come from step seeds (a global seed of 0 also breaks tf.data's
         # tensor-seeded shuffles). The precision policy is the model's alone:
@@ -493,7 +545,8 @@ class Trainer(object):
         self.task = make_task(cfg, self.bundle, data)
         self.variables = self.task.model.trainable_variables
         self.writers = {s: tf.summary.create_file_writer(
-            os.path.join(output_dir, "tensorboard", s)) for s in ("train", "eval")}
+            os.path.join(output_dir, "tensorboard", s)) if self.is_chief
+            else tf.summary.create_noop_writer() for s in ("train", "eval")}
         self.history = []  # (global_step, phase name, loss) for tests and scripts
         self._checked_from = None  # data of phases from this index on checked
         self._signal = None  # SIGINT/SIGTERM seen; the loop stops at the next host call
@@ -506,6 +559,20 @@ class Trainer(object):
 
     def _phase_dir(self, phase):
         return os.path.join(self.output_dir, "checkpoints", phase["name"])
+
+    def _save_dir(self, phase):
+        if self.is_chief:
+            return self._phase_dir(phase)
+        task = self.strategy.cluster_resolver.task_id
+        return os.path.join(tempfile.gettempdir(), "pretrain-worker%d-%d" % (task, os.getpid()),
+                            phase["name"])
+
+    def _save(self, manager, phase, step):
+        """Save at `step`; the path of the checkpoint the chief keeps."""
+        path = manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
+        return os.path.join(self._phase_dir(phase), os.path.basename(path))
 
     def _start_weights(self, index):
         """Weights for a phase with no checkpoint: the previous phase's, or a warm start."""
@@ -568,7 +635,7 @@ class Trainer(object):
             return
         latest = manager.latest_checkpoint
         if step > 0 and not (latest or "").endswith("-%d" % step):
-            latest = manager.save(checkpoint_number=step)  # weights checked finite
+            latest = self._save(manager, phase, step)  # weights checked finite
         raise Interrupted("%s: stopped at step %d of phase %s (global step %d), %s; rerun "
                           "the same command to resume" % (
                               signal.Signals(self._signal).name, step, phase["name"],
@@ -593,12 +660,13 @@ class Trainer(object):
             optimizer._create_all_weights(self.variables)
             phase_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase_step")
         ckpt = self._checkpoint(optimizer, phase_step)
-        manager = tf.train.CheckpointManager(ckpt, self._phase_dir(phase),
+        manager = tf.train.CheckpointManager(ckpt, self._save_dir(phase),
                                              max_to_keep=train["keep_checkpoints"])
-        if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        latest = tf.train.latest_checkpoint(self._phase_dir(phase))  # every worker: the chief's
+        if latest:
+            ckpt.restore(latest).assert_existing_objects_matched()
             logging.info("resumed %s at step %d from %s", phase["name"],
-                         int(phase_step.numpy()), manager.latest_checkpoint)
+                         int(phase_step.numpy()), latest)
         else:
             self._start_weights(index)
         start = int(phase_step.numpy())
@@ -647,7 +715,7 @@ class Trainer(object):
                              "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())))
                 window = _Window()
             if step % train["save_every"] == 0 or done:
-                manager.save(checkpoint_number=step)
+                self._save(manager, phase, step)
             if evals and (step % train["eval_every"] == 0 or done):
                 self.evaluate(phase, eval_fn, offset + step)
         self._stop_if_signalled(manager, phase, step, offset)
@@ -709,7 +777,10 @@ class Trainer(object):
 
     def _export(self, phase):
         """Export the phase's final weights unless a checked export of this
-        checkpoint is already there (a half-written or older one is redone)."""
+        checkpoint is already there (a half-written or older one is redone).
+        Only the chief exports; other workers return None."""
+        if not self.is_chief:
+            return None
         out = os.path.join(self.output_dir, "export", phase["name"])
         latest = tf.train.latest_checkpoint(self._phase_dir(phase))
         source = {"checkpoint": os.path.basename(latest) if latest else None,
@@ -733,4 +804,4 @@ class Trainer(object):
             exports = []
             for index in range(start_phase, len(self.cfg["train"]["phases"])):
                 exports.append(self.run_phase(index))
-            return exports
+            return [e for e in exports if e]

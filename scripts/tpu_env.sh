@@ -8,14 +8,14 @@
 PROJECT="${PROJECT:-$(gcloud config get-value project 2>/dev/null || true)}"
 ZONE="${ZONE:-europe-west4-a}"            # v3-8 zones include europe-west4-a and us-central1-a
 TPU_NAME="${TPU_NAME:-pretrain-tpu}"
-ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-v3-8}"  # single-host slices only: v2-8, v3-8, v4-8
+ACCELERATOR_TYPE="${ACCELERATOR_TYPE:-v3-8}"  # any slice: v3-8 (one host), v3-32 (4 hosts), ...
 # The TPU VM runtime image. The base image has no TensorFlow; tpu_setup.sh installs the TPU
 # build with scripts/install.sh --device tpu. The tpu-vm-tf-* images carry an older TF.
 RUNTIME_VERSION="${RUNTIME_VERSION:-tpu-ubuntu2204-base}"
 SPOT="${SPOT:-0}"                          # 1: a spot TPU (cheaper, can be preempted)
 SERVICE_ACCOUNT="${SERVICE_ACCOUNT:-}"     # empty: the project's default compute account
 SCOPES="${SCOPES:-https://www.googleapis.com/auth/cloud-platform}"  # lets the VM use GCS
-WORKER="${WORKER:-0}"                      # the host that runs commands (0 on one-host slices)
+WORKER="${WORKER:-0}"                      # the host that runs the training program
 
 # --- Cloud Storage: data in, checkpoints and exports out (bucket in the TPU's region)
 BUCKET="${BUCKET:-}"                       # required: the bucket name, without gs://
@@ -37,6 +37,15 @@ LOG="${LOG:-${RUN_NAME}.log}"              # run log on the VM, relative to home
 PYTHON="${PYTHON:-python}"                 # local Python with pretrain installed (tpu_fetch)
 
 # --- Helpers
+
+# Hosts in the slice: 8 TensorCores or chips per host (v3-32: 4 hosts; v3-8, v4-8: 1).
+size="${ACCELERATOR_TYPE##*-}"
+# shellcheck disable=SC2034  # read by the scripts that source this file
+if [[ "$size" =~ ^[0-9]+$ ]] && [ "$size" -gt 8 ]; then
+  HOSTS=$((size / 8))
+else
+  HOSTS=1
+fi
 
 # Fail with a message naming each required setting that is empty.
 require() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up the TPU VM: clone (or update) this repo, install it into a virtualenv with
-# scripts/install.sh --device tpu (the TPU build of TensorFlow and its libtpu), run the
-# doctor, and check that the TPU shows up. Safe to rerun.
+# Set up the TPU VM, on every host of the slice: clone (or update) this repo, install it
+# into a virtualenv with scripts/install.sh --device tpu (the TPU build of TensorFlow and
+# its libtpu), and on a one-host slice check that the TPU shows up. Safe to rerun.
 #   bash scripts/tpu_setup.sh
 set -euo pipefail
 # shellcheck source=scripts/tpu_env.sh
@@ -23,6 +23,10 @@ fi
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PYTHON="$HOME/$VENV/bin/python" bash "$REMOTE_DIR/scripts/install.sh" --device tpu
 cd "$REMOTE_DIR"
+if [ "$HOSTS" -gt 1 ]; then
+  echo "pod slice of $HOSTS hosts: the TPU is checked when the run starts on worker 0"
+  exit 0
+fi
 "$HOME/$VENV/bin/python" - <<'PY'
 import pretrain  # selects tf_keras before TensorFlow loads
 import tensorflow as tf
@@ -31,6 +35,6 @@ strategy = train.make_strategy("local")
 print("TensorFlow", tf.__version__, "- TPU replicas:", strategy.num_replicas_in_sync)
 PY
 REMOTE
-tpu_bash "$(declare -p REPO_URL REPO_BRANCH REMOTE_DIR VENV)
+WORKER=all tpu_bash "$(declare -p REPO_URL REPO_BRANCH REMOTE_DIR VENV HOSTS)
 $body"
 echo "TPU VM $TPU_NAME is ready; next: bash scripts/tpu_launch.sh"

@@ -154,3 +154,55 @@ def test_missing_setting_is_named(tmp_path):
     done = subprocess.run(["bash", os.path.join(REPO, "scripts", "tpu_launch.sh")], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "set BUCKET" in done.stderr
+
+
+@pytest.mark.parametrize("accelerator,hosts", [("v3-8", 1), ("v3-32", 4)])
+def test_one_host_and_pod_slice_commands(gcloud, tmp_path, accelerator, hosts):
+    """create any slice; install on every host; launch on worker 0 only, with --tpu local
+    on one host and --tpu NAME on a pod slice; delete as on one host."""
+    calls, _ = gcloud("tpu_create.sh", ACCELERATOR_TYPE=accelerator)
+    assert calls[-1][:5] == ["compute", "tpus", "tpu-vm", "create", "tpu-a"]
+    assert calls[-1][calls[-1].index("--accelerator-type") + 1] == accelerator
+
+    (ssh,), _ = gcloud("tpu_setup.sh", ACCELERATOR_TYPE=accelerator)
+    assert ssh[ssh.index("--worker") + 1] == "all"
+    script = _remote_script(ssh)
+    assert _declared(script, ["HOSTS"]) == {"HOSTS": str(hosts)}
+    # the remote part, with stand-ins for sudo, git and the venv's python: a pod host
+    # installs and stops before the one-host TPU check
+    home, vmbin, pylog = tmp_path / "home", tmp_path / "vmbin", tmp_path / "python.jsonl"
+    (home / "pretrain-venv" / "bin").mkdir(parents=True)
+    (home / "pretrain" / ".git").mkdir(parents=True)
+    (home / "pretrain" / "scripts").mkdir()
+    (home / "pretrain" / "scripts" / "install.sh").write_text("true\n")
+    vmbin.mkdir()
+    for tool in ("sudo", "git"):
+        _stub(vmbin / tool, "true\n")
+    _stub(home / "pretrain-venv" / "bin" / "python", _RECORD % (sys.executable, pylog))
+    env = dict(os.environ, HOME=str(home), PATH="%s:%s" % (vmbin, os.environ["PATH"]))
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert pylog.exists() == (hosts == 1)  # the TPU check runs on a one-host slice only
+
+    calls, out = gcloud("tpu_launch.sh", ACCELERATOR_TYPE=accelerator)
+    (launch,) = calls
+    assert launch[launch.index("--worker") + 1] == "0"
+    script = _remote_script(launch)
+    assert _declared(script, ["HOSTS", "TPU_NAME"]) == {"HOSTS": str(hosts), "TPU_NAME": "tpu-a"}
+    assert "--worker 0 --command 'tmux attach -t pretrain'" in out
+    tmuxlog = tmp_path / "tmux.jsonl"
+    _stub(vmbin / "tmux", _RECORD % (sys.executable, tmuxlog) +
+          'if [ "$1" = has-session ]; then exit 1; fi\n')
+    subprocess.run(["bash", "-c", script], env=env, check=True, capture_output=True, timeout=60)
+    line = json.loads(tmuxlog.read_text().splitlines()[-1])[-1]
+    pylog.write_text("")
+    subprocess.run(["bash", "-c", line], env=env, check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL, timeout=60)
+    run = json.loads(pylog.read_text().splitlines()[-1])
+    assert run[run.index("--tpu") + 1] == ("local" if hosts == 1 else "tpu-a")
+    assert ("TPU_LOAD_LIBRARY=0" in line) == (hosts > 1)
+
+    calls, _ = gcloud("tpu_delete.sh", ACCELERATOR_TYPE=accelerator)
+    assert calls == [["compute", "tpus", "tpu-vm", "delete", "tpu-a", "--project", "proj-1",
+                      "--zone", "us-central1-a"]]
