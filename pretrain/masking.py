@@ -155,16 +155,8 @@ class Masker(object):
         """
         L, P = self.seq_len, self.max_predictions
         n = len(ranges)
-        bounds = np.array(ranges, np.int64).reshape(n, 2)
-        lens = bounds[:, 1] - bounds[:, 0]
-        offsets = np.cumsum(lens) - lens  # where each sequence starts in the flat batch
-        flat = np.repeat(bounds[:, 0] - offsets, lens) + np.arange(lens.sum())
-        tok = ids[flat]
-        seq_of = np.repeat(np.arange(n), lens)
-        new_group = np.ones(len(tok), bool)
-        if self.whole_word and words is not None:
-            w = words[flat]
-            new_group[1:] = (seq_of[1:] != seq_of[:-1]) | (w[1:] != w[:-1])
+        lens, offsets, tok, seq_of, new_group = gather_ranges(
+            ranges, ids, words if self.whole_word else None)
         g_start = np.flatnonzero(new_group)
         g_len = np.diff(np.append(g_start, len(tok)))
         g_seq = seq_of[g_start]
@@ -185,11 +177,7 @@ class Masker(object):
         replaced[chosen[to_random]] = self.random_ids[
             rng.integers(0, len(self.random_ids), int(to_random.sum()))]
 
-        input_ids = np.full((n, L), self.pad_id, np.int32)
-        input_ids[:, 0] = self.cls_id
-        col = np.arange(len(tok)) - np.repeat(offsets, lens) + 1  # position after [CLS]
-        input_ids[seq_of, col] = replaced
-        input_ids[np.arange(n), lens + 1] = self.sep_id
+        input_ids, col = self._layout(replaced, lens, offsets, seq_of)
         chosen_seq = seq_of[chosen]
         counts = np.bincount(chosen_seq, minlength=n)
         rank = np.arange(len(chosen)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -198,3 +186,44 @@ class Masker(object):
         positions[chosen_seq, rank] = col[chosen]
         label_arr[chosen_seq, rank] = labels
         return input_ids, lens + 2, positions, label_arr, counts
+
+    def _layout(self, flat_ids, lens, offsets, seq_of):
+        """[n, L] rows `[CLS] ids [SEP] [PAD]...` and each flat token's column."""
+        n = len(lens)
+        input_ids = np.full((n, self.seq_len), self.pad_id, np.int32)
+        input_ids[:, 0] = self.cls_id
+        col = np.arange(len(flat_ids)) - np.repeat(offsets, lens) + 1  # position after [CLS]
+        input_ids[seq_of, col] = flat_ids
+        input_ids[np.arange(n), lens + 1] = self.sep_id
+        return input_ids, col
+
+    def unmasked(self, ranges, ids, words):
+        """Dynamic-masking rows for `ranges`: (input_ids [n, L], lengths [n],
+        word_starts [n, L]); word_starts is 1 at the first token of each word
+        (every token without whole-word masking), 0 at [CLS]/[SEP]/[PAD]."""
+        lens, offsets, tok, seq_of, new_group = gather_ranges(
+            ranges, ids, words if self.whole_word else None)
+        input_ids, col = self._layout(tok, lens, offsets, seq_of)
+        starts = np.zeros_like(input_ids)
+        starts[seq_of, col] = new_group
+        return input_ids, lens + 2, starts
+
+
+def gather_ranges(ranges, ids, words):
+    """The tokens of `ranges` [(start, end)) of flat `ids`, back to back.
+
+    Returns (lens [n], offsets [n] where each sequence starts, tokens,
+    sequence of each token, new_group: True where a word starts, by `words`,
+    or at every token when `words` is None).
+    """
+    n = len(ranges)
+    bounds = np.array(ranges, np.int64).reshape(n, 2)
+    lens = bounds[:, 1] - bounds[:, 0]
+    offsets = np.cumsum(lens) - lens
+    flat = np.repeat(bounds[:, 0] - offsets, lens) + np.arange(lens.sum())
+    seq_of = np.repeat(np.arange(n), lens)
+    new_group = np.ones(len(flat), bool)
+    if words is not None:
+        w = words[flat]
+        new_group[1:] = (seq_of[1:] != seq_of[:-1]) | (w[1:] != w[:-1])
+    return lens, offsets, ids[flat], seq_of, new_group

@@ -32,6 +32,13 @@ FEATURES = (
     ("masked_lm_ids", "P", "int"),
     ("masked_lm_weights", "P", "float"),
 )
+# data.masking "dynamic": unmasked sequences that the reader masks (dynamic_masking.py)
+DYNAMIC_FEATURES = (
+    ("input_ids", "L", "int"),
+    ("segment_ids", "L", "int"),
+    ("word_starts", "L", "int"),
+    ("example_id", 1, "int"),
+)
 FORMAT = "pretrain-mlm-tfrecord"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -142,6 +149,16 @@ class ExampleEncoder(object):
                 self._packed_entry("masked_lm_ids", labels), weights])))
         return out
 
+    def encode_unmasked_batch(self, input_ids, word_starts, example_ids):
+        """Dynamic-masking records: rows [n, L] of unmasked ids and word-start
+        flags, and an int64 id per row (unique in the data set)."""
+        return [_field(b"\x0a", b"".join([  # Example.features = 1
+            self._packed_entry("input_ids", ids), self._zero_segments,
+            self._packed_entry("word_starts", starts), self._packed_entry("example_id", eid)]))
+            for ids, starts, eid in zip(_packed_varint_rows(input_ids),
+                                        _packed_varint_rows(word_starts),
+                                        _packed_varint_rows(np.reshape(example_ids, (-1, 1))))]
+
     def _packed_entry(self, name, packed):
         # The int64 feature around already-packed varints; headers depend on the length only.
         head = self._head_cache.get((name, len(packed)))
@@ -154,18 +171,21 @@ class ExampleEncoder(object):
 def _packed_varint_rows(matrix):
     """Each row of a non-negative int matrix as packed protobuf varints (bytes)."""
     v = np.asarray(matrix, np.int64)
-    if v.size and (v.min() < 0 or v.max() >= 1 << 21):
-        raise ValueError("ids must be in [0, 2**21)")
-    nbytes = 1 + (v >= 1 << 7).astype(np.int64) + (v >= 1 << 14)
+    if v.size and v.min() < 0:
+        raise ValueError("ids must be non-negative")
+    nbytes = np.ones(v.shape, np.int64)
+    for k in range(1, 9):  # an int64 >= 0 takes at most 9 varint bytes
+        more = v >= 1 << (7 * k)
+        if not more.any():
+            break
+        nbytes += more
     flat_n = nbytes.ravel()
     at = np.cumsum(flat_n) - flat_n
     buf = np.empty(int(flat_n.sum()), np.uint8)
     flat = v.ravel()
-    buf[at] = (flat & 0x7F) | ((flat_n > 1) << 7)
-    two = flat_n > 1
-    buf[at[two] + 1] = ((flat[two] >> 7) & 0x7F) | ((flat_n[two] > 2) << 7)
-    three = flat_n > 2
-    buf[at[three] + 2] = flat[three] >> 14
+    for k in range(int(flat_n.max(initial=1))):  # byte k of each varint: 7 bits + continuation
+        has = flat_n > k
+        buf[at[has] + k] = ((flat[has] >> (7 * k)) & 0x7F) | ((flat_n[has] > k + 1) << 7)
     data = buf.tobytes()
     ends = np.cumsum(nbytes.sum(axis=1)).tolist()
     return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
@@ -289,6 +309,9 @@ def check_manifest(manifest, cfg, seq_len):
     if manifest["max_predictions"] != want_p:
         problems.append("max_predictions is %d, config %s wants %d (data.max_predictions)"
                         % (manifest["max_predictions"], cfg["name"], want_p))
+    if masking_mode(manifest) != cfg["data"]["masking"]:
+        problems.append("the records are %s-masked, config %s has data.masking %r" % (
+            masking_mode(manifest), cfg["name"], cfg["data"]["masking"]))
     vocab = load_vocab(cfg)
     if manifest["vocab"]["sha256"] != vocab.sha256 or manifest["vocab"]["size"] != len(vocab):
         problems.append("vocab differs: records were made with %d tokens (sha256 %s..., from %s), "
@@ -304,6 +327,11 @@ def check_manifest(manifest, cfg, seq_len):
                             "config, or point the trainer at the right data dir." % (
                                 where, cfg["name"], "\n  - ".join(problems)))
     return manifest
+
+
+def masking_mode(manifest):
+    """"static" (masks in the records) or "dynamic" (masked by the reader)."""
+    return manifest.get("masking", {}).get("mode", "static")
 
 
 def _size_or_none(path):
@@ -346,11 +374,32 @@ def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
 
 # ---------------------------------------------------------------- reading
 
-def feature_spec(seq_len, max_predictions):
+def feature_spec(seq_len, max_predictions, masking="static"):
     import tensorflow as tf
-    sizes = {"L": seq_len, "P": max_predictions}
+    sizes = {"L": seq_len, "P": max_predictions, 1: 1}
     return {name: tf.io.FixedLenFeature([sizes[size]], tf.int64 if kind == "int" else tf.float32)
-            for name, size, kind in FEATURES}
+            for name, size, kind in (FEATURES if masking == "static" else DYNAMIC_FEATURES)}
+
+
+def dynamic_parse(cfg, manifest, seed, training, first_batch, batches_per_epoch):
+    """parse(index, serialized batch) for dynamic records: the batch's epoch
+    (from its index in the stream; 0 for eval, whose masks stay fixed) seeds
+    its masks. See dynamic_masking.py."""
+    import tensorflow as tf
+    from pretrain import dynamic_masking, tokenization
+
+    data, seq_len = cfg["data"], manifest["seq_len"]
+    masker = dynamic_masking.DynamicMasker(
+        tokenization.make_tokenizer(tokenization.tokenizer_spec(cfg)), seq_len,
+        manifest["max_predictions"], seed, data["masked_lm_prob"], data["mask_token_prob"],
+        data["random_token_prob"])
+    spec = feature_spec(seq_len, manifest["max_predictions"], "dynamic")
+
+    def parse(index, serialized):
+        epoch = (first_batch + index) // batches_per_epoch if training else tf.constant(0, tf.int64)
+        return masker.mask_batch(tf.io.parse_example(serialized, spec), epoch)
+
+    return parse
 
 
 def _epoch_seed(seed, epoch):
@@ -433,5 +482,9 @@ def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip
         return {name: tf.cast(parsed[name], tf.int32 if kind == "int" else tf.float32)
                 for name, _, kind in FEATURES}
 
+    if masking_mode(manifest) == "dynamic":  # batch index -> epoch -> masks
+        parse = dynamic_parse(cfg, manifest, seed, training, skip_batches * per_step,
+                              batches_per_epoch)
+        ds = ds.enumerate()
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
