@@ -15,6 +15,8 @@ example_id, position): an example's mask depends on nothing else, so it is
 the same in any batch, order or input pipeline, differs per epoch, and a
 resumed run replays it bit for bit.
 """
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -60,9 +62,10 @@ class DynamicMasker(object):
         self.mask_id, self.pad_id = tokenizer.mask_id, tokenizer.pad_id
         self.random_ids = np.asarray(tokenizer.random_ids(), np.int32)
 
-    def _uniform(self, key, stream, positions):
-        """[B, L] uint32 of (example key, stream, position)."""
-        return _hash(key[:, None], _u32(stream), _u32(positions)[None])
+    def _uniform(self, key, stream):
+        """[B, L] uint32 of (example key, stream, position): one mix per element."""
+        position_hash = _mix(_u32(np.arange(self.seq_len) * 0x632BE5AB + 1))  # a constant
+        return _mix(tf.bitwise.bitwise_xor(_hash(key, _u32(stream))[:, None], position_hash[None]))
 
     def mask_batch(self, batch, epoch):
         """{input_ids, segment_ids, word_starts, example_id} -> the trainer's features."""
@@ -76,7 +79,7 @@ class DynamicMasker(object):
         key = _hash(seed_lo, seed_hi, epoch_lo, ex_lo, ex_hi)  # [B]
 
         pos = tf.range(L, dtype=tf.int32)
-        length = tf.reduce_sum(tf.cast(ids != self.pad_id, tf.int32), 1)  # with [CLS], [SEP]
+        length = tf.reduce_sum(tf.cast(tf.not_equal(ids, self.pad_id), tf.int32), 1)  # with [CLS], [SEP]
         is_tok = (pos[None] >= 1) & (pos[None] < length[:, None] - 1)
         word = tf.cumsum(starts, axis=1) * tf.cast(is_tok, tf.int32)  # 1..W; 0: not a token
         rows = tf.range(n_batch)[:, None]
@@ -84,7 +87,7 @@ class DynamicMasker(object):
             tf.cast(is_tok, tf.int32), word + rows * L, n_batch * L), [n_batch, L])
 
         # words in random order (absent words last), then Google BERT's greedy choice
-        rank_key = tf.where(word_len > 0, tf.cast(self._uniform(key, 0, pos), tf.int64),
+        rank_key = tf.where(word_len > 0, tf.cast(self._uniform(key, 0), tf.int64),
                             tf.constant(1 << 33, tf.int64))
         order = tf.argsort(rank_key, axis=1, stable=True)
         sorted_len = tf.gather(word_len, order, batch_dims=1)
@@ -92,12 +95,13 @@ class DynamicMasker(object):
         budget = tf.cast(tf.minimum(tf.constant(P, tf.float64), tf.maximum(
             tf.constant(1.0, tf.float64), tf.round(n_tok * self.prob))), tf.int32)
         n_words = tf.reduce_max(word)
+        sorted_len = tf.transpose(sorted_len)  # [L, B]: a row per step below
 
         def more(k, have, taken):
             return (k < n_words) & tf.reduce_any(have < budget)
 
         def take(k, have, taken):
-            size = sorted_len[:, k]
+            size = sorted_len[k]
             ok = (size > 0) & (have + size <= budget)  # a word that overshoots is skipped
             return k + 1, have + tf.where(ok, size, 0), taken.write(k, ok)
 
@@ -112,13 +116,13 @@ class DynamicMasker(object):
         chosen = (tf.gather(word_taken, word, batch_dims=1) > 0) & is_tok
 
         # 80% [MASK], 10% a random non-special token, 10% unchanged
-        u = tf.cast(self._uniform(key, 1, pos), tf.float64) / 2.0 ** 32
-        pick = tf.cast(tf.math.floormod(tf.cast(self._uniform(key, 2, pos), tf.int64),
-                                        len(self.random_ids)), tf.int32)
+        # u < p for u = h / 2**32 uniform in [0, 1), as integers: h < ceil(p * 2**32)
+        h = tf.cast(self._uniform(key, 1), tf.int64)
+        to_mask = chosen & (h < math.ceil(self.mask_token_prob * 2 ** 32))
+        to_random = chosen & ~to_mask & (
+            h < math.ceil((self.mask_token_prob + self.random_token_prob) * 2 ** 32))
+        pick = tf.math.floormod(tf.cast(self._uniform(key, 2), tf.int64), len(self.random_ids))
         random_tok = tf.gather(tf.constant(self.random_ids), pick)
-        to_mask = chosen & (u < self.mask_token_prob)
-        to_random = chosen & (u >= self.mask_token_prob) & (
-            u < self.mask_token_prob + self.random_token_prob)
         masked = tf.where(to_mask, self.mask_id, tf.where(to_random, random_tok, ids))
 
         # chosen positions, ascending, padded to P
@@ -129,7 +133,7 @@ class DynamicMasker(object):
         labels = tf.where(valid, tf.gather(ids, positions, batch_dims=1), 0)
         return {
             "input_ids": masked,
-            "input_mask": tf.cast(ids != self.pad_id, tf.int32),
+            "input_mask": tf.cast(tf.not_equal(ids, self.pad_id), tf.int32),
             "segment_ids": tf.cast(batch["segment_ids"], tf.int32),
             "masked_lm_positions": positions,
             "masked_lm_ids": labels,

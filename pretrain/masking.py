@@ -18,6 +18,8 @@ import re
 
 import numpy as np
 
+from pretrain.tokenization import normalize
+
 # A sentence ends after a run of these, plus any closing quotes/brackets.
 SENTENCE_END = re.compile("[。！？；!?;…\n]+[”’\"'」』）)》]*")
 
@@ -81,6 +83,39 @@ def prepare_document(text, tokenizer, segmenter=None):
     breaks = [m.end() for m in SENTENCE_END.finditer(norm)]
     sentence_ends = np.searchsorted(starts, np.array(breaks, np.int64))
     return ids, words, np.append(sentence_ends, len(ids))
+
+
+def prepare_documents(texts, tokenizer, segmenter=None):
+    """`prepare_document` of each text, with one tokenizer and segmenter call for all.
+
+    Short documents are dominated by per-call costs, so their normalized texts
+    are joined with spaces: a space splits tokens, jieba words and no
+    sentence, so every document gets what it would alone (tests check this).
+    SentencePiece treats spaces as text: it goes document by document.
+    """
+    if not hasattr(tokenizer, "encode_normalized") or len(texts) < 2:
+        return [prepare_document(t, tokenizer, segmenter) for t in texts]
+    norms = [normalize(t, tokenizer.do_lower_case) for t in texts]
+    lens = np.fromiter(map(len, norms), np.int64, len(norms))
+    doc_start = np.cumsum(lens + 1) - lens - 1  # where each text starts in the join
+    joined = " ".join(norms)
+    ids, starts = tokenizer.encode_normalized(joined)
+    words = None
+    if segmenter is not None and len(ids):
+        pieces = segmenter.cut(joined)
+        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
+        words = np.searchsorted(ends, starts, side="right").astype(np.int32)
+    breaks = np.array([m.end() for m in SENTENCE_END.finditer(joined)], np.int64)
+    tok_start = np.searchsorted(starts, doc_start)
+    tok_end = np.searchsorted(starts, doc_start + lens)
+    break_tok = np.searchsorted(starts, breaks)
+    break_doc = np.searchsorted(doc_start, breaks, side="right") - 1
+    first_break = np.searchsorted(break_doc, np.arange(len(texts) + 1))
+    out = []
+    for d, (a, b) in enumerate(zip(tok_start.tolist(), tok_end.tolist())):
+        ends = break_tok[first_break[d]:first_break[d + 1]] - a
+        out.append((ids[a:b], None if words is None else words[a:b], np.append(ends, b - a)))
+    return out
 
 
 def pack(sentence_ends, max_tokens):

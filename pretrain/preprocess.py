@@ -118,22 +118,22 @@ def _read_chunk(chunk, where, items, lines, stats):
     splits = {s: {"ids": [], "words": [], "n": 0, "ranges": {L: [] for L, _ in job["lengths"]}}
               for s in ("train", "eval")}
     counts = np.zeros(tok.vocab_size, np.int64) if job["mode"] == "count" else None
-    last_pos, docs_since = lines.pos, 0
-    for item in items:
-        if isinstance(item, corpus.Bad):
-            _skip(stats, item.reason, where, item.where)
-            continue
-        ids, words, ends = masking.prepare_document(item.text, tok, seg)
-        if not len(ids):
-            _skip(stats, "empty_document", where, item.where)
-            continue
-        stats["tokens"] += len(ids)
-        stats["unk_tokens"] += int((ids == tok.unk_id).sum())
-        docs_since += 1
-        if counts is not None:
-            counts += np.bincount(ids, minlength=tok.vocab_size)
-            stats["docs"] += 1
-        else:
+    progress = {"pos": lines.pos, "docs": 0}
+    pending = []  # documents tokenized together (masking.prepare_documents)
+
+    def flush():
+        for item, (ids, words, ends) in zip(pending, masking.prepare_documents(
+                [item.text for item in pending], tok, seg)):
+            if not len(ids):
+                _skip(stats, "empty_document", where, item.where)
+                continue
+            stats["tokens"] += len(ids)
+            stats["unk_tokens"] += int((ids == tok.unk_id).sum())
+            progress["docs"] += 1
+            if counts is not None:
+                np.add(counts, np.bincount(ids, minlength=tok.vocab_size), out=counts)
+                stats["docs"] += 1
+                continue
             split = "eval" if _is_eval(item.text, job) else "train"
             stats["eval_docs" if split == "eval" else "docs"] += 1
             part = splits[split]
@@ -144,10 +144,21 @@ def _read_chunk(chunk, where, items, lines, stats):
                 part["ranges"][L].extend((a + part["n"], b + part["n"]) for a, b in
                                          masking.pack(ends, L - 2))
             part["n"] += len(ids)
-        if docs_since >= 64:
-            _report(lines.pos - last_pos, docs_since)
-            last_pos, docs_since = lines.pos, 0
-    _report(min(lines.pos, chunk.end) - last_pos, docs_since)
+        del pending[:]
+        if progress["docs"] >= 64:
+            _report(lines.pos - progress["pos"], progress["docs"])
+            progress.update(pos=lines.pos, docs=0)
+
+    for item in items:
+        if isinstance(item, corpus.Bad):
+            flush()  # keeps the reports in input order
+            _skip(stats, item.reason, where, item.where)
+            continue
+        pending.append(item)
+        if len(pending) >= 256:
+            flush()
+    flush()
+    _report(min(lines.pos, chunk.end) - progress["pos"], progress["docs"])
     return splits, counts
 
 

@@ -103,9 +103,7 @@ class ExampleEncoder(object):
         return _field(b"\x0a", _field(b"\x0a", key) + _field(b"\x12", feature))
 
     def _int_feature(self, name, values):
-        packed = b"".join([_varint(i) for i in values])
-        # Feature.int64_list = 3; Int64List.value = 1 (packed)
-        return self._entry(name, _field(b"\x1a", _field(b"\x0a", packed)))
+        return self._packed_entry(name, _packed_varint_rows(np.array([values], np.int64))[0])
 
     def _float_feature(self, name, values):
         packed = struct.pack("<%df" % len(values), *values)
@@ -163,9 +161,21 @@ class ExampleEncoder(object):
         # The int64 feature around already-packed varints; headers depend on the length only.
         head = self._head_cache.get((name, len(packed)))
         if head is None:
-            head = self._int_feature(name, [0] * len(packed))[:-len(packed)]
-            self._head_cache[(name, len(packed))] = head
+            head = self._head_cache[(name, len(packed))] = _int_head(name, len(packed))
         return head + packed
+
+
+def _int_head(name, n):
+    """The bytes of a map entry {name: Feature(int64_list=packed)} before its n packed bytes.
+
+    Feature.int64_list = 3, Int64List.value = 1 (packed); map entry {1: key, 2: value}.
+    """
+    key = name.encode("ascii")
+    values = b"\x0a" + _varint(n)  # then the n bytes
+    feature = b"\x1a" + _varint(len(values) + n) + values
+    entry_len = len(_field(b"\x0a", key)) + 1 + len(_varint(len(feature) + n)) + len(feature) + n
+    return (b"\x0a" + _varint(entry_len) + _field(b"\x0a", key) + b"\x12"
+            + _varint(len(feature) + n) + feature)
 
 
 def _packed_varint_rows(matrix):
