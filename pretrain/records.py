@@ -131,6 +131,9 @@ class ExampleEncoder(object):
         pos_rows = _packed_varint_rows(masked_positions)
         label_rows = _packed_varint_rows(masked_ids)
         out = []
+        ids_head, pos_head, label_head = (self._heads(n) for n in (
+            "input_ids", "masked_lm_positions", "masked_lm_ids"))
+        seg = self._zero_segments
         for ids, length, pos, labels, count in zip(ids_rows, np.asarray(lengths).tolist(), pos_rows,
                                                    label_rows, np.asarray(counts).tolist()):
             mask = self._mask_cache.get(length)
@@ -141,28 +144,53 @@ class ExampleEncoder(object):
             if weights is None:
                 weights = self._weight_cache[count] = self._float_feature(
                     "masked_lm_weights", [1.0] * count + [0.0] * (self.max_predictions - count))
-            out.append(_field(b"\x0a", b"".join([  # Example.features = 1
-                self._packed_entry("input_ids", ids), mask, self._zero_segments,
-                self._packed_entry("masked_lm_positions", pos),
-                self._packed_entry("masked_lm_ids", labels), weights])))
-        return out
+            out.append(b"".join((  # Example.features = 1, the features in FEATURES order
+                ids_head[len(ids)], ids, mask, seg, pos_head[len(pos)], pos,
+                label_head[len(labels)], labels, weights)))
+        return _examples(out)
 
     def encode_unmasked_batch(self, input_ids, word_starts, example_ids):
         """Dynamic-masking records: rows [n, L] of unmasked ids and word-start
         flags, and an int64 id per row (unique in the data set)."""
-        return [_field(b"\x0a", b"".join([  # Example.features = 1
-            self._packed_entry("input_ids", ids), self._zero_segments,
-            self._packed_entry("word_starts", starts), self._packed_entry("example_id", eid)]))
+        ids_head, starts_head, id_head = (self._heads(n) for n in (
+            "input_ids", "word_starts", "example_id"))
+        seg = self._zero_segments
+        return _examples([
+            b"".join((ids_head[len(ids)], ids, seg, starts_head[len(starts)], starts,
+                      id_head[len(eid)], eid))
             for ids, starts, eid in zip(_packed_varint_rows(input_ids),
                                         _packed_varint_rows(word_starts),
-                                        _packed_varint_rows(np.reshape(example_ids, (-1, 1))))]
+                                        _packed_varint_rows(np.reshape(example_ids, (-1, 1))))])
+
+    def _heads(self, name):
+        """{n: the header of feature `name` with n packed bytes}, filled on first use."""
+        heads = self._head_cache.get(name)
+        if heads is None:
+            heads = self._head_cache[name] = _Heads(name)
+        return heads
 
     def _packed_entry(self, name, packed):
         # The int64 feature around already-packed varints; headers depend on the length only.
-        head = self._head_cache.get((name, len(packed)))
-        if head is None:
-            head = self._head_cache[(name, len(packed))] = _int_head(name, len(packed))
-        return head + packed
+        return self._heads(name)[len(packed)] + packed
+
+
+class _Heads(dict):
+    """n -> _int_head(name, n), computed once."""
+
+    def __init__(self, name):
+        dict.__init__(self)
+        self.name = name
+
+    def __missing__(self, n):
+        head = self[n] = _int_head(self.name, n)
+        return head
+
+
+def _examples(bodies):
+    """Example messages around serialized Features: field 1, varint length, bytes."""
+    small = _SMALL_VARINTS
+    return [b"\x0a" + (small[len(b)] if len(b) < 16384 else _varint(len(b))) + b
+            for b in bodies]
 
 
 def _int_head(name, n):
@@ -206,12 +234,6 @@ def _masked_crc(data):
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
 
 
-def frame(record):
-    """TFRecord framing: length, crc(length), data, crc(data)."""
-    length = struct.pack("<Q", len(record))
-    return b"".join((length, _masked_crc(length), record, _masked_crc(record)))
-
-
 class ShardWriter(object):
     """Writes one shard under a temporary name; `commit()` renames it into place.
 
@@ -232,10 +254,20 @@ class ShardWriter(object):
         self._buffered = 0
 
     def write(self, record):
-        framed = frame(record)
-        self._buffer.append(framed)
-        self._buffered += len(framed)
-        self.count += 1
+        self.write_many([record])
+
+    def write_many(self, records):
+        """`write` of each record (the batch form, with less per-record overhead)."""
+        crc, pack, buffer = google_crc32c.value, struct.pack, self._buffer
+        size = 0
+        for record in records:
+            length = pack("<Q", len(record))
+            a, b = crc(length), crc(record)  # masked as _masked_crc does
+            buffer += (length, pack("<I", (((a >> 15) | (a << 17)) + 0xA282EAD8) & 0xFFFFFFFF),
+                       record, pack("<I", (((b >> 15) | (b << 17)) + 0xA282EAD8) & 0xFFFFFFFF))
+            size += len(record)
+        self.count += len(records)
+        self._buffered += size + 16 * len(records)
         if self._buffered > (1 << 20):
             self._flush()
 
