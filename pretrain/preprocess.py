@@ -119,7 +119,7 @@ def _read_chunk(chunk, where, items, lines, stats):
               for s in ("train", "eval")}
     counts = np.zeros(tok.vocab_size, np.int64) if job["mode"] == "count" else None
     progress = {"pos": lines.pos, "docs": 0}
-    pending = []  # documents tokenized together (masking.prepare_documents)
+    pending, pending_chars = [], 0  # documents tokenized together (masking.prepare_documents)
 
     def flush():
         for item, (ids, words, ends) in zip(pending, masking.prepare_documents(
@@ -155,8 +155,10 @@ def _read_chunk(chunk, where, items, lines, stats):
             _skip(stats, item.reason, where, item.where)
             continue
         pending.append(item)
-        if len(pending) >= 256:
+        pending_chars += len(item.text)
+        if len(pending) >= 256 or pending_chars >= 100000:  # bounds memory on long documents
             flush()
+            pending_chars = 0
     flush()
     _report(min(lines.pos, chunk.end) - progress["pos"], progress["docs"])
     return splits, counts
