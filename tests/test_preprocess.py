@@ -347,3 +347,25 @@ def test_workers_end_with_their_parent(tmp_path, sig):
         os.kill(p, signal.SIGKILL)
     assert not left, "workers still running 5 s after their parent got signal %d" % sig
     assert markers() == killed_at
+
+
+def test_documents_tokenized_together_equal_one_by_one(cfg):
+    """masking.prepare_documents (one tokenizer and segmenter call on many documents)
+    gives each document what prepare_document gives it alone: ids, sentence ends and
+    word boundaries, on real short and long documents and on edge cases."""
+    from pretrain import masking
+    with open(shared_path("corpus", "uer_CLUECorpusSmall_sampled.txt"), encoding="utf-8") as f:
+        texts = [line.strip() for _, line in zip(range(300), f)]
+    with open(shared_path("corpus", "wiki_cmrc2018_zh_hans.jsonl"), encoding="utf-8") as f:
+        texts += [json.loads(line)["text"] for _, line in zip(range(20), f)]
+    texts += ["", "   ", "”开头的引号。", "结尾。", "”", "ΟΔΟΣ", "abc", "def ghi。”",
+              "cafe\u0301 Straße", "\t换行\n\n符", "UPPER lower 123abc", "[MASK]是特殊的"]
+    tok = tokenization.make_tokenizer(tokenization.tokenizer_spec(cfg))
+    seg = masking.Segmenter()
+    together = masking.prepare_documents(texts, tok, seg)
+    assert len(together) == len(texts)
+    for text, (ids, words, ends) in zip(texts, together):
+        ids1, words1, ends1 = masking.prepare_document(text, tok, seg)
+        assert ids.tolist() == ids1.tolist() and ends.tolist() == ends1.tolist(), text[:30]
+        if len(ids1):
+            assert (np.diff(words) != 0).tolist() == (np.diff(words1) != 0).tolist(), text[:30]
