@@ -95,10 +95,17 @@ class DynamicMasker(object):
         budget = tf.cast(tf.minimum(tf.constant(P, tf.float64), tf.maximum(
             tf.constant(1.0, tf.float64), tf.round(n_tok * self.prob))), tf.int32)
         n_words = tf.reduce_max(word)
-        sorted_len = tf.transpose(sorted_len)  # [L, B]: a row per step below
+        # the shortest word from the k-th on: once none fits, a sequence is done
+        shortest = tf.where(sorted_len > 0, sorted_len, L)
+        shift = 1
+        while shift < L:  # suffix minimum in log2(L) steps
+            shortest = tf.minimum(shortest, tf.pad(shortest[:, shift:], [[0, 0], [0, shift]],
+                                                   constant_values=L))
+            shift *= 2
+        sorted_len, shortest = tf.transpose(sorted_len), tf.transpose(shortest)  # [L, B]
 
         def more(k, have, taken):
-            return (k < n_words) & tf.reduce_any(have < budget)
+            return (k < n_words) & tf.reduce_any(have + shortest[tf.minimum(k, L - 1)] <= budget)
 
         def take(k, have, taken):
             size = sorted_len[k]

@@ -1,7 +1,7 @@
 """Raw corpus -> whole-word-masked MLM TFRecords at several lengths (the CLI).
 
     python -m pretrain.preprocess --config roberta_tiny --input 'corpus/**/*.json' \\
-        --output records/ --seq_lens 128,512 --dupe_factor 10 --workers 8 --seed 12345
+        --output records/ --seq_lens 128,512 --workers 8 --seed 12345
     python -m pretrain.preprocess vocab --config t5s_tiny --input 'corpus/*.txt' --output vocab_dir/
 
 The corpus is cut into chunks at document boundaries (corpus.plan_chunks);
