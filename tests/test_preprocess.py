@@ -21,7 +21,10 @@ SETTINGS = dict(seq_lens=[128, 512], dupe_factor=2, eval_fraction=0.05, shard_mb
 
 @pytest.fixture(scope="module")
 def cfg():
-    return config.load_config("roberta_tiny")
+    """Static masking: these tests read the masks in the records (dynamic: test_dynamic_masking.py)."""
+    cfg = config.load_config("roberta_tiny")
+    cfg["data"]["masking"] = "static"
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +92,8 @@ def test_resume_after_kill_gives_identical_output(reference, small_corpus, tmp_p
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "pretrain.preprocess", "--config", "roberta_tiny",
            "--input", small_corpus, "--output", out, "--seq_lens", "128,512",
-           "--dupe_factor", "2", "--eval_fraction", "0.05", "--shard_mb", "0.04",
-           "--seed", "7", "--workers", "1", "--progress=false"]
+           "--masking", "static", "--dupe_factor", "2", "--eval_fraction", "0.05",
+           "--shard_mb", "0.04", "--seed", "7", "--workers", "1", "--progress=false"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = os.path.join(out, preprocess.STATE_DIR)
     deadline = time.time() + 60
