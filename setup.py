@@ -19,7 +19,9 @@ setup(
     packages=find_packages(include=["pretrain", "pretrain.*"]),
     python_requires=">=3.9",
     install_requires=[
-        "jieba>=0.42",
+        "jieba>=0.42",  # the fallback segmenter (--segmenter jieba)
+        "rjieba",  # jieba-rs: the default segmenter, ~20x faster than jieba
+        "matplotlib",  # scripts/plot_curves.py and the notebook's curves
         "sentencepiece",
         "absl-py",
         "google-cloud-storage",

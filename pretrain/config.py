@@ -67,10 +67,15 @@ _DATA_OPTIONAL = {
     "mask_token_prob": 0.8,
     "random_token_prob": 0.1,
     "dupe_factor": 10,
+    # "static": masks fixed at preprocessing (dupe_factor copies); "dynamic":
+    # one unmasked copy, masked anew each epoch by the reader (records.py)
+    "masking": "static",
     "user_dict": None,
     "maxlen": 32,  # simbert: tokens per sentence
     "validation_fraction": 0.01,
 }
+
+MASKING_MODES = ("static", "dynamic")
 
 _TRAIN_OPTIONAL = {
     "optimizer": "lamb",  # "lamb" or "adamw"
@@ -226,6 +231,9 @@ def validate(raw, path="<config>"):
                                            data["random_token_prob"]))
     for key in ("dupe_factor", "maxlen"):
         _check_int(path, "data." + key, data[key])
+    if data["masking"] not in MASKING_MODES:
+        raise ConfigError("%s: data.masking must be 'static' or 'dynamic', got %r" % (
+            path, data["masking"]))
     if train["optimizer"] not in ("lamb", "adamw"):
         raise ConfigError("%s: train.optimizer must be 'lamb' or 'adamw', got %r" % (
             path, train["optimizer"]))

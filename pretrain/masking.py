@@ -18,6 +18,8 @@ import re
 
 import numpy as np
 
+from pretrain.tokenization import normalize
+
 # A sentence ends after a run of these, plus any closing quotes/brackets.
 SENTENCE_END = re.compile("[。！？；!?;…\n]+[”’\"'」』）)》]*")
 
@@ -81,6 +83,39 @@ def prepare_document(text, tokenizer, segmenter=None):
     breaks = [m.end() for m in SENTENCE_END.finditer(norm)]
     sentence_ends = np.searchsorted(starts, np.array(breaks, np.int64))
     return ids, words, np.append(sentence_ends, len(ids))
+
+
+def prepare_documents(texts, tokenizer, segmenter=None):
+    """`prepare_document` of each text, with one tokenizer and segmenter call for all.
+
+    Short documents are dominated by per-call costs, so their normalized texts
+    are joined with spaces: a space splits tokens, jieba words and no
+    sentence, so every document gets what it would alone (tests check this).
+    SentencePiece treats spaces as text: it goes document by document.
+    """
+    if not hasattr(tokenizer, "encode_normalized") or len(texts) < 2:
+        return [prepare_document(t, tokenizer, segmenter) for t in texts]
+    norms = [normalize(t, tokenizer.do_lower_case) for t in texts]
+    lens = np.fromiter(map(len, norms), np.int64, len(norms))
+    doc_start = np.cumsum(lens + 1) - lens - 1  # where each text starts in the join
+    joined = " ".join(norms)
+    ids, starts = tokenizer.encode_normalized(joined)
+    words = None
+    if segmenter is not None and len(ids):
+        pieces = segmenter.cut(joined)
+        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
+        words = np.searchsorted(ends, starts, side="right").astype(np.int32)
+    breaks = np.array([m.end() for m in SENTENCE_END.finditer(joined)], np.int64)
+    tok_start = np.searchsorted(starts, doc_start)
+    tok_end = np.searchsorted(starts, doc_start + lens)
+    break_tok = np.searchsorted(starts, breaks)
+    break_doc = np.searchsorted(doc_start, breaks, side="right") - 1
+    first_break = np.searchsorted(break_doc, np.arange(len(texts) + 1))
+    out = []
+    for d, (a, b) in enumerate(zip(tok_start.tolist(), tok_end.tolist())):
+        ends = break_tok[first_break[d]:first_break[d + 1]] - a
+        out.append((ids[a:b], None if words is None else words[a:b], np.append(ends, b - a)))
+    return out
 
 
 def pack(sentence_ends, max_tokens):
@@ -155,16 +190,8 @@ class Masker(object):
         """
         L, P = self.seq_len, self.max_predictions
         n = len(ranges)
-        bounds = np.array(ranges, np.int64).reshape(n, 2)
-        lens = bounds[:, 1] - bounds[:, 0]
-        offsets = np.cumsum(lens) - lens  # where each sequence starts in the flat batch
-        flat = np.repeat(bounds[:, 0] - offsets, lens) + np.arange(lens.sum())
-        tok = ids[flat]
-        seq_of = np.repeat(np.arange(n), lens)
-        new_group = np.ones(len(tok), bool)
-        if self.whole_word and words is not None:
-            w = words[flat]
-            new_group[1:] = (seq_of[1:] != seq_of[:-1]) | (w[1:] != w[:-1])
+        lens, offsets, tok, seq_of, new_group = gather_ranges(
+            ranges, ids, words if self.whole_word else None)
         g_start = np.flatnonzero(new_group)
         g_len = np.diff(np.append(g_start, len(tok)))
         g_seq = seq_of[g_start]
@@ -185,11 +212,7 @@ class Masker(object):
         replaced[chosen[to_random]] = self.random_ids[
             rng.integers(0, len(self.random_ids), int(to_random.sum()))]
 
-        input_ids = np.full((n, L), self.pad_id, np.int32)
-        input_ids[:, 0] = self.cls_id
-        col = np.arange(len(tok)) - np.repeat(offsets, lens) + 1  # position after [CLS]
-        input_ids[seq_of, col] = replaced
-        input_ids[np.arange(n), lens + 1] = self.sep_id
+        input_ids, col = self._layout(replaced, lens, offsets, seq_of)
         chosen_seq = seq_of[chosen]
         counts = np.bincount(chosen_seq, minlength=n)
         rank = np.arange(len(chosen)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -198,3 +221,44 @@ class Masker(object):
         positions[chosen_seq, rank] = col[chosen]
         label_arr[chosen_seq, rank] = labels
         return input_ids, lens + 2, positions, label_arr, counts
+
+    def _layout(self, flat_ids, lens, offsets, seq_of):
+        """[n, L] rows `[CLS] ids [SEP] [PAD]...` and each flat token's column."""
+        n = len(lens)
+        input_ids = np.full((n, self.seq_len), self.pad_id, np.int32)
+        input_ids[:, 0] = self.cls_id
+        col = np.arange(len(flat_ids)) - np.repeat(offsets, lens) + 1  # position after [CLS]
+        input_ids[seq_of, col] = flat_ids
+        input_ids[np.arange(n), lens + 1] = self.sep_id
+        return input_ids, col
+
+    def unmasked(self, ranges, ids, words):
+        """Dynamic-masking rows for `ranges`: (input_ids [n, L], lengths [n],
+        word_starts [n, L]); word_starts is 1 at the first token of each word
+        (every token without whole-word masking), 0 at [CLS]/[SEP]/[PAD]."""
+        lens, offsets, tok, seq_of, new_group = gather_ranges(
+            ranges, ids, words if self.whole_word else None)
+        input_ids, col = self._layout(tok, lens, offsets, seq_of)
+        starts = np.zeros_like(input_ids)
+        starts[seq_of, col] = new_group
+        return input_ids, lens + 2, starts
+
+
+def gather_ranges(ranges, ids, words):
+    """The tokens of `ranges` [(start, end)) of flat `ids`, back to back.
+
+    Returns (lens [n], offsets [n] where each sequence starts, tokens,
+    sequence of each token, new_group: True where a word starts, by `words`,
+    or at every token when `words` is None).
+    """
+    n = len(ranges)
+    bounds = np.array(ranges, np.int64).reshape(n, 2)
+    lens = bounds[:, 1] - bounds[:, 0]
+    offsets = np.cumsum(lens) - lens
+    flat = np.repeat(bounds[:, 0] - offsets, lens) + np.arange(lens.sum())
+    seq_of = np.repeat(np.arange(n), lens)
+    new_group = np.ones(len(flat), bool)
+    if words is not None:
+        w = words[flat]
+        new_group[1:] = (seq_of[1:] != seq_of[:-1]) | (w[1:] != w[:-1])
+    return lens, offsets, ids[flat], seq_of, new_group

@@ -1,12 +1,13 @@
 """Raw corpus -> whole-word-masked MLM TFRecords at several lengths (the CLI).
 
     python -m pretrain.preprocess --config roberta_tiny --input 'corpus/**/*.json' \\
-        --output records/ --seq_lens 128,512 --dupe_factor 10 --workers 8 --seed 12345
+        --output records/ --seq_lens 128,512 --workers 8 --seed 12345
     python -m pretrain.preprocess vocab --config t5s_tiny --input 'corpus/*.txt' --output vocab_dir/
 
 The corpus is cut into chunks at document boundaries (corpus.plan_chunks);
 each chunk is read, tokenized and segmented once, then packed and masked for
-every length and each of the `dupe_factor` copies, and written as its own
+every length and each of the `dupe_factor` copies (or, with dynamic masking,
+written once unmasked with word boundaries for the reader to mask), and written as its own
 shard per length (`seq{L}/part-{chunk}-of-{n}`), plus a shard of held-out
 documents (`seq{L}/eval-...`). Chunks run in N worker processes. Every random
 choice is seeded by (seed, chunk, length, copy), so the output is
@@ -117,22 +118,22 @@ def _read_chunk(chunk, where, items, lines, stats):
     splits = {s: {"ids": [], "words": [], "n": 0, "ranges": {L: [] for L, _ in job["lengths"]}}
               for s in ("train", "eval")}
     counts = np.zeros(tok.vocab_size, np.int64) if job["mode"] == "count" else None
-    last_pos, docs_since = lines.pos, 0
-    for item in items:
-        if isinstance(item, corpus.Bad):
-            _skip(stats, item.reason, where, item.where)
-            continue
-        ids, words, ends = masking.prepare_document(item.text, tok, seg)
-        if not len(ids):
-            _skip(stats, "empty_document", where, item.where)
-            continue
-        stats["tokens"] += len(ids)
-        stats["unk_tokens"] += int((ids == tok.unk_id).sum())
-        docs_since += 1
-        if counts is not None:
-            counts += np.bincount(ids, minlength=tok.vocab_size)
-            stats["docs"] += 1
-        else:
+    progress = {"pos": lines.pos, "docs": 0}
+    pending, pending_chars = [], 0  # documents tokenized together (masking.prepare_documents)
+
+    def flush():
+        for item, (ids, words, ends) in zip(pending, masking.prepare_documents(
+                [item.text for item in pending], tok, seg)):
+            if not len(ids):
+                _skip(stats, "empty_document", where, item.where)
+                continue
+            stats["tokens"] += len(ids)
+            stats["unk_tokens"] += int((ids == tok.unk_id).sum())
+            progress["docs"] += 1
+            if counts is not None:
+                np.add(counts, np.bincount(ids, minlength=tok.vocab_size), out=counts)
+                stats["docs"] += 1
+                continue
             split = "eval" if _is_eval(item.text, job) else "train"
             stats["eval_docs" if split == "eval" else "docs"] += 1
             part = splits[split]
@@ -143,10 +144,23 @@ def _read_chunk(chunk, where, items, lines, stats):
                 part["ranges"][L].extend((a + part["n"], b + part["n"]) for a, b in
                                          masking.pack(ends, L - 2))
             part["n"] += len(ids)
-        if docs_since >= 64:
-            _report(lines.pos - last_pos, docs_since)
-            last_pos, docs_since = lines.pos, 0
-    _report(min(lines.pos, chunk.end) - last_pos, docs_since)
+        del pending[:]
+        if progress["docs"] >= 64:
+            _report(lines.pos - progress["pos"], progress["docs"])
+            progress.update(pos=lines.pos, docs=0)
+
+    for item in items:
+        if isinstance(item, corpus.Bad):
+            flush()  # keeps the reports in input order
+            _skip(stats, item.reason, where, item.where)
+            continue
+        pending.append(item)
+        pending_chars += len(item.text)
+        if len(pending) >= 256 or pending_chars >= 100000:  # bounds memory on long documents
+            flush()
+            pending_chars = 0
+    flush()
+    _report(min(lines.pos, chunk.end) - progress["pos"], progress["docs"])
     return splits, counts
 
 
@@ -172,7 +186,12 @@ def _write_chunk(chunk, splits, stats):
                 writers.append(writer)
                 ids, words, ranges = part["ids"], part["words"], part["ranges"][L]
                 masked = 0
-                for copy in range(job["dupe_factor"] if split == "train" else 1):
+                if job["masking"] == "dynamic":
+                    _write_unmasked(writer, masker, encoder, ranges, ids, words,
+                                    [job["seed"], chunk.index, L, 0, split_flag],
+                                    (chunk.index << 32) | (split_flag << 31))
+                copies = job["dupe_factor"] if split == "train" else 1
+                for copy in range(copies if job["masking"] == "static" else 0):
                     rng = np.random.default_rng([job["seed"], chunk.index, L, copy, split_flag])
                     order = rng.permutation(len(ranges)).tolist()
                     size = max(1, BATCH_TOKENS // L)
@@ -180,8 +199,7 @@ def _write_chunk(chunk, splits, stats):
                         batch = [ranges[k] for k in order[b:b + size]]
                         arrays = masker.mask(batch, ids, words, rng)
                         masked += int(arrays[4].sum())
-                        for record in encoder.encode_batch(*arrays):
-                            writer.write(record)
+                        writer.write_many(encoder.encode_batch(*arrays))
                 stats["lengths"][str(L)][split] = {"name": os.path.basename(paths[split]),
                                                    "count": writer.count, "masked": masked}
                 entries.append(stats["lengths"][str(L)][split])
@@ -192,6 +210,17 @@ def _write_chunk(chunk, splits, stats):
         for writer in writers:
             writer.abort()
         raise
+
+
+def _write_unmasked(writer, masker, encoder, ranges, ids, words, seed, first_id):
+    """Dynamic masking: each sequence once, unmasked, in a seeded random order,
+    with ids first_id, first_id + 1, ... (the reader's mask seeds)."""
+    order = np.random.default_rng(seed).permutation(len(ranges)).tolist()
+    size = max(1, BATCH_TOKENS // masker.seq_len)
+    for b in range(0, len(order), size):
+        input_ids, _, starts = masker.unmasked([ranges[k] for k in order[b:b + size]], ids, words)
+        writer.write_many(encoder.encode_unmasked_batch(
+            input_ids, starts, first_id + writer.count + np.arange(len(input_ids))))
 
 
 def _process_task(chunks):
@@ -279,7 +308,7 @@ def _run_tasks(job, tasks, workers, total_bytes, progress):
 
 
 def _job(cfg, inputs, output_dir, mode, **kw):
-    from pretrain.config import max_predictions_for, resolve_path
+    from pretrain.config import MASKING_MODES, max_predictions_for, resolve_path
     data = cfg["data"]
     vocab = tokenization.load_vocab(cfg)
     files = corpus.expand_inputs(inputs)
@@ -292,6 +321,7 @@ def _job(cfg, inputs, output_dir, mode, **kw):
         "tokenizer": tokenization.tokenizer_spec(cfg, vocab),
         "lengths": [(int(L), max_predictions_for(cfg, int(L))) for L in seq_lens],
         "dupe_factor": int(kw.get("dupe_factor") or data["dupe_factor"]),
+        "masking": kw.get("masking") or data["masking"],
         "seed": int(kw.get("seed", 12345)),
         "eval_fraction": float(data["validation_fraction"] if kw.get("eval_fraction") is None
                                else kw["eval_fraction"]),
@@ -305,6 +335,10 @@ def _job(cfg, inputs, output_dir, mode, **kw):
         "text_fields": text_field.split(",") if isinstance(text_field, str) else text_field,
         "done": set(),
     }
+    if job["masking"] not in MASKING_MODES:
+        raise ValueError("masking must be static or dynamic, got %r" % (job["masking"],))
+    if job["masking"] == "dynamic":
+        job["dupe_factor"] = 1  # one unmasked copy; the reader masks it anew each epoch
     if job["segmenter"] == "auto":
         job["segmenter"] = masking.default_backend()  # fixed for the whole run
     return job, vocab, files
@@ -312,7 +346,7 @@ def _job(cfg, inputs, output_dir, mode, **kw):
 
 def _settings(job, files, shard_mb, input_format):
     """What the output depends on; a resume must match it exactly."""
-    keep = ("lengths", "dupe_factor", "seed", "eval_fraction", "masked_lm_prob",
+    keep = ("lengths", "masking", "dupe_factor", "seed", "eval_fraction", "masked_lm_prob",
             "whole_word_mask", "mask_token_prob", "random_token_prob", "segmenter",
             "compress", "text_fields")
     out = {k: job[k] for k in keep}
@@ -342,15 +376,15 @@ def _check_bad(totals, max_bad_fraction, bad_lines, final):
 def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, seed=12345,
         text_field=None, input_format="auto", max_bad_fraction=0.05, user_dict=None,
         eval_fraction=None, compress=True, shard_mb=8.0, segmenter="auto", progress=True,
-        replace=False):
+        replace=False, masking=None):
     """Preprocess `inputs` (globs/dirs/files, list or comma-separated) into
     `output_dir` for config `cfg` (a dict from config.load_config).
 
     Records already in `output_dir` made with other settings are refused, or
     with `replace` deleted and made again. Lengths may be added to them.
 
-    None means "from the config": seq_lens (data.seq_lens), dupe_factor
-    (data.dupe_factor), eval_fraction (data.validation_fraction), user_dict
+    None means "from the config": seq_lens (data.seq_lens), masking
+    (data.masking), dupe_factor (data.dupe_factor, static only), eval_fraction (data.validation_fraction), user_dict
     (data.user_dict). Returns the summary dict (also logged). Raises
     PreprocessError on an empty corpus or too much bad input, ValueError on a
     vocab without the special tokens.
@@ -359,7 +393,7 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
     job, vocab, files = _job(cfg, inputs, output_dir, "records", seq_lens=seq_lens,
                              dupe_factor=dupe_factor, seed=seed, text_field=text_field,
                              user_dict=user_dict, eval_fraction=eval_fraction,
-                             compress=compress, segmenter=segmenter)
+                             compress=compress, segmenter=segmenter, masking=masking)
     tasks = corpus.plan_chunks(files, int(shard_mb * (1 << 20)), input_format)
     chunks = [c for task in tasks for c in task]
     job["n_chunks"] = len(chunks)
@@ -400,7 +434,7 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
 
 
 # settings -> the flag that sets it (the others come from the config)
-_FLAGS = {"lengths": "--seq_lens", "dupe_factor": "--dupe_factor", "seed": "--seed",
+_FLAGS = {"lengths": "--seq_lens", "masking": "--masking", "dupe_factor": "--dupe_factor", "seed": "--seed",
           "eval_fraction": "--eval_fraction", "segmenter": "--segmenter",
           "compress": "--compress", "text_fields": "--text_field", "shard_mb": "--shard_mb",
           "input_format": "--input_format", "sources": "--input",
@@ -415,6 +449,7 @@ def _short(value, width=60):
 def _settings_change(old, new):
     """'key was A, now B; ...' for settings that differ (None if none do).
     A length not made yet is no change; another P for a made length is."""
+    old = dict({"masking": "static"}, **old)  # records made before dynamic masking existed
     old_p, new_p = dict(map(tuple, old.get("lengths", []))), dict(map(tuple, new["lengths"]))
     diffs = ["max_predictions at seq_len %s was %s, now %s" % (L, old_p[L], P)
              for L, P in sorted(new_p.items()) if L in old_p and old_p[L] != P]
@@ -470,8 +505,9 @@ def _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
     job["done"] = set(done)
     todo = [t for t in tasks if any(c.index not in done for c in t)]
     logging.info("preprocess: %d files, %d chunks (%d already done), %d workers, lengths %s, "
-                 "dupe_factor %d, segmenter %s", len(files), len(chunks), len(done), workers,
-                 [L for L, _ in job["lengths"]], job["dupe_factor"], job["segmenter"])
+                 "%s masking, dupe_factor %d, segmenter %s", len(files), len(chunks), len(done),
+                 workers, [L for L, _ in job["lengths"]], job["masking"], job["dupe_factor"],
+                 job["segmenter"])
 
     t0, cpu0 = time.time(), _cpu_seconds()
     all_stats = dict(done)
@@ -542,10 +578,12 @@ def _write_manifests(job, vocab, settings, chunk_stats):
             "vocab": {"sha256": vocab.sha256, "size": len(vocab), "source": vocab.source_path},
             "tokenizer": {"kind": job["tokenizer"]["kind"],
                           "do_lower_case": job["tokenizer"].get("do_lower_case")},
-            "masking": {k: settings[k] for k in (
+            "masking": dict({k: settings[k] for k in (
                 "masked_lm_prob", "whole_word_mask", "mask_token_prob", "random_token_prob",
-                "segmenter", "user_dict_sha256")},
-            "dupe_factor": job["dupe_factor"], "seed": job["seed"],
+                "segmenter", "user_dict_sha256")}, mode=job["masking"]),
+            # dynamic: one unmasked copy, no dupe_factor (the reader masks it each epoch)
+            "dupe_factor": job["dupe_factor"] if job["masking"] == "static" else None,
+            "seed": job["seed"],
             "eval_fraction": job["eval_fraction"], "sources": settings["sources"],
             "docs": summary["docs"], "eval_docs": summary["eval_docs"],
             "tokens": tokens, "unk_tokens": unk, "skipped": summary["skipped"],
@@ -605,8 +643,11 @@ def _define_flags():
     flags.DEFINE_list("input", None, "Corpus files, globs (** works) or dirs; local or gs://.")
     flags.DEFINE_string("output", None, "Output dir (records) or vocab dir (`vocab`).")
     flags.DEFINE_list("seq_lens", None, "Sequence lengths, e.g. 128,512 (default: config).")
-    flags.DEFINE_integer("dupe_factor", None, "Masked copies of the training data "
-                         "(default: config data.dupe_factor).")
+    flags.DEFINE_enum("masking", None, ["static", "dynamic"], "static: masks written "
+                      "here, dupe_factor copies; dynamic: one unmasked copy, masked by the "
+                      "reader each epoch (default: config data.masking).")
+    flags.DEFINE_integer("dupe_factor", None, "Masked copies of the training data, static "
+                         "masking only (default: config data.dupe_factor).")
     flags.DEFINE_integer("workers", os.cpu_count(), "Worker processes.")
     flags.DEFINE_integer("seed", 12345, "Seed of all random choices.")
     flags.DEFINE_string("text_field", None, "JSON field(s) with the text, comma-separated "
@@ -660,7 +701,7 @@ def main(argv):
                           dupe_factor=FLAGS.dupe_factor, seed=FLAGS.seed,
                           max_bad_fraction=FLAGS.max_bad_fraction, user_dict=FLAGS.user_dict,
                           eval_fraction=FLAGS.eval_fraction, compress=FLAGS.compress,
-                          segmenter=FLAGS.segmenter, **common)
+                          segmenter=FLAGS.segmenter, masking=FLAGS.masking, **common)
     except (PreprocessError, ValueError, FileNotFoundError) as e:
         print("error: %s" % e, file=sys.stderr)
         return 1

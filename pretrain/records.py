@@ -32,6 +32,13 @@ FEATURES = (
     ("masked_lm_ids", "P", "int"),
     ("masked_lm_weights", "P", "float"),
 )
+# data.masking "dynamic": unmasked sequences that the reader masks (dynamic_masking.py)
+DYNAMIC_FEATURES = (
+    ("input_ids", "L", "int"),
+    ("segment_ids", "L", "int"),
+    ("word_starts", "L", "int"),
+    ("example_id", 1, "int"),
+)
 FORMAT = "pretrain-mlm-tfrecord"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -96,9 +103,7 @@ class ExampleEncoder(object):
         return _field(b"\x0a", _field(b"\x0a", key) + _field(b"\x12", feature))
 
     def _int_feature(self, name, values):
-        packed = b"".join([_varint(i) for i in values])
-        # Feature.int64_list = 3; Int64List.value = 1 (packed)
-        return self._entry(name, _field(b"\x1a", _field(b"\x0a", packed)))
+        return self._packed_entry(name, _packed_varint_rows(np.array([values], np.int64))[0])
 
     def _float_feature(self, name, values):
         packed = struct.pack("<%df" % len(values), *values)
@@ -126,6 +131,9 @@ class ExampleEncoder(object):
         pos_rows = _packed_varint_rows(masked_positions)
         label_rows = _packed_varint_rows(masked_ids)
         out = []
+        ids_head, pos_head, label_head = (self._heads(n) for n in (
+            "input_ids", "masked_lm_positions", "masked_lm_ids"))
+        seg = self._zero_segments
         for ids, length, pos, labels, count in zip(ids_rows, np.asarray(lengths).tolist(), pos_rows,
                                                    label_rows, np.asarray(counts).tolist()):
             mask = self._mask_cache.get(length)
@@ -136,36 +144,86 @@ class ExampleEncoder(object):
             if weights is None:
                 weights = self._weight_cache[count] = self._float_feature(
                     "masked_lm_weights", [1.0] * count + [0.0] * (self.max_predictions - count))
-            out.append(_field(b"\x0a", b"".join([  # Example.features = 1
-                self._packed_entry("input_ids", ids), mask, self._zero_segments,
-                self._packed_entry("masked_lm_positions", pos),
-                self._packed_entry("masked_lm_ids", labels), weights])))
-        return out
+            out.append(b"".join((  # Example.features = 1, the features in FEATURES order
+                ids_head[len(ids)], ids, mask, seg, pos_head[len(pos)], pos,
+                label_head[len(labels)], labels, weights)))
+        return _examples(out)
+
+    def encode_unmasked_batch(self, input_ids, word_starts, example_ids):
+        """Dynamic-masking records: rows [n, L] of unmasked ids and word-start
+        flags, and an int64 id per row (unique in the data set)."""
+        ids_head, starts_head, id_head = (self._heads(n) for n in (
+            "input_ids", "word_starts", "example_id"))
+        seg = self._zero_segments
+        return _examples([
+            b"".join((ids_head[len(ids)], ids, seg, starts_head[len(starts)], starts,
+                      id_head[len(eid)], eid))
+            for ids, starts, eid in zip(_packed_varint_rows(input_ids),
+                                        _packed_varint_rows(word_starts),
+                                        _packed_varint_rows(np.reshape(example_ids, (-1, 1))))])
+
+    def _heads(self, name):
+        """{n: the header of feature `name` with n packed bytes}, filled on first use."""
+        heads = self._head_cache.get(name)
+        if heads is None:
+            heads = self._head_cache[name] = _Heads(name)
+        return heads
 
     def _packed_entry(self, name, packed):
         # The int64 feature around already-packed varints; headers depend on the length only.
-        head = self._head_cache.get((name, len(packed)))
-        if head is None:
-            head = self._int_feature(name, [0] * len(packed))[:-len(packed)]
-            self._head_cache[(name, len(packed))] = head
-        return head + packed
+        return self._heads(name)[len(packed)] + packed
+
+
+class _Heads(dict):
+    """n -> _int_head(name, n), computed once."""
+
+    def __init__(self, name):
+        dict.__init__(self)
+        self.name = name
+
+    def __missing__(self, n):
+        head = self[n] = _int_head(self.name, n)
+        return head
+
+
+def _examples(bodies):
+    """Example messages around serialized Features: field 1, varint length, bytes."""
+    small = _SMALL_VARINTS
+    return [b"\x0a" + (small[len(b)] if len(b) < 16384 else _varint(len(b))) + b
+            for b in bodies]
+
+
+def _int_head(name, n):
+    """The bytes of a map entry {name: Feature(int64_list=packed)} before its n packed bytes.
+
+    Feature.int64_list = 3, Int64List.value = 1 (packed); map entry {1: key, 2: value}.
+    """
+    key = name.encode("ascii")
+    values = b"\x0a" + _varint(n)  # then the n bytes
+    feature = b"\x1a" + _varint(len(values) + n) + values
+    entry_len = len(_field(b"\x0a", key)) + 1 + len(_varint(len(feature) + n)) + len(feature) + n
+    return (b"\x0a" + _varint(entry_len) + _field(b"\x0a", key) + b"\x12"
+            + _varint(len(feature) + n) + feature)
 
 
 def _packed_varint_rows(matrix):
     """Each row of a non-negative int matrix as packed protobuf varints (bytes)."""
     v = np.asarray(matrix, np.int64)
-    if v.size and (v.min() < 0 or v.max() >= 1 << 21):
-        raise ValueError("ids must be in [0, 2**21)")
-    nbytes = 1 + (v >= 1 << 7).astype(np.int64) + (v >= 1 << 14)
+    if v.size and v.min() < 0:
+        raise ValueError("ids must be non-negative")
+    nbytes = np.ones(v.shape, np.int64)
+    for k in range(1, 9):  # an int64 >= 0 takes at most 9 varint bytes
+        more = v >= 1 << (7 * k)
+        if not more.any():
+            break
+        nbytes += more
     flat_n = nbytes.ravel()
     at = np.cumsum(flat_n) - flat_n
     buf = np.empty(int(flat_n.sum()), np.uint8)
     flat = v.ravel()
-    buf[at] = (flat & 0x7F) | ((flat_n > 1) << 7)
-    two = flat_n > 1
-    buf[at[two] + 1] = ((flat[two] >> 7) & 0x7F) | ((flat_n[two] > 2) << 7)
-    three = flat_n > 2
-    buf[at[three] + 2] = flat[three] >> 14
+    for k in range(int(flat_n.max(initial=1))):  # byte k of each varint: 7 bits + continuation
+        has = flat_n > k
+        buf[at[has] + k] = ((flat[has] >> (7 * k)) & 0x7F) | ((flat_n[has] > k + 1) << 7)
     data = buf.tobytes()
     ends = np.cumsum(nbytes.sum(axis=1)).tolist()
     return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
@@ -174,12 +232,6 @@ def _packed_varint_rows(matrix):
 def _masked_crc(data):
     crc = google_crc32c.value(data)
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-
-
-def frame(record):
-    """TFRecord framing: length, crc(length), data, crc(data)."""
-    length = struct.pack("<Q", len(record))
-    return b"".join((length, _masked_crc(length), record, _masked_crc(record)))
 
 
 class ShardWriter(object):
@@ -202,10 +254,20 @@ class ShardWriter(object):
         self._buffered = 0
 
     def write(self, record):
-        framed = frame(record)
-        self._buffer.append(framed)
-        self._buffered += len(framed)
-        self.count += 1
+        self.write_many([record])
+
+    def write_many(self, records):
+        """`write` of each record (the batch form, with less per-record overhead)."""
+        crc, pack, buffer = google_crc32c.value, struct.pack, self._buffer
+        size = 0
+        for record in records:
+            length = pack("<Q", len(record))
+            a, b = crc(length), crc(record)  # masked as _masked_crc does
+            buffer += (length, pack("<I", (((a >> 15) | (a << 17)) + 0xA282EAD8) & 0xFFFFFFFF),
+                       record, pack("<I", (((b >> 15) | (b << 17)) + 0xA282EAD8) & 0xFFFFFFFF))
+            size += len(record)
+        self.count += len(records)
+        self._buffered += size + 16 * len(records)
         if self._buffered > (1 << 20):
             self._flush()
 
@@ -289,6 +351,9 @@ def check_manifest(manifest, cfg, seq_len):
     if manifest["max_predictions"] != want_p:
         problems.append("max_predictions is %d, config %s wants %d (data.max_predictions)"
                         % (manifest["max_predictions"], cfg["name"], want_p))
+    if masking_mode(manifest) != cfg["data"]["masking"]:
+        problems.append("the records are %s-masked, config %s has data.masking %r" % (
+            masking_mode(manifest), cfg["name"], cfg["data"]["masking"]))
     vocab = load_vocab(cfg)
     if manifest["vocab"]["sha256"] != vocab.sha256 or manifest["vocab"]["size"] != len(vocab):
         problems.append("vocab differs: records were made with %d tokens (sha256 %s..., from %s), "
@@ -304,6 +369,11 @@ def check_manifest(manifest, cfg, seq_len):
                             "config, or point the trainer at the right data dir." % (
                                 where, cfg["name"], "\n  - ".join(problems)))
     return manifest
+
+
+def masking_mode(manifest):
+    """"static" (masks in the records) or "dynamic" (masked by the reader)."""
+    return manifest.get("masking", {}).get("mode", "static")
 
 
 def _size_or_none(path):
@@ -346,11 +416,32 @@ def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
 
 # ---------------------------------------------------------------- reading
 
-def feature_spec(seq_len, max_predictions):
+def feature_spec(seq_len, max_predictions, masking="static"):
     import tensorflow as tf
-    sizes = {"L": seq_len, "P": max_predictions}
+    sizes = {"L": seq_len, "P": max_predictions, 1: 1}
     return {name: tf.io.FixedLenFeature([sizes[size]], tf.int64 if kind == "int" else tf.float32)
-            for name, size, kind in FEATURES}
+            for name, size, kind in (FEATURES if masking == "static" else DYNAMIC_FEATURES)}
+
+
+def dynamic_parse(cfg, manifest, seed, training, first_batch, batches_per_epoch):
+    """parse(index, serialized batch) for dynamic records: the batch's epoch
+    (from its index in the stream; 0 for eval, whose masks stay fixed) seeds
+    its masks. See dynamic_masking.py."""
+    import tensorflow as tf
+    from pretrain import dynamic_masking, tokenization
+
+    data, seq_len = cfg["data"], manifest["seq_len"]
+    masker = dynamic_masking.DynamicMasker(
+        tokenization.make_tokenizer(tokenization.tokenizer_spec(cfg)), seq_len,
+        manifest["max_predictions"], seed, data["masked_lm_prob"], data["mask_token_prob"],
+        data["random_token_prob"])
+    spec = feature_spec(seq_len, manifest["max_predictions"], "dynamic")
+
+    def parse(index, serialized):
+        epoch = (first_batch + index) // batches_per_epoch if training else tf.constant(0, tf.int64)
+        return masker.mask_batch(tf.io.parse_example(serialized, spec), epoch)
+
+    return parse
 
 
 def _epoch_seed(seed, epoch):
@@ -461,5 +552,9 @@ def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip
         return {name: tf.cast(parsed[name], tf.int32 if kind == "int" else tf.float32)
                 for name, _, kind in FEATURES}
 
+    if masking_mode(manifest) == "dynamic":  # batch index -> epoch -> masks
+        parse = dynamic_parse(cfg, manifest, seed, training, skip_batches * per_step,
+                              batches_per_epoch)
+        ds = ds.enumerate()
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

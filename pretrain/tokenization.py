@@ -248,6 +248,10 @@ class WordPieceTokenizer(object):
         character run begins (all WordPiece pieces of a run share it).
         """
         norm = normalize(text, self.do_lower_case)
+        return (norm,) + self.encode_normalized(norm)
+
+    def encode_normalized(self, norm):
+        """(ids, starts) of text that `normalize` already made (see encode_with_offsets)."""
         codes = np.frombuffer(norm.encode("utf-32-le", "surrogatepass"), np.uint32)
         classes = self._classes[codes]
         positions = None
@@ -284,7 +288,7 @@ class WordPieceTokenizer(object):
                 ids[slots] = [p[0] for p in pieces]
         if positions is not None:
             starts = positions[starts]
-        return norm, ids, starts
+        return ids, starts
 
     def encode(self, text):
         """Token ids of `text` without [CLS]/[SEP], as a list."""

@@ -4,8 +4,8 @@ held-out MLM accuracy against steps.
     python scripts/mlm_quality.py --corpus ../shared/data/corpus/modern_translations.jsonl \
         --output runs/mlm_quality --steps 2000 --batch_size 32 --learning_rate 3e-3
 
-It preprocesses the corpus (seq 128, one masked copy, 1% of documents held
-out), trains one phase with the config's optimizer (LAMB) through the real
+It preprocesses the corpus (seq 128; --masking, with --dupe_factor copies
+when static; --validation_fraction of documents held out), trains one phase with the config's optimizer (LAMB) through the real
 trainer, then prints the eval curve from the TensorBoard events and chance
 level (1 / vocab). Re-running the command resumes. The export it ends with
 (RUN/export/quality_seq128) is the warm start of scripts/simbert_quality.py.
@@ -35,6 +35,9 @@ flags.DEFINE_integer("eval_every", 250, "Held-out eval interval (updates).")
 flags.DEFINE_integer("eval_steps", 10, "Held-out batches per eval.")
 flags.DEFINE_integer("workers", 2, "Preprocessing processes.")
 flags.DEFINE_integer("steps_per_loop", 20, "Updates per host call.")
+flags.DEFINE_enum("masking", None, ["static", "dynamic"], "data.masking (default: the config's).")
+flags.DEFINE_integer("dupe_factor", 1, "Masked copies, static masking only.")
+flags.DEFINE_float("validation_fraction", 0.01, "Fraction of documents held out.")
 
 
 def quality_config(path):
@@ -45,7 +48,10 @@ def quality_config(path):
         raw = json.load(f)
     raw.pop("smoke", None)
     raw["name"] = base["name"] + "_quality"
-    raw["data"].update(dupe_factor=1, validation_fraction=0.01)
+    raw["data"].update(dupe_factor=FLAGS.dupe_factor,
+                       validation_fraction=FLAGS.validation_fraction)
+    if FLAGS.masking:
+        raw["data"]["masking"] = FLAGS.masking
     raw["train"].update(batch_size=FLAGS.batch_size, grad_accum_steps=1,
                         log_every=FLAGS.eval_every // 2, save_every=FLAGS.eval_every * 2,
                         eval_every=FLAGS.eval_every, eval_steps=FLAGS.eval_steps)
@@ -68,8 +74,11 @@ def main(argv):
     os.makedirs(FLAGS.output, exist_ok=True)
     cfg = quality_config(os.path.join(FLAGS.output, "config.json"))
     records = os.path.join(FLAGS.output, "records")
-    preprocess.run(cfg, FLAGS.corpus, records, seq_lens=[128], workers=FLAGS.workers,
-                   seed=cfg["train"]["seed"])
+    summary = preprocess.run(cfg, FLAGS.corpus, records, seq_lens=[128], workers=FLAGS.workers,
+                             seed=cfg["train"]["seed"])
+    disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(records) for f in fs)
+    print("records: %s masking, %.1f MB on disk, preprocessing %.1f CPU-s" % (
+        cfg["data"]["masking"], disk / 1e6, summary["cpu_seconds"]))
     run_dir = os.path.join(FLAGS.output, "run")
     trainer = train.Trainer(cfg, records, run_dir, steps_per_loop=FLAGS.steps_per_loop)
     export = trainer.run()[-1]

@@ -21,7 +21,10 @@ SETTINGS = dict(seq_lens=[128, 512], dupe_factor=2, eval_fraction=0.05, shard_mb
 
 @pytest.fixture(scope="module")
 def cfg():
-    return config.load_config("roberta_tiny")
+    """Static masking: these tests read the masks in the records (dynamic: test_dynamic_masking.py)."""
+    cfg = config.load_config("roberta_tiny")
+    cfg["data"]["masking"] = "static"
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +92,8 @@ def test_resume_after_kill_gives_identical_output(reference, small_corpus, tmp_p
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "pretrain.preprocess", "--config", "roberta_tiny",
            "--input", small_corpus, "--output", out, "--seq_lens", "128,512",
-           "--dupe_factor", "2", "--eval_fraction", "0.05", "--shard_mb", "0.04",
-           "--seed", "7", "--workers", "1", "--progress=false"]
+           "--masking", "static", "--dupe_factor", "2", "--eval_fraction", "0.05",
+           "--shard_mb", "0.04", "--seed", "7", "--workers", "1", "--progress=false"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = os.path.join(out, preprocess.STATE_DIR)
     deadline = time.time() + 60
@@ -347,3 +350,25 @@ def test_workers_end_with_their_parent(tmp_path, sig):
         os.kill(p, signal.SIGKILL)
     assert not left, "workers still running 5 s after their parent got signal %d" % sig
     assert markers() == killed_at
+
+
+def test_documents_tokenized_together_equal_one_by_one(cfg):
+    """masking.prepare_documents (one tokenizer and segmenter call on many documents)
+    gives each document what prepare_document gives it alone: ids, sentence ends and
+    word boundaries, on real short and long documents and on edge cases."""
+    from pretrain import masking
+    with open(shared_path("corpus", "uer_CLUECorpusSmall_sampled.txt"), encoding="utf-8") as f:
+        texts = [line.strip() for _, line in zip(range(300), f)]
+    with open(shared_path("corpus", "wiki_cmrc2018_zh_hans.jsonl"), encoding="utf-8") as f:
+        texts += [json.loads(line)["text"] for _, line in zip(range(20), f)]
+    texts += ["", "   ", "”开头的引号。", "结尾。", "”", "ΟΔΟΣ", "abc", "def ghi。”",
+              "cafe\u0301 Straße", "\t换行\n\n符", "UPPER lower 123abc", "[MASK]是特殊的"]
+    tok = tokenization.make_tokenizer(tokenization.tokenizer_spec(cfg))
+    seg = masking.Segmenter()
+    together = masking.prepare_documents(texts, tok, seg)
+    assert len(together) == len(texts)
+    for text, (ids, words, ends) in zip(texts, together):
+        ids1, words1, ends1 = masking.prepare_document(text, tok, seg)
+        assert ids.tolist() == ids1.tolist() and ends.tolist() == ends1.tolist(), text[:30]
+        if len(ids1):
+            assert (np.diff(words) != 0).tolist() == (np.diff(words1) != 0).tolist(), text[:30]
