@@ -343,42 +343,44 @@ def report(result, log=print):
 
 # ---------------------------------------------------------------- CLI
 
-def _define_flags():
+def _define_flags(flag_values=None):
+    """The command's flags, on absl's global FLAGS unless `flag_values` is given."""
     from absl import flags
+    fv = {"flag_values": flags.FLAGS if flag_values is None else flag_values}
     flags.DEFINE_string("model", None, "Export dir to fine-tune (bert_config.json, vocab.txt, "
                         "bert_model.ckpt, pretrain_export.json), as `pretrain.export` or a "
-                        "training run writes it: roberta_*, simbert_*, t5s_*.")
+                        "training run writes it: roberta_*, simbert_*, t5s_*.", **fv)
     flags.DEFINE_enum("task", None, ["classification", "pair"], "classification: one text "
                       "per example; pair: two texts (e.g. LCQMC), encoded as [CLS] a [SEP] b "
-                      "[SEP].")
+                      "[SEP].", **fv)
     flags.DEFINE_string("train", None, "Train file: TSV (text<TAB>label or text_a<TAB>text_b"
                         "<TAB>label) or JSON lines (sentence/label or sentence1/sentence2/"
-                        "label), format auto-detected; .gz/.bz2 and gs:// are read too.")
+                        "label), format auto-detected; .gz/.bz2 and gs:// are read too.", **fv)
     flags.DEFINE_string("dev", None, "Dev file (same formats); scored after every epoch, its "
-                        "best accuracy picks the epoch that is kept.")
+                        "best accuracy picks the epoch that is kept.", **fv)
     flags.DEFINE_string("test", None, "Optional test file (same formats), scored once with "
-                        "the kept epoch.")
+                        "the kept epoch.", **fv)
     flags.DEFINE_string("output", None, "Output dir: model/, metrics.json, predictions_*.tsv, "
-                        "tensorboard/ (local or gs://).")
-    flags.DEFINE_integer("epochs", 3, "Passes over the train set.")
-    flags.DEFINE_integer("batch_size", 32, "Global batch size (examples per update).")
-    flags.DEFINE_float("learning_rate", 1e-4, "Peak AdamW learning rate.")
+                        "tensorboard/ (local or gs://).", **fv)
+    flags.DEFINE_integer("epochs", 3, "Passes over the train set.", **fv)
+    flags.DEFINE_integer("batch_size", 32, "Global batch size (examples per update).", **fv)
+    flags.DEFINE_float("learning_rate", 1e-4, "Peak AdamW learning rate.", **fv)
     flags.DEFINE_float("warmup_proportion", 0.1, "Fraction of the updates with linear warmup; "
-                       "then linear decay to 0.")
+                       "then linear decay to 0.", **fv)
     flags.DEFINE_integer("maxlen", 128, "Tokens per example, [CLS]/[SEP] included; longer "
-                         "texts are truncated (a pair: the longer text first), shorter padded.")
-    flags.DEFINE_integer("seed", 0, "Seed of the classifier init, the shuffles and dropout.")
-    flags.DEFINE_float("dropout", 0.1, "Dropout rate on the [CLS] vector.")
+                         "texts are truncated (a pair: the longer text first), shorter padded.", **fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the classifier init, the shuffles and dropout.", **fv)
+    flags.DEFINE_float("dropout", 0.1, "Dropout rate on the [CLS] vector.", **fv)
     flags.DEFINE_float("max_bad_fraction", 0.05, "Largest fraction of bad lines per file "
-                       "(each reported as file:line: reason and skipped) before stopping.")
+                       "(each reported as file:line: reason and skipped) before stopping.", **fv)
     flags.DEFINE_bool("baselines", False, "Also score the majority class, char n-gram TF-IDF + "
                       "logistic regression and the same architecture from random init "
-                      "(written under OUTPUT/random_init) on the same splits.")
-    flags.DEFINE_string("tpu", None, "TPU to use ('local' on a TPU VM); omit for GPU/CPU.")
-    flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU.")
+                      "(written under OUTPUT/random_init) on the same splits.", **fv)
+    flags.DEFINE_string("tpu", None, "TPU to use ('local' on a TPU VM); omit for GPU/CPU.", **fv)
+    flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU.", **fv)
     flags.DEFINE_bool("allow_cpu", False, "Train on the CPU although this machine has a TPU or "
-                      "GPU that TensorFlow cannot use.")
-    flags.mark_flags_as_required(["model", "task", "train", "dev", "output"])
+                      "GPU that TensorFlow cannot use.", **fv)
+    flags.mark_flags_as_required(["model", "task", "train", "dev", "output"], **fv)
 
 
 def main(argv):
