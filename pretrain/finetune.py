@@ -368,7 +368,8 @@ def _define_flags(flag_values=None):
     flags.DEFINE_float("warmup_proportion", 0.1, "Fraction of the updates with linear warmup; "
                        "then linear decay to 0.", **fv)
     flags.DEFINE_integer("maxlen", 128, "Tokens per example, [CLS]/[SEP] included; longer "
-                         "texts are truncated (a pair: the longer text first), shorter padded.", **fv)
+                         "texts are truncated (in a pair, the longer of the two first), shorter "
+                         "ones padded.", **fv)
     flags.DEFINE_integer("seed", 0, "Seed of the classifier init, the shuffles and dropout.", **fv)
     flags.DEFINE_float("dropout", 0.1, "Dropout rate on the [CLS] vector.", **fv)
     flags.DEFINE_float("max_bad_fraction", 0.05, "Largest fraction of bad lines per file "
