@@ -29,6 +29,7 @@ setup(
         "tqdm",
         "tensorboard",  # tf.summary writes event files only when it is installed
         "numpy",
+        "scikit-learn",  # pretrain.finetune --baselines, macro-F1
         # bert4keras imports distutils, gone from Python 3.12's stdlib;
         # setuptools provides the shim.
         "setuptools",

@@ -103,21 +103,31 @@ def checkpoint_prefix(path):
     return path
 
 
-def export_bert4keras(cfg, bundle, out_dir, extra_info=None):
-    """Write the bert4keras model directory in place; returns the checkpoint
-    prefix. `publish_export` is the interruption-safe, checked way."""
-    tf.io.gfile.makedirs(out_dir)
-    pairs = variable_pairs(bundle.bert)
+def save_checkpoint(bert, out_dir, extra=None):
+    """Write `bert`'s weights under their `variable_mapping()` names (plus the
+    {name: array} `extra`, which bert4keras's loader ignores) as
+    OUT_DIR/bert_model.ckpt with a `checkpoint` file; returns the prefix."""
+    pairs = variable_pairs(bert)
     values = K.batch_get_value([w for _, w in pairs])  # float32 even under bf16
     names = [n for n, _ in pairs]
-    tensors = [tf.constant(_to_checkpoint_layout(bundle.bert, n, v))
-               for n, v in zip(names, values)]
+    tensors = [tf.constant(_to_checkpoint_layout(bert, n, v)) for n, v in zip(names, values)]
+    for name, value in sorted((extra or {}).items()):
+        names.append(name)
+        tensors.append(tf.constant(np.asarray(value, np.float32)))
     prefix = os.path.join(out_dir, CKPT_NAME)
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
                       shape_and_slices=[""] * len(names), tensors=tensors)
     with tf.io.gfile.GFile(os.path.join(out_dir, "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "%s"\nall_model_checkpoint_paths: "%s"\n'
                 % (CKPT_NAME, CKPT_NAME))
+    return prefix
+
+
+def export_bert4keras(cfg, bundle, out_dir, extra_info=None):
+    """Write the bert4keras model directory in place; returns the checkpoint
+    prefix. `publish_export` is the interruption-safe, checked way."""
+    tf.io.gfile.makedirs(out_dir)
+    prefix = save_checkpoint(bundle.bert, out_dir)
     with tf.io.gfile.GFile(os.path.join(out_dir, CONFIG_NAME), "w") as f:
         json.dump(bert4keras_config(cfg), f, indent=2)
     tok = cfg["tokenizer"]
@@ -372,13 +382,19 @@ def encode_pairs(out_dir, pairs, maxlen, do_lower_case=None):
     return ids, segs
 
 
-def reload_outputs(out_dir, ids, segs):
-    """Outputs of the export as bert4keras loads it (run this in a fresh process)."""
-    from bert4keras.models import build_transformer_model
-    with open(os.path.join(out_dir, INFO_NAME)) as f:
+def load_kwargs(out_dir):
+    """The build_transformer_model kwargs an export records, T5SEncoder resolved."""
+    with tf.io.gfile.GFile(os.path.join(out_dir, INFO_NAME)) as f:
         kwargs = json.load(f)["build_transformer_model"]
     if kwargs["model"] == "pretrain.models.T5SEncoder":
         kwargs["model"] = models.T5SEncoder
+    return kwargs
+
+
+def reload_outputs(out_dir, ids, segs):
+    """Outputs of the export as bert4keras loads it (run this in a fresh process)."""
+    from bert4keras.models import build_transformer_model
+    kwargs = load_kwargs(out_dir)
     with warnings.catch_warnings():  # see models.reinitialize
         warnings.filterwarnings("ignore", message="The initializer")
         model = build_transformer_model(os.path.join(out_dir, CONFIG_NAME),
