@@ -18,6 +18,8 @@ import copy
 import json
 import os
 
+from pretrain.errors import PretrainError
+
 
 def _gfile():
     # TensorFlow only for gs:// paths: importing it costs ~3 CPU-s and ~550 MB,
@@ -109,7 +111,7 @@ _SECTIONS = {
 _TOP_LEVEL = {"name", "description", "smoke"} | set(_SECTIONS)
 
 
-class ConfigError(ValueError):
+class ConfigError(PretrainError, ValueError):
     """A config file has a missing, unknown or invalid key."""
 
 

@@ -33,6 +33,8 @@ import shutil
 import posixpath
 import re
 
+from pretrain.errors import PretrainError
+
 Doc = collections.namedtuple("Doc", "where text")
 Bad = collections.namedtuple("Bad", "where reason")
 Chunk = collections.namedtuple("Chunk", "index path fmt start end")
@@ -108,7 +110,7 @@ def rmtree(path):
         shutil.rmtree(path)
 
 
-class OutputPathError(ValueError):
+class OutputPathError(PretrainError, ValueError):
     """An output path that cannot be a directory."""
 
 

@@ -16,6 +16,7 @@ import shutil
 import sys
 
 from pretrain import hardware
+from pretrain.errors import PretrainError
 
 # Every distribution that installs the `tensorflow` package directory; two of
 # them in one environment overwrite each other's files.
@@ -102,7 +103,7 @@ def advice(hw=None, tf=None):
     return "%s. Fix: %s" % ("; ".join(p for p, _ in problems), problems[0][1])
 
 
-class DeviceError(RuntimeError):
+class DeviceError(PretrainError, RuntimeError):
     """The accelerator here cannot be used; the message says why and the fix."""
 
 

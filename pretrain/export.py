@@ -29,6 +29,7 @@ import tensorflow as tf
 from bert4keras.backend import K
 
 from pretrain import h5_weights, models, precision
+from pretrain.errors import PretrainError
 from pretrain.config import bert4keras_config, resolve_path
 from pretrain.tokenization import load_vocab, read_vocab_file
 
@@ -47,11 +48,11 @@ SAMPLE_TEXT = "data/sample/clue_small.txt"
 RELOAD_TOLERANCE = 1e-4
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(PretrainError, ValueError):
     """A checkpoint does not fit the model; the message lists every variable."""
 
 
-class ExportCheckError(ValueError):
+class ExportCheckError(PretrainError, ValueError):
     """An export reloaded by bert4keras does not reproduce the model."""
 
 

@@ -20,6 +20,7 @@ import json
 import numpy as np
 
 from pretrain import corpus
+from pretrain.errors import PretrainError
 
 Example = collections.namedtuple("Example", "where text_a text_b label")
 MAX_REPORTED = 10  # bad lines printed per file (all are counted)
@@ -27,7 +28,7 @@ TEXT_KEYS = {"classification": (("sentence",), ("text",), ("text_a",)),
              "pair": (("sentence1", "sentence2"), ("text_a", "text_b"))}
 
 
-class DataError(ValueError):
+class DataError(PretrainError, ValueError):
     """A data file cannot be used; the message names the file and why."""
 
 

@@ -44,6 +44,8 @@ from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import storage
 
+from pretrain.errors import PretrainError
+
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # suffix of a download in progress; never uploaded
 CHUNK_QUANTUM = 256 * 1024  # Cloud Storage requires chunks in multiples of this
@@ -54,7 +56,7 @@ _TIMEOUT = (30, 600)  # connect, read (seconds) for one chunk request
 _stop = threading.Event()  # set on Ctrl-C so worker threads stop at their next chunk
 
 
-class GcsError(Exception):
+class GcsError(PretrainError):
     """A transfer or check failed; the message names the bucket or object and the cause."""
 
 

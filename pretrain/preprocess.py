@@ -36,13 +36,14 @@ import zlib
 import numpy as np
 
 from pretrain import corpus, masking, records, tokenization
+from pretrain.errors import PretrainError
 
 STATE_DIR = ".preprocess"
 BATCH_TOKENS = 1 << 19  # tokens masked at once: 4096 sequences of 128 (bounds memory)
 MAX_REPORTED = 10  # bad-input lines reported per chunk (all are counted)
 
 
-class PreprocessError(RuntimeError):
+class PreprocessError(PretrainError, RuntimeError):
     """The input cannot make a usable data set (empty, too much bad input, ...)."""
 
 

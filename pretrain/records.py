@@ -22,6 +22,7 @@ import google_crc32c
 import numpy as np
 
 from pretrain import corpus
+from pretrain.errors import PretrainError
 
 # name -> (length key, kind). Lengths are L (seq_len) or P (max_predictions).
 FEATURES = (
@@ -44,7 +45,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class ManifestError(ValueError):
+class ManifestError(PretrainError, ValueError):
     """Records on disk do not match the model config (or are missing)."""
 
 

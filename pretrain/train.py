@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from pretrain import compat, doctor, dropout, export, hardware, models, optim
+from pretrain.errors import PretrainError
 
 # The sections of a config that define what a run directory holds; a resume
 # with any of them changed would silently mix two runs.
@@ -37,7 +38,7 @@ _TRAIN_FIXED = ("batch_size", "grad_accum_steps", "seed")
 _PHASE_FIXED = ("name", "seq_len")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PretrainError, RuntimeError):
     """A run cannot start or must stop; the message says why and what to do."""
 
 
