@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -394,12 +393,9 @@ def load_kwargs(out_dir):
 
 def reload_outputs(out_dir, ids, segs):
     """Outputs of the export as bert4keras loads it (run this in a fresh process)."""
-    from bert4keras.models import build_transformer_model
     kwargs = load_kwargs(out_dir)
-    with warnings.catch_warnings():  # see models.reinitialize
-        warnings.filterwarnings("ignore", message="The initializer")
-        model = build_transformer_model(os.path.join(out_dir, CONFIG_NAME),
-                                        os.path.join(out_dir, CKPT_NAME), **kwargs)
+    model = models.build_transformer(os.path.join(out_dir, CONFIG_NAME),
+                                     os.path.join(out_dir, CKPT_NAME), **kwargs)
     outputs = model.predict([ids, segs], verbose=0)
     return outputs if isinstance(outputs, list) else [outputs]
 

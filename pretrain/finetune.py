@@ -26,7 +26,6 @@ dropout masks derive from --seed: on a CPU a run is repeatable exactly.
 import json
 import os
 import sys
-import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -48,15 +47,12 @@ def build_classifier(model_dir, num_labels, dropout_rate=0.1, seed=0, random_ini
     same architecture freshly initialised (seeded) instead of its weights.
     """
     from bert4keras.backend import keras
-    from bert4keras.models import build_transformer_model
     kwargs = {k: v for k, v in export.load_kwargs(model_dir).items()
               if k not in ("with_mlm", "with_pool", "application")}  # a plain encoder
     config = os.path.join(model_dir, export.CONFIG_NAME)
-    with warnings.catch_warnings():  # see models.reinitialize
-        warnings.filterwarnings("ignore", message="The initializer")
-        bert = build_transformer_model(
-            config, None if random_init else os.path.join(model_dir, export.CKPT_NAME),
-            return_keras_model=False, **kwargs)
+    bert = models.build_transformer(
+        config, None if random_init else os.path.join(model_dir, export.CKPT_NAME),
+        return_keras_model=False, **kwargs)
     if random_init:
         with open(config) as f:
             models.reinitialize(bert, seed, json.load(f)["initializer_range"])

@@ -341,6 +341,15 @@ def _float32(x, name):
     return Activation("linear", dtype="float32", name=name)(x)
 
 
+def build_transformer(*args, **kwargs):
+    """bert4keras's `build_transformer_model`, without its "unseeded initializer
+    called multiple times" warning: every caller replaces those values, from a
+    checkpoint or by `reinitialize`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The initializer")
+        return build_transformer_model(*args, **kwargs)
+
+
 def reinitialize(bert, seed, stddev):
     """Redraw every randomly initialised weight independently (seeded).
 
@@ -381,11 +390,7 @@ def build_model(cfg, check_vocab=True, seed=None, precision=None):
         kwargs["layers"] = {
             "Input-Token": Input(shape=(None,), dtype="int32", name="Input-Token"),
             "Input-Segment": Input(shape=(None,), dtype="int32", name="Input-Segment")}
-    with warnings.catch_warnings():
-        # The "unseeded initializer called multiple times" warning: handled
-        # by reinitialize() below.
-        warnings.filterwarnings("ignore", message="The initializer")
-        bert = build_transformer_model(return_keras_model=False, **kwargs, **config)
+    bert = build_transformer(return_keras_model=False, **kwargs, **config)
     reinitialize(bert, cfg["train"]["seed"] if seed is None else seed,
                  cfg["model"]["initializer_range"])
     outputs = [_float32(o, "Output-Float32-%d" % i) for i, o in enumerate(bert.model.outputs)]

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import sys
-import warnings
 import weakref
 
 import numpy as np
@@ -396,14 +395,9 @@ def forward_loss(bundle, batch, training):
 
 def build_unilm(bert_config, checkpoint_path=None):
     """The SimBERT keras model ([pooled, MLM probs]) as bert4keras builds it."""
-    from bert4keras.models import build_transformer_model
-    with warnings.catch_warnings():
-        # "unseeded initializer called multiple times": the values are replaced
-        # by the checkpoint's (and tests seed what they build without one).
-        warnings.filterwarnings("ignore", message="The initializer")
-        return build_transformer_model(None, checkpoint_path, model="bert",
-                                       with_pool="linear", application="unilm",
-                                       **bert_config)
+    from pretrain.models import build_transformer
+    return build_transformer(None, checkpoint_path, model="bert", with_pool="linear",
+                             application="unilm", **bert_config)
 
 
 class SimBERT(object):
