@@ -275,8 +275,68 @@ def max_predictions_for(cfg, seq_len):
     return data["max_predictions"][data["seq_lens"].index(seq_len)]
 
 
-def load_config(name_or_path, smoke=False):
-    """Read, merge the `smoke` overrides if asked, validate, return a dict."""
+def parse_override(item):
+    """`train.phases.0.steps=500` -> (["train", "phases", 0, "steps"], 500).
+
+    The value is JSON when it parses as JSON (numbers, true, null, lists),
+    else the plain string: `--set data.masking=static` needs no quotes."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set %r: expected KEY=VALUE, e.g. --set train.batch_size=64" % item)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return [int(k) if k.isdigit() else k for k in key.strip().split(".")], value
+
+
+def _set(raw, keys, value, item):
+    node = raw
+    for depth, key in enumerate(keys):
+        where = ".".join(str(k) for k in keys[:depth + 1])
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not isinstance(key, int) or key >= len(node):
+                raise ConfigError("--set %s: %s has no item %s (it has %d)" % (
+                    item, where.rsplit(".", 1)[0], key, len(node)))
+        elif not isinstance(node, dict):
+            raise ConfigError("--set %s: %s is not a JSON object" % (
+                item, where.rsplit(".", 1)[0]))
+        if last:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and key not in node:
+                node[key] = {}  # an optional section the file leaves out
+            node = node[key]
+
+
+def apply_overrides(raw, overrides):
+    """A deep copy of the raw config dict with each `KEY=VALUE` set."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        keys, value = parse_override(item)
+        _set(raw, keys, value, item)
+    return raw
+
+
+def override(cfg, overrides):
+    """A new validated config: `cfg` (as loaded) with `KEY=VALUE` overrides.
+
+    Nothing mutates a loaded config; code that needs other settings (a
+    benchmark, a quality script) derives a new one here."""
+    raw = {k: v for k, v in cfg.items() if k not in ("path", "smoke", "overrides")}
+    where = "%s with --set %s" % (cfg.get("path", "<config>"), " ".join(overrides))
+    out = validate(apply_overrides(raw, overrides), where)
+    out["name"] = cfg["name"]
+    out["path"] = cfg.get("path")
+    out["smoke"] = cfg.get("smoke", False)
+    out["overrides"] = list(cfg.get("overrides", ())) + list(overrides)
+    return out
+
+
+def load_config(name_or_path, smoke=False, overrides=()):
+    """Read, merge the `smoke` section if asked, apply `--set` overrides,
+    validate, return a new dict."""
     path = resolve_config_path(name_or_path)
     try:
         with (_gfile().GFile(path) if path.startswith("gs://")
@@ -295,11 +355,13 @@ def load_config(name_or_path, smoke=False):
         if bad:
             raise ConfigError("%s: unknown key smoke.%s" % (path, sorted(bad)[0]))
         raw = _merge(raw, smoke_over)
-    cfg = validate(raw, path)
-    if smoke_over:
+    where = path + (" with --set " + " ".join(overrides) if overrides else "")
+    cfg = validate(apply_overrides(raw, overrides), where)
+    if smoke_over and not smoke:
         validate(_merge(raw, smoke_over), path + " (smoke)")  # catch typos early
     cfg["path"] = path
     cfg["smoke"] = bool(smoke)
+    cfg["overrides"] = list(overrides)
     return cfg
 
 
