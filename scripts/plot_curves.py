@@ -2,9 +2,10 @@
 
     python scripts/plot_curves.py --run runs/roberta_tiny-smoke --out curves.png
 
-Reads `RUN/tensorboard/{train,eval}` and draws mlm_loss and mlm_acc (or any
-`--tags`) against the global step, train and eval in one panel per tag, like
-the curves in the seed models' READMEs.
+Reads `RUN/tensorboard/{train,eval}` and draws the task's losses and
+accuracies (every `*_loss` and `*_acc` scalar: mlm_loss and mlm_acc for MLM;
+seq2seq_loss, similarity_loss and similarity_acc for SimBERT), or the given
+`--tags`, against the global step, train and eval in one panel per tag.
 """
 import os
 import sys
@@ -19,7 +20,8 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Run directory (the trainer's --output).")
 flags.DEFINE_string("out", None, "PNG to write (default RUN/curves.png).")
-flags.DEFINE_list("tags", ["mlm_loss", "mlm_acc"], "Scalar tags to plot.")
+flags.DEFINE_list("tags", None, "Scalar tags to plot (default: the task's *_loss and "
+                  "*_acc scalars, e.g. mlm_loss,mlm_acc).")
 
 
 def read_scalars(event_dir):
@@ -44,17 +46,24 @@ def read_scalars(event_dir):
     return {tag: sorted(points) for tag, points in out.items()}
 
 
-def plot(run_dir, out_path, tags):
+def task_tags(splits):
+    """The task's own scalars: losses first, then accuracies, each sorted."""
+    tags = {t for scalars in splits.values() for t in scalars}
+    return (sorted(t for t in tags if t.endswith("_loss"))
+            + sorted(t for t in tags if t.endswith("_acc")))
+
+
+def plot(run_dir, out_path, tags=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     splits = {s: read_scalars(os.path.join(run_dir, "tensorboard", s))
               for s in ("train", "eval")}
-    found = [t for t in tags if any(t in s for s in splits.values())]
+    found = [t for t in tags or task_tags(splits) if any(t in s for s in splits.values())]
     if not found:
         raise SystemExit("no scalars %s under %s/tensorboard (is it a run dir?)"
-                         % (tags, run_dir))
+                         % (tags or "*_loss, *_acc", run_dir))
     fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 3.6), squeeze=False)
     for ax, tag in zip(axes[0], found):
         for split, style in (("train", "-"), ("eval", "o-")):
