@@ -18,6 +18,10 @@ from absl import app, flags
 
 from pretrain.errors import PretrainError
 
+# A flag defined here (--set) belongs to the command that asks for it: it is
+# listed in that command's --help.
+flags.disclaim_key_flags()
+
 
 def define_set_flag():
     flags.DEFINE_multi_string(

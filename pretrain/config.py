@@ -283,11 +283,21 @@ def parse_override(item):
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError("--set %r: expected KEY=VALUE, e.g. --set train.batch_size=64" % item)
+    if key.strip().split(".")[0] == "smoke":
+        raise ConfigError("--set %s: set the value itself (e.g. train.batch_size=8); with "
+                          "--smoke, --set applies after the smoke numbers" % item)
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text
     return [int(k) if k.isdigit() else k for k in key.strip().split(".")], value
+
+
+def as_overrides(values):
+    """{"train.batch_size": 64, ...} -> ["train.batch_size=64", ...]: each value
+    as JSON, for `override` or a command's --set flags."""
+    return ["%s=%s" % (key, json.dumps(value, ensure_ascii=False))
+            for key, value in values.items()]
 
 
 def _set(raw, keys, value, item):
@@ -326,8 +336,7 @@ def override(cfg, overrides):
     benchmark, a quality script) derives a new one here."""
     raw = {k: v for k, v in cfg.items() if k not in ("path", "smoke", "overrides")}
     where = "%s with --set %s" % (cfg.get("path", "<config>"), " ".join(overrides))
-    out = validate(apply_overrides(raw, overrides), where)
-    out["name"] = cfg["name"]
+    out = validate(apply_overrides(raw, overrides), where)  # keeps the name unless set
     out["path"] = cfg.get("path")
     out["smoke"] = cfg.get("smoke", False)
     out["overrides"] = list(cfg.get("overrides", ())) + list(overrides)
