@@ -211,6 +211,13 @@ def validate(raw, path="<config>"):
     if (tok["vocab"] is None) == (tok["spm_model"] is None):
         raise ConfigError("%s: tokenizer needs exactly one of tokenizer.vocab or "
                           "tokenizer.spm_model" % path)
+    _check_data(path, data)
+    train["phases"] = _check_train(path, train, data)
+    return cfg
+
+
+def _check_data(path, data):
+    """The data section's values."""
     if data["task"] not in ("mlm", "simbert"):
         raise ConfigError("%s: data.task must be 'mlm' or 'simbert', got %r" % (
             path, data["task"]))
@@ -236,6 +243,10 @@ def validate(raw, path="<config>"):
     if data["masking"] not in MASKING_MODES:
         raise ConfigError("%s: data.masking must be 'static' or 'dynamic', got %r" % (
             path, data["masking"]))
+
+
+def _check_train(path, train, data):
+    """The train section's values; returns the phases with defaults filled."""
     if train["optimizer"] not in ("lamb", "adamw"):
         raise ConfigError("%s: train.optimizer must be 'lamb' or 'adamw', got %r" % (
             path, train["optimizer"]))
@@ -262,8 +273,7 @@ def validate(raw, path="<config>"):
         if phase["name"] is None:
             phase["name"] = "phase%d_seq%d" % (i + 1, phase["seq_len"])
         phases.append(phase)
-    train["phases"] = phases
-    return cfg
+    return phases
 
 
 def max_predictions_for(cfg, seq_len):

@@ -169,6 +169,28 @@ def make_predict(strategy, model, batch_size, xla):
 
 # ---------------------------------------------------------------- training
 
+def _optimizer(args, strategy, variables, total):
+    """AdamW over `total` updates: warmup, then linear decay to 0."""
+    schedule = optim.WarmupLinearDecay(args["learning_rate"], total,
+                                       warmup_steps=int(args["warmup_proportion"] * total))
+    with strategy.scope():
+        optimizer = optim.AdamW(schedule, weight_decay=WEIGHT_DECAY, bias_correction=True,
+                                clip_norm=CLIP_NORM)
+        optimizer._create_all_weights(variables)  # eagerly, as the trainer does
+    return optimizer
+
+
+def _summaries(writers, epoch, steps, losses, lr, dev):
+    """One epoch in TensorBoard: the loss per update, the lr, the dev scores."""
+    with writers["train"].as_default():
+        for i, value in enumerate(losses):
+            tf.summary.scalar("loss", value, step=(epoch - 1) * steps + i + 1)
+        tf.summary.scalar("learning_rate", float(lr), step=epoch * steps)
+    with writers["dev"].as_default():
+        for k, v in dev.items():
+            tf.summary.scalar(k, v, step=epoch * steps)
+
+
 def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     """Train, keep the best dev epoch, score dev/test with it; returns the result dict.
 
@@ -187,13 +209,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     if steps == 0:
         raise ConfigError("--batch_size %d is larger than the %d train examples" % (
             args["batch_size"], len(data["train"]["labels"])))
-    total = steps * args["epochs"]
-    schedule = optim.WarmupLinearDecay(args["learning_rate"], total,
-                                       warmup_steps=int(args["warmup_proportion"] * total))
-    with strategy.scope():
-        optimizer = optim.AdamW(schedule, weight_decay=WEIGHT_DECAY, bias_correction=True,
-                                clip_norm=CLIP_NORM)
-        optimizer._create_all_weights(variables)  # eagerly, as the trainer does
+    optimizer = _optimizer(args, strategy, variables, steps * args["epochs"])
     compiled = xla or isinstance(strategy, tf.distribute.TPUStrategy)
     loop = train.make_train_loop(strategy, train.make_replica_step(
         task, optimizer, variables, args["seed"], dropout.rng_alg(compiled)), task.metrics, xla)
@@ -213,13 +229,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
         row = {"epoch": epoch, "train_loss": float(losses.mean()),
                "train_accuracy": float(sums["accuracy"]) / steps, "dev": dev}
         history.append(row)
-        with writers["train"].as_default():
-            for i, value in enumerate(losses):
-                tf.summary.scalar("loss", value, step=(epoch - 1) * steps + i + 1)
-            tf.summary.scalar("learning_rate", float(lr), step=epoch * steps)
-        with writers["dev"].as_default():
-            for k, v in dev.items():
-                tf.summary.scalar(k, v, step=epoch * steps)
+        _summaries(writers, epoch, steps, losses, lr, dev)
         log("%sepoch %d/%d: train loss %.4f accuracy %.4f | dev accuracy %.4f macro_f1 %.4f" % (
             "random init " if random_init else "", epoch, args["epochs"], row["train_loss"],
             row["train_accuracy"], dev["accuracy"], dev["macro_f1"]))

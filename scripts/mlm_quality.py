@@ -20,23 +20,27 @@ import pretrain  # noqa: E402,F401
 from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "roberta_tiny", "Model config to train.")
-flags.DEFINE_string("corpus", None, "Corpus files/globs (any format preprocess reads).")
-flags.DEFINE_string("output", "runs/mlm_quality", "Work dir: records/, run/.")
-flags.DEFINE_integer("steps", 2000, "Optimizer updates.")
-flags.DEFINE_integer("batch_size", 32, "Sequences per update.")
-# LAMB's lr is a relative step per layer (update norm = lr x weight norm):
-# at batch 32, 1e-3 crawled to the unigram plateau in 1,000 updates, 1e-2
-# collapsed to predicting the most frequent token; 3e-3 worked (README).
-flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.")
-flags.DEFINE_integer("warmup_steps", 200, "Linear warmup updates.")
-flags.DEFINE_integer("eval_every", 250, "Held-out eval interval (updates).")
-flags.DEFINE_integer("eval_steps", 10, "Held-out batches per eval.")
-flags.DEFINE_integer("workers", 2, "Preprocessing processes.")
-flags.DEFINE_integer("steps_per_loop", 20, "Updates per host call.")
-flags.DEFINE_enum("masking", None, ["static", "dynamic"], "data.masking (default: the config's).")
-flags.DEFINE_integer("dupe_factor", 1, "Masked copies, static masking only.")
-flags.DEFINE_float("validation_fraction", 0.01, "Fraction of documents held out.")
+
+
+def define_flags():
+    flags.DEFINE_string("config", "roberta_tiny", "Model config to train.")
+    flags.DEFINE_string("corpus", None, "Corpus files/globs (any format preprocess reads).")
+    flags.DEFINE_string("output", "runs/mlm_quality", "Work dir: records/, run/.")
+    flags.DEFINE_integer("steps", 2000, "Optimizer updates.")
+    flags.DEFINE_integer("batch_size", 32, "Sequences per update.")
+    # LAMB's lr is a relative step per layer (update norm = lr x weight norm):
+    # at batch 32, 1e-3 crawled to the unigram plateau in 1,000 updates, 1e-2
+    # collapsed to predicting the most frequent token; 3e-3 worked (README).
+    flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.")
+    flags.DEFINE_integer("warmup_steps", 200, "Linear warmup updates.")
+    flags.DEFINE_integer("eval_every", 250, "Held-out eval interval (updates).")
+    flags.DEFINE_integer("eval_steps", 10, "Held-out batches per eval.")
+    flags.DEFINE_integer("workers", 2, "Preprocessing processes.")
+    flags.DEFINE_integer("steps_per_loop", 20, "Updates per host call.")
+    flags.DEFINE_enum("masking", None, ["static", "dynamic"],
+                      "data.masking (default: the config's).")
+    flags.DEFINE_integer("dupe_factor", 1, "Masked copies, static masking only.")
+    flags.DEFINE_float("validation_fraction", 0.01, "Fraction of documents held out.")
 
 
 def quality_config():
@@ -90,4 +94,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pretrain import cli
+    cli.start(main, define_flags)

@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pretrain  # noqa: F401,E402  (selects tf_keras before TensorFlow loads)
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from pretrain import export, models, simbert  # noqa: E402
 from pretrain.config import REPO_ROOT, as_overrides, load_config  # noqa: E402
@@ -40,18 +40,21 @@ CONFIG = "simbert_tiny"
 SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "similarity")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("warm_start", None, "MLM-pretrained roberta_tiny export (bert4keras dir)")
-flags.DEFINE_string("output", None, "Directory for the run and quality.json")
-flags.DEFINE_string("data", "data/sample/similarity_groups.json", "SimBERT groups (JSON lines)")
-flags.DEFINE_string("pairs", os.path.join(SHARED, "lcqmc", "lcqmc_dev.tsv"), "Dev pairs")
-flags.DEFINE_string("test_pairs", None, "LCQMC test pairs: final figure only")
-flags.DEFINE_integer("limit", None, "Use only the first N pairs (quick checks)")
-flags.DEFINE_integer("steps", 1000, "SimBERT training updates")
-flags.DEFINE_integer("batch_size", 64, "Rows per batch (pairs x 2)")
-flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate")
-flags.DEFINE_integer("warmup_steps", 50, "Warmup updates")
-flags.DEFINE_bool("train", True, "Train (else evaluate the export already in OUTPUT/run)")
-flags.mark_flags_as_required(["warm_start", "output"])
+
+
+def define_flags():
+    flags.DEFINE_string("warm_start", None, "MLM-pretrained roberta_tiny export (bert4keras dir)")
+    flags.DEFINE_string("output", None, "Directory for the run and quality.json")
+    flags.DEFINE_string("data", "data/sample/similarity_groups.json", "SimBERT groups (JSON lines)")
+    flags.DEFINE_string("pairs", os.path.join(SHARED, "lcqmc", "lcqmc_dev.tsv"), "Dev pairs")
+    flags.DEFINE_string("test_pairs", None, "LCQMC test pairs: final figure only")
+    flags.DEFINE_integer("limit", None, "Use only the first N pairs (quick checks)")
+    flags.DEFINE_integer("steps", 1000, "SimBERT training updates")
+    flags.DEFINE_integer("batch_size", 64, "Rows per batch (pairs x 2)")
+    flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate")
+    flags.DEFINE_integer("warmup_steps", 50, "Warmup updates")
+    flags.DEFINE_bool("train", True, "Train (else evaluate the export already in OUTPUT/run)")
+    flags.mark_flags_as_required(["warm_start", "output"])
 
 
 def overrides():
@@ -156,4 +159,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pretrain import cli
+    cli.start(main, define_flags)
