@@ -57,6 +57,7 @@ def parse_flags(argv):
 
 
 def start(main, define_flags=None):
+    """Define the command's flags, parse them, run `main`, exit with its status."""
     if define_flags is not None:
         define_flags()
     app.run(guarded(main), flags_parser=parse_flags)
