@@ -9,13 +9,18 @@ A command module defines its flags in `define_flags()` and its work in
 so that importing the module defines no flags (two commands may both have a
 `--config`). An expected error (`PretrainError`) prints its message, which
 says what to fix, and exits with its code (2) and no traceback; anything else
-is a bug and keeps its traceback. `main` may return an exit status.
+is a bug and keeps its traceback. `main` may return an exit status. Asking
+for help (`--help`, `--helpfull`) is a success: exit 0 (absl exits 1).
 """
 import sys
 
 from absl import app, flags
 
 from pretrain.errors import PretrainError
+
+# A flag defined here (--set) belongs to the command that asks for it: it is
+# listed in that command's --help.
+flags.disclaim_key_flags()
 
 
 def define_set_flag():
@@ -37,7 +42,22 @@ def guarded(main):
     return run
 
 
+_HELP = {"-?", "-help", "--help", "-helpshort", "--helpshort", "-helpfull", "--helpfull"}
+
+
+def parse_flags(argv):
+    """absl's parser, but the usage a user asked for ends with status 0."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except SystemExit as e:
+        args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+        if e.code == 1 and _HELP & set(args):
+            sys.exit(0)
+        raise
+
+
 def start(main, define_flags=None):
+    """Define the command's flags, parse them, run `main`, exit with its status."""
     if define_flags is not None:
         define_flags()
-    app.run(guarded(main))
+    app.run(guarded(main), flags_parser=parse_flags)

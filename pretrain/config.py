@@ -211,6 +211,13 @@ def validate(raw, path="<config>"):
     if (tok["vocab"] is None) == (tok["spm_model"] is None):
         raise ConfigError("%s: tokenizer needs exactly one of tokenizer.vocab or "
                           "tokenizer.spm_model" % path)
+    _check_data(path, data)
+    train["phases"] = _check_train(path, train, data)
+    return cfg
+
+
+def _check_data(path, data):
+    """The data section's values."""
     if data["task"] not in ("mlm", "simbert"):
         raise ConfigError("%s: data.task must be 'mlm' or 'simbert', got %r" % (
             path, data["task"]))
@@ -236,6 +243,10 @@ def validate(raw, path="<config>"):
     if data["masking"] not in MASKING_MODES:
         raise ConfigError("%s: data.masking must be 'static' or 'dynamic', got %r" % (
             path, data["masking"]))
+
+
+def _check_train(path, train, data):
+    """The train section's values; returns the phases with defaults filled."""
     if train["optimizer"] not in ("lamb", "adamw"):
         raise ConfigError("%s: train.optimizer must be 'lamb' or 'adamw', got %r" % (
             path, train["optimizer"]))
@@ -262,8 +273,7 @@ def validate(raw, path="<config>"):
         if phase["name"] is None:
             phase["name"] = "phase%d_seq%d" % (i + 1, phase["seq_len"])
         phases.append(phase)
-    train["phases"] = phases
-    return cfg
+    return phases
 
 
 def max_predictions_for(cfg, seq_len):
@@ -283,11 +293,21 @@ def parse_override(item):
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError("--set %r: expected KEY=VALUE, e.g. --set train.batch_size=64" % item)
+    if key.strip().split(".")[0] == "smoke":
+        raise ConfigError("--set %s: set the value itself (e.g. train.batch_size=8); with "
+                          "--smoke, --set applies after the smoke numbers" % item)
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = text
     return [int(k) if k.isdigit() else k for k in key.strip().split(".")], value
+
+
+def as_overrides(values):
+    """{"train.batch_size": 64, ...} -> ["train.batch_size=64", ...]: each value
+    as JSON, for `override` or a command's --set flags."""
+    return ["%s=%s" % (key, json.dumps(value, ensure_ascii=False))
+            for key, value in values.items()]
 
 
 def _set(raw, keys, value, item):
@@ -326,8 +346,7 @@ def override(cfg, overrides):
     benchmark, a quality script) derives a new one here."""
     raw = {k: v for k, v in cfg.items() if k not in ("path", "smoke", "overrides")}
     where = "%s with --set %s" % (cfg.get("path", "<config>"), " ".join(overrides))
-    out = validate(apply_overrides(raw, overrides), where)
-    out["name"] = cfg["name"]
+    out = validate(apply_overrides(raw, overrides), where)  # keeps the name unless set
     out["path"] = cfg.get("path")
     out["smoke"] = cfg.get("smoke", False)
     out["overrides"] = list(cfg.get("overrides", ())) + list(overrides)

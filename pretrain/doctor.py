@@ -13,7 +13,6 @@ training run that owns the chips.
 import importlib.metadata
 import os
 import shutil
-import sys
 
 from pretrain import hardware
 from pretrain.errors import PretrainError
@@ -189,7 +188,7 @@ def main(argv):
     return status
 
 
-def _define_flags():
+def define_flags():
     from absl import flags
     flags.DEFINE_string("gcs", None, "Also check that this gs:// path is readable and writable "
                         "with the current credentials (writes, reads and deletes one object).")
@@ -200,6 +199,5 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
-    _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    from pretrain import cli
+    cli.start(main, define_flags)

@@ -25,7 +25,6 @@ dropout masks derive from --seed: on a CPU a run is repeatable exactly.
 """
 import json
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -170,10 +169,32 @@ def make_predict(strategy, model, batch_size, xla):
 
 # ---------------------------------------------------------------- training
 
+def _optimizer(args, strategy, variables, total):
+    """AdamW over `total` updates: warmup, then linear decay to 0."""
+    schedule = optim.WarmupLinearDecay(args["learning_rate"], total,
+                                       warmup_steps=int(args["warmup_proportion"] * total))
+    with strategy.scope():
+        optimizer = optim.AdamW(schedule, weight_decay=WEIGHT_DECAY, bias_correction=True,
+                                clip_norm=CLIP_NORM)
+        optimizer._create_all_weights(variables)  # eagerly, as the trainer does
+    return optimizer
+
+
+def _summaries(writers, epoch, steps, losses, lr, dev):
+    """One epoch in TensorBoard: the loss per update, the lr, the dev scores."""
+    with writers["train"].as_default():
+        for i, value in enumerate(losses):
+            tf.summary.scalar("loss", value, step=(epoch - 1) * steps + i + 1)
+        tf.summary.scalar("learning_rate", float(lr), step=epoch * steps)
+    with writers["dev"].as_default():
+        for k, v in dev.items():
+            tf.summary.scalar(k, v, step=epoch * steps)
+
+
 def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     """Train, keep the best dev epoch, score dev/test with it; returns the result dict.
 
-    args: the settings (see `_define_flags`); data: {"labels": [...],
+    args: the settings (see `define_flags`); data: {"labels": [...],
     split: encoded arrays, split + "_examples": [Example]}.
     """
     labels = data["labels"]
@@ -188,13 +209,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     if steps == 0:
         raise ConfigError("--batch_size %d is larger than the %d train examples" % (
             args["batch_size"], len(data["train"]["labels"])))
-    total = steps * args["epochs"]
-    schedule = optim.WarmupLinearDecay(args["learning_rate"], total,
-                                       warmup_steps=int(args["warmup_proportion"] * total))
-    with strategy.scope():
-        optimizer = optim.AdamW(schedule, weight_decay=WEIGHT_DECAY, bias_correction=True,
-                                clip_norm=CLIP_NORM)
-        optimizer._create_all_weights(variables)  # eagerly, as the trainer does
+    optimizer = _optimizer(args, strategy, variables, steps * args["epochs"])
     compiled = xla or isinstance(strategy, tf.distribute.TPUStrategy)
     loop = train.make_train_loop(strategy, train.make_replica_step(
         task, optimizer, variables, args["seed"], dropout.rng_alg(compiled)), task.metrics, xla)
@@ -214,13 +229,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
         row = {"epoch": epoch, "train_loss": float(losses.mean()),
                "train_accuracy": float(sums["accuracy"]) / steps, "dev": dev}
         history.append(row)
-        with writers["train"].as_default():
-            for i, value in enumerate(losses):
-                tf.summary.scalar("loss", value, step=(epoch - 1) * steps + i + 1)
-            tf.summary.scalar("learning_rate", float(lr), step=epoch * steps)
-        with writers["dev"].as_default():
-            for k, v in dev.items():
-                tf.summary.scalar(k, v, step=epoch * steps)
+        _summaries(writers, epoch, steps, losses, lr, dev)
         log("%sepoch %d/%d: train loss %.4f accuracy %.4f | dev accuracy %.4f macro_f1 %.4f" % (
             "random init " if random_init else "", epoch, args["epochs"], row["train_loss"],
             row["train_accuracy"], dev["accuracy"], dev["macro_f1"]))
@@ -256,6 +265,9 @@ def write_predictions(path, examples, labels, probs):
 
 def load_data(args, log=print):
     """Read and encode the splits (see `fit` for the layout)."""
+    for split in ("train", "dev", "test"):
+        if args.get(split) and not tf.io.gfile.exists(args[split]):
+            raise finetune_data.DataError("--%s %s: no such file" % (split, args[split]))
     info = export.read_info(args["model"])
     if info is None:
         raise ConfigError("--model %s: not an export (no %s there; make one with "
@@ -339,7 +351,9 @@ def report(result, log=print):
 
 # ---------------------------------------------------------------- CLI
 
-def _define_flags(flag_values=None):
+# The settings are flags, one each (there is no config file to --set into).
+
+def define_flags(flag_values=None):
     """The command's flags, on absl's global FLAGS unless `flag_values` is given."""
     from absl import flags
     fv = {"flag_values": flags.FLAGS if flag_values is None else flag_values}
@@ -382,24 +396,18 @@ def _define_flags(flag_values=None):
 
 def main(argv):
     del argv
-    from absl import flags, logging
+    from absl import flags
     from pretrain import corpus
     f = flags.FLAGS
     args = {k: f[k].value for k in ("model", "task", "train", "dev", "test", "output", "epochs",
                                     "batch_size", "learning_rate", "warmup_proportion",
                                     "maxlen", "seed", "dropout", "max_bad_fraction",
                                     "baselines")}
-    try:
-        corpus.check_output_dir(args["output"])
-        strategy = train.make_strategy(f.tpu, f.tpu_timeout, allow_cpu=f.allow_cpu)
-        run(args, strategy)
-    except (ConfigError, finetune_data.DataError, train.TrainingError, corpus.OutputPathError,
-            export.CheckpointMismatchError, FileNotFoundError) as e:
-        logging.error("%s", e)  # these messages say what to fix: no traceback
-        sys.exit(1)
+    corpus.check_output_dir(args["output"])
+    strategy = train.make_strategy(f.tpu, f.tpu_timeout, allow_cpu=f.allow_cpu)
+    run(args, strategy)
 
 
 if __name__ == "__main__":
-    from absl import app
-    _define_flags()
-    app.run(main)
+    from pretrain import cli
+    cli.start(main, define_flags)

@@ -638,9 +638,11 @@ def run_vocab(cfg, inputs, output_dir, workers=1, min_count=1, text_field=None,
 
 # ---------------------------------------------------------------- CLI
 
-def _define_flags():
+def define_flags():
     from absl import flags
+    from pretrain import cli
     flags.DEFINE_string("config", None, "Model config: a name in configs/ or a path.")
+    cli.define_set_flag()
     flags.DEFINE_list("input", None, "Corpus files, globs (** works) or dirs; local or gs://.")
     flags.DEFINE_string("output", None, "Output dir (records) or vocab dir (`vocab`).")
     flags.DEFINE_list("seq_lens", None, "Sequence lengths, e.g. 128,512 (default: config).")
@@ -681,14 +683,11 @@ def main(argv):
     FLAGS = flags.FLAGS
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if len(argv) > 2 or (len(argv) == 2 and argv[1] != "vocab"):
-        raise SystemExit("usage: python -m pretrain.preprocess [vocab] --config ... --input ... "
-                         "--output ...; unexpected arguments: %s" % " ".join(argv[1:]))
-    try:
-        corpus.check_output_dir(FLAGS.output)
-    except corpus.OutputPathError as e:
-        print("error: %s" % e, file=sys.stderr)
-        return 1
-    cfg = load_config(FLAGS.config)
+        raise PreprocessError("unexpected arguments: %s (usage: python -m pretrain.preprocess "
+                              "[vocab] --config ... --input ... --output ...)"
+                              % " ".join(argv[1:]))
+    corpus.check_output_dir(FLAGS.output)
+    cfg = load_config(FLAGS.config, overrides=FLAGS.set)
     common = dict(workers=FLAGS.workers, text_field=FLAGS.text_field,
                   input_format=FLAGS.input_format, shard_mb=FLAGS.shard_mb,
                   progress=FLAGS.progress)
@@ -703,14 +702,17 @@ def main(argv):
                           max_bad_fraction=FLAGS.max_bad_fraction, user_dict=FLAGS.user_dict,
                           eval_fraction=FLAGS.eval_fraction, compress=FLAGS.compress,
                           segmenter=FLAGS.segmenter, masking=FLAGS.masking, **common)
-    except (PreprocessError, ValueError, FileNotFoundError) as e:
-        print("error: %s" % e, file=sys.stderr)
-        return 1
+    except PretrainError:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input other modules raise as these types: --input matching no file
+        # (corpus), a missing vocab or user_dict file, a vocab without [CLS]/[SEP]
+        # (tokenization, masking). A message, not a bug's traceback.
+        raise PreprocessError(str(e)) from None
     print(json.dumps(summary, indent=1, ensure_ascii=False))
     return 0
 
 
 if __name__ == "__main__":
-    from absl import app
-    _define_flags()
-    app.run(main)
+    from pretrain import cli
+    cli.start(main, define_flags)

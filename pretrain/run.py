@@ -1,8 +1,12 @@
-"""`python pretrain/run.py`: flags → config → train (and the CPU `--smoke` run).
+"""`python pretrain/run.py` (or `python -m pretrain.run`): flags → config →
+train (and the CPU `--smoke` run).
 
     python pretrain/run.py --config roberta_tiny.json --tpu local \\
         --data gs://bucket/records --output gs://bucket/runs/tiny
-    python pretrain/run.py --config roberta_tiny.json --smoke
+    python pretrain/run.py --config roberta_tiny.json --smoke --set train.batch_size=8
+
+`--set KEY=VALUE` changes one config value without editing the file; it
+applies after the `smoke` numbers, and is validated like the file.
 
 `--smoke` is the same code path with the config's `smoke` numbers: it
 preprocesses the shipped sample if needed, trains every phase for a few dozen
@@ -18,32 +22,41 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_ROOT, "pretrain"):
     sys.path[0] = _ROOT
 
 import pretrain  # noqa: E402,F401  (selects tf_keras before TensorFlow loads)
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from pretrain import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "Config name in configs/ (roberta_tiny) or a JSON path.")
-flags.DEFINE_string("tpu", None, "TPU to use: 'local' on a Colab/Cloud TPU VM, a TPU name, "
-                    "or grpc://IP:8470. Omit for GPU/CPU.")
-flags.DEFINE_bool("smoke", False, "CPU smoke run: the config's small numbers, shipped sample.")
-flags.DEFINE_string("data", None, "Records dir from pretrain.preprocess (MLM) or a groups "
-                    "JSON file (SimBERT). Local or gs://.")
-flags.DEFINE_string("output", None, "Run dir for checkpoints, TensorBoard and exports. "
-                    "Local or gs://.")
-flags.DEFINE_string("init_checkpoint", None, "Warm start from a Google/bert4keras checkpoint "
-                    "(e.g. chinese_L-12_H-768_A-12/bert_model.ckpt).")
-flags.DEFINE_string("phase", None, "Start from this phase (1-based index or name); "
-                    "default: the first unfinished one.")
-flags.DEFINE_integer("steps_per_loop", 100, "Optimizer updates per host call.")
-flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
-                  "bf16 = mixed bfloat16; auto picks bf16 on TPUs and Ampere or newer "
-                  "GPUs, fp32 elsewhere.")
-flags.DEFINE_bool("allow_cpu", False, "Train on the CPU even though this machine has a TPU "
-                  "or GPU that TensorFlow cannot use (by default the run stops and says why).")
-flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU before failing.")
-flags.DEFINE_bool("allow_train_changes", False, "Resume although the config's train section "
-                  "changed (e.g. more steps in the last phase); batch_size, grad_accum_steps, "
-                  "seed and a phase's name/seq_len can never change.")
-flags.mark_flag_as_required("config")
+
+
+def define_flags():
+    flags.DEFINE_string("config", None, "Config name in configs/ (roberta_tiny) or a JSON path.")
+    flags.DEFINE_string("tpu", None, "TPU to use: 'local' on a Colab/Cloud TPU VM, a TPU name, "
+                        "or grpc://IP:8470. Omit for GPU/CPU.")
+    flags.DEFINE_bool("smoke", False, "CPU smoke run: the config's small numbers (then --set "
+                      "on top), the shipped sample.")
+    flags.DEFINE_string("data", None, "Records dir from pretrain.preprocess (MLM) or a groups "
+                        "JSON file (SimBERT). Local or gs://.")
+    flags.DEFINE_string("output", None, "Run dir for checkpoints, TensorBoard and exports. "
+                        "Local or gs://.")
+    flags.DEFINE_string("init_checkpoint", None, "Warm start from a Google/bert4keras checkpoint "
+                        "(e.g. chinese_L-12_H-768_A-12/bert_model.ckpt).")
+    flags.DEFINE_string("phase", None, "Start from this phase (1-based index or name); "
+                        "default: the first unfinished one.")
+    flags.DEFINE_integer("steps_per_loop", 100, "Optimizer updates per host call.")
+    flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
+                      "bf16 = mixed bfloat16; auto picks bf16 on TPUs and Ampere or newer "
+                      "GPUs, fp32 elsewhere.")
+    flags.DEFINE_bool("allow_cpu", False, "Train on the CPU even though this machine has a TPU "
+                      "or GPU that TensorFlow cannot use (by default the run stops and says "
+                      "why).")
+    flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU before failing.")
+    flags.DEFINE_bool("allow_train_changes", False, "Resume although the config's train section "
+                      "changed (e.g. more steps in the last phase); batch_size, grad_accum_steps, "
+                      "seed and a phase's name/seq_len can never change.")
+    cli.define_set_flag()
+    flags.mark_flag_as_required("config")
+
 
 SAMPLE_CORPUS = os.path.join(_ROOT, "data", "sample", "clue_small.txt")
 SAMPLE_GROUPS = os.path.join(_ROOT, "data", "sample", "similarity_groups.json")
@@ -78,19 +91,12 @@ def smoke_data(cfg, output):
 
 def main(argv):
     del argv
-    from pretrain import corpus, export, gcs, preprocess, records, train
-    from pretrain.config import ConfigError
-
-    try:
-        exports, cfg, data, output = run(train)
-    except train.Interrupted as e:  # SIGINT/SIGTERM: saved; one line, 128 + signal
-        print(e, file=sys.stderr)
-        sys.exit(e.exit_code)
-    except (ConfigError, train.TrainingError, records.ManifestError, gcs.GcsError,
-            corpus.OutputPathError, preprocess.PreprocessError,
-            export.CheckpointMismatchError) as e:
-        logging.error("%s", e)  # these messages say what to fix: no traceback
-        sys.exit(1)
+    from pretrain.config import load_config
+    # Before TensorFlow loads: a bad config or --set fails in a second.
+    cfg = load_config(FLAGS.config, smoke=FLAGS.smoke, overrides=FLAGS.set)
+    from pretrain import train
+    # Expected errors (and train.Interrupted: saved, exit 128 + signal) end in cli.
+    exports, data, output = run(cfg, train)
     print("\nrun finished: %s" % cfg["name"])
     print("  data:        %s" % data)
     print("  checkpoints: %s" % os.path.join(output, "checkpoints"))
@@ -99,11 +105,8 @@ def main(argv):
         print("  export:      %s  (loads with bert4keras build_transformer_model)" % path)
 
 
-def run(train):
-    """Flags → config → data → trainer; returns (exports, cfg, data, output)."""
-    from pretrain.config import load_config
-
-    cfg = load_config(FLAGS.config, smoke=FLAGS.smoke)
+def run(cfg, train):
+    """Flags and config → data → trainer; returns (exports, data, output)."""
     output = FLAGS.output or (os.path.join("runs", cfg["name"] + "-smoke") if FLAGS.smoke
                               else None)
     if output is None:
@@ -131,8 +134,8 @@ def run(train):
                             steps_per_loop=FLAGS.steps_per_loop, precision=precision,
                             allow_train_changes=FLAGS.allow_train_changes)
     exports = trainer.run(start_phase=_phase_index(cfg, FLAGS.phase))
-    return exports, cfg, data, output
+    return exports, data, output
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.start(main, define_flags)

@@ -27,23 +27,26 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
 import pretrain  # noqa: E402,F401
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("export", "runs/mlm_quality/run/export/quality_seq128",
-                    "Export to fine-tune (scripts/mlm_quality.py writes it).")
-flags.DEFINE_string("output", "runs/finetune_quality", "Work dir: data/, one run dir per task.")
-flags.DEFINE_string("lcqmc", "../shared/data/similarity/lcqmc", "Dir with lcqmc_dev.tsv and "
-                    "lcqmc_test.tsv.")
-flags.DEFINE_string("corpus", "../shared/data/corpus/modern_translations.jsonl",
-                    "modern_translations.jsonl (book-labelled chapters).")
-flags.DEFINE_list("tasks", ["lcqmc", "books"], "Tasks to run.")
-flags.DEFINE_list("learning_rates", ["2e-4"], "Peak learning rates; with several, each runs "
-                  "without test and the best dev accuracy's is rerun with test.")
-flags.DEFINE_integer("epochs", 3, "Epochs per run (the best dev epoch is kept).")
-flags.DEFINE_integer("batch_size", 32, "Batch size.")
-flags.DEFINE_integer("split_seed", 0, "Seed of the LCQMC 80/20 split.")
-flags.DEFINE_integer("per_chapter", 2, "Sentences per chapter in the books task.")
+
+
+def define_flags():
+    flags.DEFINE_string("export", "runs/mlm_quality/run/export/quality_seq128",
+                        "Export to fine-tune (scripts/mlm_quality.py writes it).")
+    flags.DEFINE_string("output", "runs/finetune_quality", "Work dir: data/, one run dir per task.")
+    flags.DEFINE_string("lcqmc", "../shared/data/similarity/lcqmc", "Dir with lcqmc_dev.tsv and "
+                        "lcqmc_test.tsv.")
+    flags.DEFINE_string("corpus", "../shared/data/corpus/modern_translations.jsonl",
+                        "modern_translations.jsonl (book-labelled chapters).")
+    flags.DEFINE_list("tasks", ["lcqmc", "books"], "Tasks to run.")
+    flags.DEFINE_list("learning_rates", ["2e-4"], "Peak learning rates; with several, each runs "
+                      "without test and the best dev accuracy's is rerun with test.")
+    flags.DEFINE_integer("epochs", 3, "Epochs per run (the best dev epoch is kept).")
+    flags.DEFINE_integer("batch_size", 32, "Batch size.")
+    flags.DEFINE_integer("split_seed", 0, "Seed of the LCQMC 80/20 split.")
+    flags.DEFINE_integer("per_chapter", 2, "Sentences per chapter in the books task.")
 
 BOOKS = ("战国策", "太平广记", "容斋随笔", "左传", "黄帝内经", "徐霞客游记")
 MAXLEN = {"lcqmc": 32, "books": 64}
@@ -136,4 +139,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pretrain import cli
+    cli.start(main, define_flags)

@@ -10,7 +10,6 @@ trainer, then prints the eval curve from the TensorBoard events and chance
 level (1 / vocab). Re-running the command resumes. The export it ends with
 (RUN/export/quality_seq128) is the warm start of scripts/simbert_quality.py.
 """
-import json
 import os
 import sys
 
@@ -21,46 +20,45 @@ import pretrain  # noqa: E402,F401
 from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "roberta_tiny", "Model config to train.")
-flags.DEFINE_string("corpus", None, "Corpus files/globs (any format preprocess reads).")
-flags.DEFINE_string("output", "runs/mlm_quality", "Work dir: records/, run/.")
-flags.DEFINE_integer("steps", 2000, "Optimizer updates.")
-flags.DEFINE_integer("batch_size", 32, "Sequences per update.")
-# LAMB's lr is a relative step per layer (update norm = lr x weight norm):
-# at batch 32, 1e-3 crawled to the unigram plateau in 1,000 updates, 1e-2
-# collapsed to predicting the most frequent token; 3e-3 worked (README).
-flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.")
-flags.DEFINE_integer("warmup_steps", 200, "Linear warmup updates.")
-flags.DEFINE_integer("eval_every", 250, "Held-out eval interval (updates).")
-flags.DEFINE_integer("eval_steps", 10, "Held-out batches per eval.")
-flags.DEFINE_integer("workers", 2, "Preprocessing processes.")
-flags.DEFINE_integer("steps_per_loop", 20, "Updates per host call.")
-flags.DEFINE_enum("masking", None, ["static", "dynamic"], "data.masking (default: the config's).")
-flags.DEFINE_integer("dupe_factor", 1, "Masked copies, static masking only.")
-flags.DEFINE_float("validation_fraction", 0.01, "Fraction of documents held out.")
 
 
-def quality_config(path):
+def define_flags():
+    flags.DEFINE_string("config", "roberta_tiny", "Model config to train.")
+    flags.DEFINE_string("corpus", None, "Corpus files/globs (any format preprocess reads).")
+    flags.DEFINE_string("output", "runs/mlm_quality", "Work dir: records/, run/.")
+    flags.DEFINE_integer("steps", 2000, "Optimizer updates.")
+    flags.DEFINE_integer("batch_size", 32, "Sequences per update.")
+    # LAMB's lr is a relative step per layer (update norm = lr x weight norm):
+    # at batch 32, 1e-3 crawled to the unigram plateau in 1,000 updates, 1e-2
+    # collapsed to predicting the most frequent token; 3e-3 worked (README).
+    flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.")
+    flags.DEFINE_integer("warmup_steps", 200, "Linear warmup updates.")
+    flags.DEFINE_integer("eval_every", 250, "Held-out eval interval (updates).")
+    flags.DEFINE_integer("eval_steps", 10, "Held-out batches per eval.")
+    flags.DEFINE_integer("workers", 2, "Preprocessing processes.")
+    flags.DEFINE_integer("steps_per_loop", 20, "Updates per host call.")
+    flags.DEFINE_enum("masking", None, ["static", "dynamic"],
+                      "data.masking (default: the config's).")
+    flags.DEFINE_integer("dupe_factor", 1, "Masked copies, static masking only.")
+    flags.DEFINE_float("validation_fraction", 0.01, "Fraction of documents held out.")
+
+
+def quality_config():
     """The config at smoke scale: one seq-128 phase, this script's numbers."""
-    from pretrain.config import load_config
+    from pretrain.config import as_overrides, load_config, override
     base = load_config(FLAGS.config)
-    with open(base["path"]) as f:
-        raw = json.load(f)
-    raw.pop("smoke", None)
-    raw["name"] = base["name"] + "_quality"
-    raw["data"].update(dupe_factor=FLAGS.dupe_factor,
-                       validation_fraction=FLAGS.validation_fraction)
+    settings = {"name": base["name"] + "_quality", "data.dupe_factor": FLAGS.dupe_factor,
+                "data.validation_fraction": FLAGS.validation_fraction,
+                "train.batch_size": FLAGS.batch_size, "train.grad_accum_steps": 1,
+                "train.log_every": FLAGS.eval_every // 2,
+                "train.save_every": FLAGS.eval_every * 2, "train.eval_every": FLAGS.eval_every,
+                "train.eval_steps": FLAGS.eval_steps,
+                "train.phases": [{"name": "quality_seq128", "seq_len": 128,
+                                  "steps": FLAGS.steps, "warmup_steps": FLAGS.warmup_steps,
+                                  "learning_rate": FLAGS.learning_rate}]}
     if FLAGS.masking:
-        raw["data"]["masking"] = FLAGS.masking
-    raw["train"].update(batch_size=FLAGS.batch_size, grad_accum_steps=1,
-                        log_every=FLAGS.eval_every // 2, save_every=FLAGS.eval_every * 2,
-                        eval_every=FLAGS.eval_every, eval_steps=FLAGS.eval_steps)
-    raw["train"]["phases"] = [{"name": "quality_seq128", "seq_len": 128, "steps": FLAGS.steps,
-                               "warmup_steps": FLAGS.warmup_steps,
-                               "learning_rate": FLAGS.learning_rate}]
-    with open(path, "w") as f:
-        json.dump(raw, f, indent=2, ensure_ascii=False)
-    return load_config(path)
+        settings["data.masking"] = FLAGS.masking
+    return override(base, as_overrides(settings))
 
 
 def main(argv):
@@ -72,7 +70,7 @@ def main(argv):
     if not FLAGS.corpus:
         raise app.UsageError("--corpus is required")
     os.makedirs(FLAGS.output, exist_ok=True)
-    cfg = quality_config(os.path.join(FLAGS.output, "config.json"))
+    cfg = quality_config()
     records = os.path.join(FLAGS.output, "records")
     summary = preprocess.run(cfg, FLAGS.corpus, records, seq_lens=[128], workers=FLAGS.workers,
                              seed=cfg["train"]["seed"])
@@ -96,4 +94,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pretrain import cli
+    cli.start(main, define_flags)

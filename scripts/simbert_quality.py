@@ -1,10 +1,10 @@
 """SimBERT quality run: does SimBERT training improve sentence vectors over its warm start?
 
-1. Writes a copy of configs/simbert_tiny.json with this run's steps, batch and
-   learning rate (OUTPUT/simbert_tiny_quality.json).
+1. Takes configs/simbert_tiny.json with this run's steps, batch and learning
+   rate as --set overrides (named simbert_tiny_quality).
 2. Trains it with the one trainer, warm-started from an MLM-pretrained
    roberta_tiny export:
-   `python pretrain/run.py --config OUTPUT/simbert_tiny_quality.json
+   `python pretrain/run.py --config simbert_tiny --set train.batch_size=64 ...
     --data GROUPS --init_checkpoint WARM_START --output OUTPUT/run`.
 3. Scores, side by side, on LCQMC dev pairs (Spearman, accuracy at the best
    threshold) and on the held-out (validation) groups (retrieval top-1, and
@@ -30,49 +30,49 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pretrain  # noqa: F401,E402  (selects tf_keras before TensorFlow loads)
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from pretrain import export, models, simbert  # noqa: E402
-from pretrain.config import REPO_ROOT, load_config, resolve_config_path  # noqa: E402
+from pretrain.config import REPO_ROOT, as_overrides, load_config  # noqa: E402
 
 RUN_PY = os.path.join(REPO_ROOT, "pretrain", "run.py")
+CONFIG = "simbert_tiny"
 SHARED = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "similarity")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("warm_start", None, "MLM-pretrained roberta_tiny export (bert4keras dir)")
-flags.DEFINE_string("output", None, "Directory for the config, the run and quality.json")
-flags.DEFINE_string("data", "data/sample/similarity_groups.json", "SimBERT groups (JSON lines)")
-flags.DEFINE_string("pairs", os.path.join(SHARED, "lcqmc", "lcqmc_dev.tsv"), "Dev pairs")
-flags.DEFINE_string("test_pairs", None, "LCQMC test pairs: final figure only")
-flags.DEFINE_integer("limit", None, "Use only the first N pairs (quick checks)")
-flags.DEFINE_integer("steps", 1000, "SimBERT training updates")
-flags.DEFINE_integer("batch_size", 64, "Rows per batch (pairs x 2)")
-flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate")
-flags.DEFINE_integer("warmup_steps", 50, "Warmup updates")
-flags.DEFINE_bool("train", True, "Train (else evaluate the export already in OUTPUT/run)")
-flags.mark_flags_as_required(["warm_start", "output"])
 
 
-def write_config(path):
-    """simbert_tiny with this run's training numbers; returns the loaded config."""
-    with open(resolve_config_path("simbert_tiny")) as f:
-        raw = json.load(f)
-    raw["name"] = "simbert_tiny_quality"
-    raw["description"] = "simbert_tiny for scripts/simbert_quality.py"
-    train = raw["train"]
-    train.update(batch_size=FLAGS.batch_size, log_every=50, save_every=500,
-                 eval_every=500, eval_steps=4)
-    train["phases"][0].update(steps=FLAGS.steps, learning_rate=FLAGS.learning_rate,
-                              warmup_steps=FLAGS.warmup_steps)
-    with open(path, "w") as f:
-        json.dump(raw, f, indent=2, ensure_ascii=False)
-    return load_config(path)
+def define_flags():
+    flags.DEFINE_string("warm_start", None, "MLM-pretrained roberta_tiny export (bert4keras dir)")
+    flags.DEFINE_string("output", None, "Directory for the run and quality.json")
+    flags.DEFINE_string("data", "data/sample/similarity_groups.json", "SimBERT groups (JSON lines)")
+    flags.DEFINE_string("pairs", os.path.join(SHARED, "lcqmc", "lcqmc_dev.tsv"), "Dev pairs")
+    flags.DEFINE_string("test_pairs", None, "LCQMC test pairs: final figure only")
+    flags.DEFINE_integer("limit", None, "Use only the first N pairs (quick checks)")
+    flags.DEFINE_integer("steps", 1000, "SimBERT training updates")
+    flags.DEFINE_integer("batch_size", 64, "Rows per batch (pairs x 2)")
+    flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate")
+    flags.DEFINE_integer("warmup_steps", 50, "Warmup updates")
+    flags.DEFINE_bool("train", True, "Train (else evaluate the export already in OUTPUT/run)")
+    flags.mark_flags_as_required(["warm_start", "output"])
 
 
-def run_training(config_path, run_dir):
+def overrides():
+    """simbert_tiny's --set overrides for this run's training numbers."""
+    return as_overrides({
+        "name": "simbert_tiny_quality",
+        "description": "simbert_tiny for scripts/simbert_quality.py",
+        "train.batch_size": FLAGS.batch_size, "train.log_every": 50, "train.save_every": 500,
+        "train.eval_every": 500, "train.eval_steps": 4, "train.phases.0.steps": FLAGS.steps,
+        "train.phases.0.learning_rate": FLAGS.learning_rate,
+        "train.phases.0.warmup_steps": FLAGS.warmup_steps})
+
+
+def run_training(sets, run_dir):
     """pretrain/run.py in a child process; returns (wall s, CPU s)."""
-    cmd = [sys.executable, RUN_PY, "--config", config_path, "--data", FLAGS.data,
-           "--init_checkpoint", FLAGS.warm_start, "--output", run_dir]
+    cmd = [sys.executable, RUN_PY, "--config", CONFIG] + [
+        arg for item in sets for arg in ("--set", item)] + [
+        "--data", FLAGS.data, "--init_checkpoint", FLAGS.warm_start, "--output", run_dir]
     print("training: %s" % " ".join(cmd), flush=True)
     start, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True, cwd=REPO_ROOT)
@@ -112,12 +112,12 @@ def score(name, cfg, pair_sets, groups, sim=None):
 def main(argv):
     del argv
     os.makedirs(FLAGS.output, exist_ok=True)
-    config_path = os.path.join(FLAGS.output, "simbert_tiny_quality.json")
-    cfg = write_config(config_path)
+    sets = overrides()
+    cfg = load_config(CONFIG, overrides=sets)
     run_dir = os.path.join(FLAGS.output, "run")
     timing = {}
     if FLAGS.train:
-        timing["train_wall_s"], timing["train_cpu_s"] = run_training(config_path, run_dir)
+        timing["train_wall_s"], timing["train_cpu_s"] = run_training(sets, run_dir)
 
     pair_sets = {"dev": simbert.read_pairs(FLAGS.pairs, FLAGS.limit)}
     if FLAGS.test_pairs:
@@ -159,4 +159,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from pretrain import cli
+    cli.start(main, define_flags)

@@ -145,3 +145,95 @@ def test_pad_must_be_id_0(tmp_path):
     with pytest.raises(ConfigError, match=r"tokenizer\.keep_tokens .*keep\.json puts \[PAD\] "
                        r"at id 1, not 0"):
         load_vocab(cfg)
+
+
+# ---------------------------------------------------------------- --set overrides
+
+def test_set_parses_numbers_strings_lists_and_nested_keys():
+    from pretrain.config import parse_override
+    assert parse_override("train.batch_size=64") == (["train", "batch_size"], 64)
+    assert parse_override("train.phases.0.learning_rate=1e-3") == (
+        ["train", "phases", 0, "learning_rate"], 1e-3)
+    assert parse_override("data.masking=static") == (["data", "masking"], "static")
+    assert parse_override('name="123"') == (["name"], "123")  # JSON quotes keep a string
+    assert parse_override("train.clip_norm=null") == (["train", "clip_norm"], None)
+    assert parse_override("a=x=y") == (["a"], "x=y")
+    cfg = load_config("roberta_tiny", overrides=[
+        "train.batch_size=64", "train.phases.0.steps=5000", "data.masking=static",
+        "tokenizer.vocab=data/vocab.txt", 'train.exclude_from_weight_decay=["LayerNorm"]',
+        "data.seq_lens=[128,256]", "data.max_predictions=[20,40]",
+        "train.phases.1.seq_len=256", "train.clip_norm=1.0", "data.whole_word_mask=false"])
+    plain = load_config("roberta_tiny")
+    assert cfg["train"]["batch_size"] == 64 and plain["train"]["batch_size"] == 800
+    assert [p["steps"] for p in cfg["train"]["phases"]] == [
+        5000, plain["train"]["phases"][1]["steps"]]
+    assert cfg["data"]["masking"] == "static" and plain["data"]["masking"] == "dynamic"
+    assert cfg["train"]["exclude_from_weight_decay"] == ["LayerNorm"]
+    assert cfg["data"]["seq_lens"] == [128, 256] and cfg["data"]["max_predictions"] == [20, 40]
+    assert cfg["train"]["phases"][1]["seq_len"] == 256
+    assert cfg["train"]["clip_norm"] == 1.0 and cfg["data"]["whole_word_mask"] is False
+    assert cfg["overrides"][0] == "train.batch_size=64" and plain["overrides"] == []
+    # everything not set is the file's
+    for section in ("model", "tokenizer"):
+        assert cfg[section] == plain[section]
+
+
+@pytest.mark.parametrize("item,expect", [
+    ("train.batch_sise=3", r"roberta_tiny\.json with --set train\.batch_sise=3: unknown key "
+     r"train\.batch_sise \(allowed: batch_size, "),
+    ("train.phases.0.stepz=1", r"unknown key train\.phases\[0\]\.stepz"),
+    ("trian.batch_size=1", r"unknown top-level key 'trian'"),
+    ("train.batch_size=0", r"with --set train\.batch_size=0: train\.batch_size must be a "
+     r"positive integer"),
+    ("train.batch_size=8.5", r"train\.batch_size must be a positive integer"),
+    ("data.masking=statik", r"data\.masking must be 'static' or 'dynamic', got 'statik'"),
+    ("train.phases.0.steps=-5", r"train\.phases\[0\]\.steps must be an integer >= 1, got -5"),
+    ("train.phases.2.steps=10", r"--set train\.phases\.2\.steps=10: train\.phases has no item 2 "
+     r"\(it has 2\)"),
+    ("train.phases.first.steps=10", r"train\.phases has no item first"),
+    ("train.batch_size.x=1", r"--set train\.batch_size\.x=1: train\.batch_size is not a JSON "
+     r"object"),
+    ("train.batch_size", r"--set 'train\.batch_size': expected KEY=VALUE"),
+    ("smoke.train.batch_size=2", r"--set smoke\.train\.batch_size=2: set the value itself"),
+])
+def test_bad_set_is_named(item, expect):
+    with pytest.raises(ConfigError, match=expect):
+        load_config("roberta_tiny", overrides=[item])
+
+
+def test_set_applies_after_the_smoke_numbers():
+    smoke = load_config("roberta_tiny", smoke=True)
+    both = load_config("roberta_tiny", smoke=True, overrides=["train.phases.0.steps=7"])
+    assert smoke["train"]["phases"][0]["steps"] != 7
+    assert both["train"]["phases"][0]["steps"] == 7
+    # the other smoke numbers stay
+    assert both["train"]["batch_size"] == smoke["train"]["batch_size"] != load_config(
+        "roberta_tiny")["train"]["batch_size"]
+    assert both["train"]["phases"][1] == smoke["train"]["phases"][1]
+    assert both["data"] == smoke["data"] and both["smoke"] is True
+
+
+def test_override_returns_a_new_config_and_leaves_the_original_untouched():
+    import copy
+    from pretrain.config import as_overrides, override
+    cfg = load_config("roberta_tiny", smoke=True)
+    before = copy.deepcopy(cfg)
+    out = override(cfg, as_overrides({"train.phases.0.steps": 5, "data.masking": "static",
+                                      "name": "tiny_quality"}))
+    assert cfg == before
+    assert out["train"]["phases"][0]["steps"] == 5 and out["data"]["masking"] == "static"
+    assert out["name"] == "tiny_quality" and out["path"] == cfg["path"] and out["smoke"]
+    assert out["overrides"] == ['train.phases.0.steps=5', 'data.masking="static"',
+                                'name="tiny_quality"']
+    # no nested object is shared: changing the new one cannot reach the original
+    out["train"]["phases"][1]["steps"] = 99
+    out["train"]["exclude_from_weight_decay"].append("x")
+    assert cfg == before
+    # overrides accumulate, and the same key set again wins
+    again = override(out, ["train.phases.0.steps=6"])
+    assert again["train"]["phases"][0]["steps"] == 6
+    assert again["overrides"] == out["overrides"] + ["train.phases.0.steps=6"]
+    assert override(cfg, [])["train"] == cfg["train"]
+    with pytest.raises(ConfigError, match=r"with --set train\.batch_size=0: train\.batch_size"):
+        override(cfg, ["train.batch_size=0"])
+    assert cfg == before

@@ -1,6 +1,5 @@
 """pretrain.finetune: a tiny export fine-tuned on real text (passages of three
 books), its outputs, the bert4keras reload, determinism, bad input."""
-import copy
 import glob
 import json
 import os
@@ -12,7 +11,7 @@ import pytest
 
 from conftest import REPO_ROOT, shared_path
 from pretrain import export, finetune, finetune_data, models
-from pretrain.config import load_config
+from pretrain.config import as_overrides, load_config, override
 
 BOOKS = ("黄帝内经", "徐霞客游记", "战国策")  # medicine, travel, politics
 ARGS = dict(task="classification", epochs=3, batch_size=16, learning_rate=1e-3,
@@ -25,9 +24,9 @@ def tiny_export(tmp_path_factory):
     the random init that `--baselines` draws for --seed 0, so the fine-tuned
     run and the random-init run start from the same weights (see
     test_training_is_deterministic_for_a_seed)."""
-    cfg = copy.deepcopy(load_config("roberta_tiny"))
-    cfg["model"].update(num_hidden_layers=2, hidden_size=64, num_attention_heads=2,
-                        intermediate_size=128, embedding_size=32)
+    cfg = override(load_config("roberta_tiny"), as_overrides({
+        "model.num_hidden_layers": 2, "model.hidden_size": 64, "model.num_attention_heads": 2,
+        "model.intermediate_size": 128, "model.embedding_size": 32}))
     out = str(tmp_path_factory.mktemp("export") / "tiny")
     export.export_bert4keras(cfg, models.build_model(cfg), out)
     bert, _ = finetune.build_classifier(out, len(BOOKS), seed=ARGS["seed"], random_init=True)
@@ -234,17 +233,27 @@ def test_bad_input_is_a_one_line_error_without_traceback(tiny_export, splits, tm
                            "--task", "classification", "--train", str(bad), "--dev",
                            splits["dev"], "--output", str(tmp_path / "out")],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "%s:1: 4 tab-separated columns, expected 2 (text, label)" % bad in done.stdout
     errors = [l for l in done.stderr.splitlines() if "max_bad_fraction" in l]
     assert len(errors) == 1 and "5 of 6 lines (83.3%) are bad" in errors[0], done.stderr[-2000:]
 
 
+def test_a_missing_split_file_is_named_with_its_flag(tmp_path):
+    train = _write(str(tmp_path / "train.tsv"), [("好句子", "a"), ("坏句子", "b")])
+    for split in ("dev", "test"):
+        args = dict(ARGS, model=str(tmp_path), train=train, dev=train, test=None)
+        args[split] = str(tmp_path / "nope.tsv")
+        with pytest.raises(finetune_data.DataError,
+                           match=r"^--%s .*nope\.tsv: no such file$" % split):
+            finetune.load_data(args)
+
+
 def test_help_documents_every_flag():
     from absl import flags
     fv = flags.FlagValues()
-    finetune._define_flags(fv)
+    finetune.define_flags(fv)
     names = set(fv.flag_values_dict())
     assert {"model", "task", "train", "dev", "test", "output", "epochs", "batch_size",
             "learning_rate", "warmup_proportion", "maxlen", "seed", "baselines"} <= names
