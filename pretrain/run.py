@@ -78,7 +78,7 @@ def smoke_data(cfg, output):
 
 def main(argv):
     del argv
-    from pretrain import corpus, export, gcs, preprocess, records, train
+    from pretrain import checkpoints, fs, gcs, preprocess, records, train
     from pretrain.config import ConfigError
 
     try:
@@ -87,8 +87,8 @@ def main(argv):
         print(e, file=sys.stderr)
         sys.exit(e.exit_code)
     except (ConfigError, train.TrainingError, records.ManifestError, gcs.GcsError,
-            corpus.OutputPathError, preprocess.PreprocessError,
-            export.CheckpointMismatchError) as e:
+            fs.OutputPathError, preprocess.PreprocessError,
+            checkpoints.CheckpointMismatchError) as e:
         logging.error("%s", e)  # these messages say what to fix: no traceback
         sys.exit(1)
     print("\nrun finished: %s" % cfg["name"])
@@ -108,8 +108,8 @@ def run(train):
                               else None)
     if output is None:
         raise app.UsageError("--output is required (a local dir or gs://bucket/path)")
-    from pretrain import corpus
-    corpus.check_output_dir(output)
+    from pretrain import fs
+    fs.check_output_dir(output)
     if FLAGS.data is None and not FLAGS.smoke:
         raise app.UsageError("--data is required: the records dir written by "
                              "`python -m pretrain.preprocess` (or SimBERT groups JSON)")
