@@ -27,8 +27,8 @@ def main(run_dirs):
     phase = cfgs[0]["train"]["phases"][0]
     for run_dir, cfg in zip(run_dirs, cfgs):
         bundle = models.build_model(cfg)
-        checkpoints.load_pretrained(cfg, bundle, os.path.join(run_dir, "run", "export", phase["name"],
-                                                         "bert_model.ckpt"))
+        checkpoints.load_pretrained(cfg, bundle, os.path.join(
+            run_dir, "run", "export", phase["name"], "bert_model.ckpt"))
         task = train.MlmTask(cfg, bundle, None)
         sums = tf.function(lambda batch: task.loss_sums(batch, False))
         for data_dir, data_cfg in zip(run_dirs, cfgs):

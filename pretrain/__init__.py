@@ -18,21 +18,17 @@ os.environ.setdefault("TF_KERAS", "1")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from pretrain.hardware import tpu_chips  # noqa: E402  (stdlib only: cheap, imports no TF)
 
-def _quiet_tf_start():
-    from pretrain.hardware import tpu_chips  # stdlib only: cheap, and imports no TF
-    chips = tpu_chips()[0]
-    if "TPU_LOAD_LIBRARY" not in os.environ and not chips:
-        # The TPU build of TF loads libtpu at import. With no chips it waits
-        # minutes for a TPU VM's metadata server, then aborts: skip it, TF runs on CPU.
-        os.environ["TPU_LOAD_LIBRARY"] = "0"
-    # An NVIDIA driver creates /dev/nvidiactl (WSL2: /dev/dxg); without one, or
-    # chips, there is nothing for TF to find but the CPU.
-    nvidia = any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg"))
-    if not chips and not nvidia:
-        os.environ.setdefault("TF_ENABLED_DEVICE_TYPES", "CPU")
-
-
-_quiet_tf_start()
+_chips = tpu_chips()[0]
+if "TPU_LOAD_LIBRARY" not in os.environ and not _chips:
+    # The TPU build of TF loads libtpu at import. With no chips it waits
+    # minutes for a TPU VM's metadata server, then aborts: skip it, TF runs on CPU.
+    os.environ["TPU_LOAD_LIBRARY"] = "0"
+# An NVIDIA driver creates /dev/nvidiactl (WSL2: /dev/dxg); without one, or
+# chips, there is nothing for TF to find but the CPU.
+if not _chips and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia",
+                                                       "/dev/dxg")):
+    os.environ.setdefault("TF_ENABLED_DEVICE_TYPES", "CPU")
 
 __version__ = "0.1.0"

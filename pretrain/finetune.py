@@ -85,7 +85,8 @@ def save_finetuned(bert, model, source, out_dir, info):
         tf.io.gfile.rmtree(staging)
     tf.io.gfile.makedirs(staging)
     kernel, bias = model.get_layer("Classifier").get_weights()
-    checkpoints.save_checkpoint(bert, staging, {"classifier/kernel": kernel, "classifier/bias": bias})
+    checkpoints.save_checkpoint(bert, staging,
+                                {"classifier/kernel": kernel, "classifier/bias": bias})
     for name in (checkpoints.CONFIG_NAME, "vocab.txt"):
         tf.io.gfile.copy(os.path.join(source, name), os.path.join(staging, name))
     base = export.read_info(source) or {}

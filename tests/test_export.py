@@ -263,7 +263,7 @@ def test_a_reload_that_differs_fails_the_run_and_keeps_the_last_good_export(
         value = write(bert, name, value)
         return value + np.float32(1e-3) if name == bias else value
 
-    monkeypatch.setattr(export, "_to_checkpoint_layout", off_by_1e_3)
+    monkeypatch.setattr(checkpoints, "_to_checkpoint_layout", off_by_1e_3)
     with pytest.raises(train.TrainingError, match=r"reload .* differs .* by [0-9.e-]+ > "
                        r"tolerance 0\.0001"):
         _run_phase(tmp_path, records_dir, 5, out)
