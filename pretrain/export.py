@@ -129,7 +129,7 @@ def _load_kwargs(cfg):
 # ---------------------------------------------------------------------- CLI
 
 def define_flags():
-    flags.DEFINE_string("config", None, "config name or path")
+    flags.DEFINE_string("config", None, "config name (configs/NAME.json) or path to a config JSON")
     flags.DEFINE_string("checkpoint", None, "trainer checkpoint, Google-format "
                         "checkpoint or Keras h5 (the published T5s model.h5) to export "
                         "(default: the fresh initialisation)")

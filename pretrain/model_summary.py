@@ -123,7 +123,7 @@ def format_summary(s):
 
 
 def define_flags():
-    flags.DEFINE_string("config", None, "config name or path")
+    flags.DEFINE_string("config", None, "config name (configs/NAME.json) or path to a config JSON")
     flags.DEFINE_bool("json", False, "print JSON instead of text")
     flags.DEFINE_bool("measure_checkpoint", True, "export to a temp dir and measure the "
                       "checkpoint and its zip-compressed size")
