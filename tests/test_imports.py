@@ -105,8 +105,8 @@ def _graph(lazy_too=True):
 
 
 def find_cycles(graph):
-    """Every strongly connected component of more than one module (Tarjan),
-    each as one cycle through it: [a, b, ..., a]."""
+    """The cycles of the strongly connected components (Tarjan) of more than
+    one module: the shortest cycle through each member, [a, b, ..., a]."""
     index, low, stack, on_stack, sccs = {}, {}, [], set(), []
 
     def connect(v):
@@ -133,12 +133,20 @@ def find_cycles(graph):
     for v in sorted(graph):
         if v not in index:
             connect(v)
-    return [_cycle_in(graph, scc) for scc in sccs]
+    cycles = []
+    for scc in sccs:
+        for start in scc:  # the shortest cycle through each member, once each
+            cycle = _cycle_in(graph, scc, start)[:-1]
+            i = cycle.index(min(cycle))
+            cycle = cycle[i:] + cycle[:i] + [cycle[i]]
+            if cycle not in cycles:
+                cycles.append(cycle)
+    return cycles
 
 
-def _cycle_in(graph, scc):
-    # Shortest path back to the first module, inside the component.
-    start, members = scc[0], set(scc)
+def _cycle_in(graph, scc, start):
+    # Shortest path back to `start`, inside the component.
+    members = set(scc)
     paths, seen = [[start]], {start}
     while paths:
         path = paths.pop(0)
@@ -154,6 +162,8 @@ def _cycle_in(graph, scc):
 def test_cycle_finder_names_a_cycle():
     graph = {"a": ["b"], "b": ["c"], "c": ["a", "d"], "d": []}
     assert find_cycles(graph) == [["a", "b", "c", "a"]]
+    graph = {"a": ["b", "c"], "b": ["a"], "c": ["a"]}
+    assert sorted(find_cycles(graph)) == [["a", "b", "a"], ["a", "c", "a"]]
     assert find_cycles({"a": ["b"], "b": []}) == []
 
 
