@@ -21,14 +21,14 @@ import pretrain  # noqa: E402,F401  (tf_keras env before TensorFlow)
 
 def main(run_dirs):
     import tensorflow as tf
-    from pretrain import config, export, models, records, train
+    from pretrain import checkpoints, config, models, records, train
 
     cfgs = [config.load_config(os.path.join(d, "config.json")) for d in run_dirs]
     phase = cfgs[0]["train"]["phases"][0]
     for run_dir, cfg in zip(run_dirs, cfgs):
         bundle = models.build_model(cfg)
-        export.load_pretrained(cfg, bundle, os.path.join(run_dir, "run", "export", phase["name"],
-                                                         "bert_model.ckpt"))
+        checkpoints.load_pretrained(cfg, bundle, os.path.join(
+            run_dir, "run", "export", phase["name"], "bert_model.ckpt"))
         task = train.MlmTask(cfg, bundle, None)
         sums = tf.function(lambda batch: task.loss_sums(batch, False))
         for data_dir, data_cfg in zip(run_dirs, cfgs):

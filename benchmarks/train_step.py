@@ -11,7 +11,7 @@ Runs, in one process on this machine:
      from bert4keras's full-sequence MLM output [B, L, V] (`with_mlm`), as
      bert4keras's `pretraining/` does.
 MFU = model FLOPs per second / peak, with model FLOPs = 3 x the forward FLOPs
-each variant needs (`pretrain.models.mlm_flops_per_sequence`): ours runs the
+each variant needs (`pretrain.model_summary.mlm_flops_per_sequence`): ours runs the
 vocabulary head and the last layer's query-side work on the P masked rows
 only, so its FLOP count is the smaller one.
 """
@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pretrain import dropout, models, optim, train  # noqa: E402
+from pretrain import dropout, model_summary, models, optim, train  # noqa: E402
 from pretrain.config import load_config, max_predictions_for  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -120,8 +120,8 @@ def main(argv):
     P = max_predictions_for(cfg, L)
     stack = synthetic_batch(cfg, B, L)
     peak = matmul_peak()
-    sparse_flops = 3 * B * models.mlm_flops_per_sequence(cfg, L, P, sparse=True)
-    dense_flops = 3 * B * models.mlm_flops_per_sequence(cfg, L, P, sparse=False)
+    sparse_flops = 3 * B * model_summary.mlm_flops_per_sequence(cfg, L, P, sparse=True)
+    dense_flops = 3 * B * model_summary.mlm_flops_per_sequence(cfg, L, P, sparse=False)
 
     def sparse_task(c, b):
         return train.MlmTask(c, b, None)

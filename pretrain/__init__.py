@@ -5,6 +5,12 @@ bert4keras, and, on a machine without TPU chips, keeps the TPU build of
 TensorFlow from loading libtpu. This must happen before TensorFlow is first
 imported: Keras 3 is TF's default and bert4keras does not support it (see
 README, "Troubleshooting").
+
+It also quiets TensorFlow's start: INFO and WARNING lines of its C++ side
+(the oneDNN and CPU-instruction notices) are hidden, and on a machine with
+neither an NVIDIA device nor TPU chips TF is told to use the CPU only, so it
+does not probe for CUDA (`failed call to cuInit ... UNKNOWN ERROR (303)`).
+C++ errors still print. A variable already set in the environment wins.
 """
 import os
 
@@ -12,11 +18,17 @@ os.environ.setdefault("TF_KERAS", "1")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-if "TPU_LOAD_LIBRARY" not in os.environ:
-    from pretrain.hardware import tpu_chips  # stdlib only: cheap, and imports no TF
-    if not tpu_chips()[0]:
-        # The TPU build of TF loads libtpu at import. With no chips it waits
-        # minutes for a TPU VM's metadata server, then aborts: skip it, TF runs on CPU.
-        os.environ["TPU_LOAD_LIBRARY"] = "0"
+from pretrain.hardware import tpu_chips  # noqa: E402  (stdlib only: cheap, imports no TF)
+
+_chips = tpu_chips()[0]
+if "TPU_LOAD_LIBRARY" not in os.environ and not _chips:
+    # The TPU build of TF loads libtpu at import. With no chips it waits
+    # minutes for a TPU VM's metadata server, then aborts: skip it, TF runs on CPU.
+    os.environ["TPU_LOAD_LIBRARY"] = "0"
+# An NVIDIA driver creates /dev/nvidiactl (WSL2: /dev/dxg); without one, or
+# chips, there is nothing for TF to find but the CPU.
+if not _chips and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia",
+                                                       "/dev/dxg")):
+    os.environ.setdefault("TF_ENABLED_DEVICE_TYPES", "CPU")
 
 __version__ = "0.1.0"

@@ -18,14 +18,9 @@ import copy
 import json
 import os
 
+from pretrain import fs
 from pretrain.errors import PretrainError
 
-
-def _gfile():
-    # TensorFlow only for gs:// paths: importing it costs ~3 CPU-s and ~550 MB,
-    # too much for preprocessing, which reads configs and never needs TF.
-    import tensorflow as tf
-    return tf.io.gfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
@@ -131,8 +126,7 @@ def _check_prob(path, key, value):
 
 def resolve_config_path(name_or_path):
     """A bare name (`roberta_tiny` or `roberta_tiny.json`) resolves in configs/."""
-    if os.path.exists(name_or_path) or (name_or_path.startswith("gs://")
-                                        and _gfile().exists(name_or_path)):
+    if fs.exists(name_or_path):
         return name_or_path
     name = os.path.basename(name_or_path)
     if not name.endswith(".json"):
@@ -358,8 +352,7 @@ def load_config(name_or_path, smoke=False, overrides=()):
     validate, return a new dict."""
     path = resolve_config_path(name_or_path)
     try:
-        with (_gfile().GFile(path) if path.startswith("gs://")
-              else open(path, encoding="utf-8")) as f:
+        with fs.open(path) as f:
             raw = json.load(f)
     except json.JSONDecodeError as e:
         raise ConfigError("%s: not valid JSON (line %d, column %d: %s)" % (

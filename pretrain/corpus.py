@@ -1,7 +1,7 @@
 """Read documents from corpus files, and plan their split into independent chunks.
 
-Inputs are globs, directories or files, local or `gs://` (through
-`tf.io.gfile`, imported only for gs:// paths so worker processes stay light).
+Inputs are globs, directories or files, local or `gs://` (`pretrain.fs`:
+TensorFlow is imported only for gs:// paths, so worker processes stay light).
 `.gz` and `.bz2` are read transparently. Three layouts, sniffed per file:
 
 - `jsonl`: one JSON object per line; the text is taken from `--text_field`
@@ -24,16 +24,13 @@ of the chunk, turned into `file:line` by the `where(...)` function it gives.
 """
 import bz2
 import collections
-import glob as globlib
 import gzip
 import io
 import json
 import os
-import shutil
-import posixpath
 import re
 
-from pretrain.errors import PretrainError
+from pretrain import fs
 
 Doc = collections.namedtuple("Doc", "where text")
 Bad = collections.namedtuple("Bad", "where reason")
@@ -47,90 +44,7 @@ JSON_LAYOUTS = ((("text",), ("text",)),
 BAD_REASONS = ("bad_json", "bad_utf8", "not_an_object", "no_text_field", "empty_document")
 
 
-# ---------------------------------------------------------------- paths
-
-def is_gcs(path):
-    return path.startswith("gs://")
-
-
-def _gfile():
-    import pretrain  # noqa: F401  (tf_keras env before TensorFlow loads)
-    import tensorflow as tf
-    return tf.io.gfile
-
-
-def join(base, *parts):
-    return posixpath.join(base, *parts) if is_gcs(base) else os.path.join(base, *parts)
-
-
-def open_file(path, mode="r"):
-    if "://" in path:  # gs://, or another tf.io.gfile URL (file:// in tests)
-        return _gfile().GFile(path, mode)
-    if "b" in mode:
-        return open(path, mode)
-    return open(path, mode, encoding="utf-8")
-
-
-def exists(path):
-    return _gfile().exists(path) if is_gcs(path) else os.path.exists(path)
-
-
-def makedirs(path):
-    if is_gcs(path):
-        _gfile().makedirs(path)
-    else:
-        os.makedirs(path, exist_ok=True)
-
-
-def rename(src, dst):
-    if is_gcs(src):
-        _gfile().rename(src, dst, overwrite=True)
-    else:
-        os.replace(src, dst)
-
-
-def remove(path):
-    try:
-        if is_gcs(path):
-            _gfile().remove(path)
-        else:
-            os.remove(path)
-    except (OSError, IOError):
-        pass
-
-
-def listdir(path):
-    return [n.rstrip("/") for n in _gfile().listdir(path)] if is_gcs(path) else os.listdir(path)
-
-
-def rmtree(path):
-    if is_gcs(path):
-        _gfile().rmtree(path)
-    else:
-        shutil.rmtree(path)
-
-
-class OutputPathError(PretrainError, ValueError):
-    """An output path that cannot be a directory."""
-
-
-def check_output_dir(path, flag="--output"):
-    """Raise OutputPathError unless `path` is a directory or can be made one."""
-    if is_gcs(path):
-        blocked = path if _gfile().exists(path) and not _gfile().isdir(path) else None
-    else:
-        blocked = os.path.abspath(path)
-        while not os.path.exists(blocked):  # the nearest part that exists
-            blocked = os.path.dirname(blocked)
-        blocked = None if os.path.isdir(blocked) else blocked
-    if blocked:
-        raise OutputPathError("%s %s: %s is a file, not a directory; give a directory path "
-                              "(it is created if missing)" % (flag, path, blocked))
-
-
-def file_size(path):
-    return _gfile().stat(path).length if is_gcs(path) else os.path.getsize(path)
-
+# ---------------------------------------------------------------- inputs
 
 def expand_inputs(patterns):
     """Sorted, de-duplicated files from comma-separated globs, dirs and files."""
@@ -140,16 +54,10 @@ def expand_inputs(patterns):
     for pattern in (p.strip() for item in patterns for p in item.split(",")):
         if not pattern:
             continue
-        if is_gcs(pattern):
-            gf = _gfile()
-            if gf.isdir(pattern):
-                found = [join(d, f) for d, _, fs in gf.walk(pattern) for f in fs]
-            else:
-                found = gf.glob(pattern)
-        elif os.path.isdir(pattern):
-            found = [os.path.join(d, f) for d, _, fs in os.walk(pattern) for f in fs]
+        if fs.isdir(pattern):
+            found = fs.walk_files(pattern)
         else:
-            found = [f for f in globlib.glob(pattern, recursive=True) if os.path.isfile(f)]
+            found = [f for f in fs.glob(pattern) if fs.is_remote(f) or os.path.isfile(f)]
         if not found:
             raise FileNotFoundError("--input %r matches no file" % pattern)
         files.extend(found)
@@ -164,7 +72,7 @@ def compression_of(path):
 
 def open_stream(path):
     """Binary stream of the file's decompressed bytes."""
-    raw = open_file(path, "rb")
+    raw = fs.open(path, "rb")
     kind = compression_of(path)
     if kind == "gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")
@@ -244,9 +152,9 @@ def plan_chunks(files, chunk_bytes, fmt="auto"):
         if compression_of(path):
             bounds = _scan_boundaries(path, file_fmt, chunk_bytes)
         else:
-            size = file_size(path)
+            size = fs.size(path)
             bounds = [0]
-            with open_file(path, "rb") as f:
+            with fs.open(path, "rb") as f:
                 while bounds[-1] + chunk_bytes < size:
                     nxt = _next_boundary(f, bounds[-1] + chunk_bytes, file_fmt)
                     if nxt is None:
@@ -297,7 +205,7 @@ class _Where(object):
     def __call__(self, lineno_in_chunk):
         """`file:line` of the chunk's 0-based line `lineno_in_chunk`."""
         if self._base is None:
-            with open_file(self.path, "rb") as f:
+            with fs.open(self.path, "rb") as f:
                 count, left = 0, self.start
                 while left:
                     block = f.read(min(left, 1 << 22))

@@ -29,7 +29,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pretrain import dropout, export, finetune_baselines, finetune_data, models, optim, train
+from pretrain import (checkpoints, dropout, export, export_check, finetune_baselines,
+                      finetune_data, models, optim, train)
 from pretrain.config import ConfigError
 
 BASELINES = ("majority", "tfidf_lr", "random_init")
@@ -46,11 +47,11 @@ def build_classifier(model_dir, num_labels, dropout_rate=0.1, seed=0, random_ini
     same architecture freshly initialised (seeded) instead of its weights.
     """
     from bert4keras.backend import keras
-    kwargs = {k: v for k, v in export.load_kwargs(model_dir).items()
+    kwargs = {k: v for k, v in export_check.load_kwargs(model_dir).items()
               if k not in ("with_mlm", "with_pool", "application")}  # a plain encoder
-    config = os.path.join(model_dir, export.CONFIG_NAME)
+    config = os.path.join(model_dir, checkpoints.CONFIG_NAME)
     bert = models.build_transformer(
-        config, None if random_init else os.path.join(model_dir, export.CKPT_NAME),
+        config, None if random_init else os.path.join(model_dir, checkpoints.CKPT_NAME),
         return_keras_model=False, **kwargs)
     if random_init:
         with open(config) as f:
@@ -68,9 +69,9 @@ def load_finetuned(model_dir):
     info = export.read_info(model_dir)
     if not info or "finetune" not in info:
         raise ConfigError("%s is not a fine-tuned model (no finetune entry in %s)"
-                          % (model_dir, export.INFO_NAME))
+                          % (model_dir, checkpoints.INFO_NAME))
     _, model = build_classifier(model_dir, len(info["finetune"]["labels"]))
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, export.CKPT_NAME))
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, checkpoints.CKPT_NAME))
     model.get_layer("Classifier").set_weights([reader.get_tensor("classifier/kernel"),
                                                reader.get_tensor("classifier/bias")])
     return model, info
@@ -83,8 +84,9 @@ def save_finetuned(bert, model, source, out_dir, info):
         tf.io.gfile.rmtree(staging)
     tf.io.gfile.makedirs(staging)
     kernel, bias = model.get_layer("Classifier").get_weights()
-    export.save_checkpoint(bert, staging, {"classifier/kernel": kernel, "classifier/bias": bias})
-    for name in (export.CONFIG_NAME, "vocab.txt"):
+    checkpoints.save_checkpoint(bert, staging,
+                                {"classifier/kernel": kernel, "classifier/bias": bias})
+    for name in (checkpoints.CONFIG_NAME, "vocab.txt"):
         tf.io.gfile.copy(os.path.join(source, name), os.path.join(staging, name))
     base = export.read_info(source) or {}
     kwargs = {k: v for k, v in base.get("build_transformer_model", {}).items()
@@ -271,8 +273,8 @@ def load_data(args, log=print):
     info = export.read_info(args["model"])
     if info is None:
         raise ConfigError("--model %s: not an export (no %s there; make one with "
-                          "`python -m pretrain.export`)" % (args["model"], export.INFO_NAME))
-    with tf.io.gfile.GFile(os.path.join(args["model"], export.CONFIG_NAME)) as f:
+                          "`python -m pretrain.export`)" % (args["model"], checkpoints.INFO_NAME))
+    with tf.io.gfile.GFile(os.path.join(args["model"], checkpoints.CONFIG_NAME)) as f:
         positions = json.load(f).get("max_position_embeddings")
     if positions and args["maxlen"] > positions:
         raise ConfigError("--maxlen %d is longer than the model's max_position_embeddings %d"
@@ -397,13 +399,13 @@ def define_flags(flag_values=None):
 def main(argv):
     del argv
     from absl import flags
-    from pretrain import corpus
+    from pretrain import fs
     f = flags.FLAGS
     args = {k: f[k].value for k in ("model", "task", "train", "dev", "test", "output", "epochs",
                                     "batch_size", "learning_rate", "warmup_proportion",
                                     "maxlen", "seed", "dropout", "max_bad_fraction",
                                     "baselines")}
-    corpus.check_output_dir(args["output"])
+    fs.check_output_dir(args["output"])
     strategy = train.make_strategy(f.tpu, f.tpu_timeout, allow_cpu=f.allow_cpu)
     run(args, strategy)
 

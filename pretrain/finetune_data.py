@@ -19,7 +19,7 @@ import json
 
 import numpy as np
 
-from pretrain import corpus
+from pretrain import corpus, fs
 from pretrain.errors import PretrainError
 
 Example = collections.namedtuple("Example", "where text_a text_b label")
@@ -129,7 +129,7 @@ def make_tokenizer(export_dir, do_lower_case):
     import os
     from bert4keras.tokenizers import Tokenizer
     vocab = os.path.join(export_dir, "vocab.txt")
-    if not corpus.exists(vocab):
+    if not fs.exists(vocab):
         raise DataError("%s has no vocab.txt (a SentencePiece export is not supported by "
                         "the fine-tuner)" % export_dir)
     return Tokenizer(vocab, do_lower_case=do_lower_case)

@@ -27,12 +27,9 @@ The client honours STORAGE_EMULATOR_HOST; the tests use a local emulator.
 import base64
 import concurrent.futures
 import dataclasses
-import hashlib
-import json
 import os
 import posixpath
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -44,6 +41,7 @@ from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import storage
 
+from pretrain import cli, gcs_resumable
 from pretrain.errors import PretrainError
 
 MANIFEST = "manifest.json"
@@ -51,8 +49,6 @@ PARTIAL = ".partial"  # suffix of a download in progress; never uploaded
 CHUNK_QUANTUM = 256 * 1024  # Cloud Storage requires chunks in multiples of this
 DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024
 DEFAULT_STATE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "pretrain", "gcs-sessions")
-_RETRIES = 6  # consecutive failed requests of one upload before it gives up
-_TIMEOUT = (30, 600)  # connect, read (seconds) for one chunk request
 _stop = threading.Event()  # set on Ctrl-C so worker threads stop at their next chunk
 
 
@@ -195,97 +191,11 @@ def _raise_failures(failures, total, verb):
 
 # ---------------------------------------------------------------- upload
 
-class _Transient(Exception):
-    """A request that may succeed if repeated (network error, 429, 5xx)."""
-
-
-class _Rejected(Exception):
-    """The server refused the session or its data (4xx): repeating will not help."""
-
-
-def _put(url, size, start=None, data=b""):
-    """One request of the resumable-upload protocol.
-
-    Sends `data` at offset `start`, or asks for the session's status when
-    `start` is None. Returns (object resource or None, bytes the server holds).
-    """
-    if start is None:
-        content_range = "bytes */%d" % size
-    else:
-        content_range = "bytes %d-%d/%d" % (start, start + len(data) - 1, size)
+def _send(*args):
     try:
-        resp = requests.put(url, data=data, headers={"Content-Range": content_range},
-                            timeout=_TIMEOUT)
-    except (requests.ConnectionError, requests.Timeout) as e:
-        raise _Transient(str(e)) from None
-    if resp.status_code in (200, 201):
-        return resp.json(), size
-    if resp.status_code == 308:  # incomplete; Range says what was stored, absent if nothing
-        held = resp.headers.get("Range")
-        return None, int(held.rsplit("-", 1)[1]) + 1 if held else 0
-    if resp.status_code == 429 or resp.status_code >= 500:
-        raise _Transient("HTTP %d" % resp.status_code)
-    raise _Rejected("HTTP %d: %s" % (resp.status_code, resp.text[:500]))
-
-
-def _send(url, f, size, offset, chunk_size, name, progress):
-    """Send the file from `offset` (None: ask the server first) until the object exists.
-
-    Returns (object resource, the offset the upload started from).
-    """
-    failures, start = 0, offset
-    while True:
-        if _stop.is_set():
-            raise GcsError("interrupted")
-        try:
-            if offset is None or size == 0:  # status query; with size 0 it also finalises
-                obj, offset = _put(url, size)
-                start = offset if start is None else start
-            else:
-                f.seek(offset)
-                obj, held = _put(url, size, offset, f.read(chunk_size))
-                if progress:
-                    progress(name, held - offset)
-                offset = held
-            if obj is not None:
-                return obj, start
-            failures = 0
-        except _Transient as e:
-            failures += 1
-            if failures > _RETRIES:
-                raise GcsError("gave up after %d failed requests (%s); rerun to resume"
-                               % (failures, e)) from None
-            time.sleep(min(2 ** failures, 30))
-            offset = None  # the server may have stored part of the chunk: ask it
-
-
-def _state_path(state_dir, uri):
-    return os.path.join(state_dir, hashlib.sha256(uri.encode()).hexdigest()[:32] + ".json")
-
-
-def _load_session(path, identity):
-    """The saved session URL for this exact file version, else None."""
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return saved["url"] if saved.get("identity") == identity else None
-
-
-def _save_session(path, identity, url):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump({"identity": identity, "url": url}, f)
-    os.replace(tmp, path)
-
-
-def _forget(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+        return gcs_resumable.send(*args, stop=_stop)
+    except gcs_resumable.GaveUp as e:
+        raise GcsError(str(e)) from None
 
 
 def upload_file(bucket, path, name, chunk_size=DEFAULT_CHUNK_SIZE, state_dir=None,
@@ -300,14 +210,14 @@ def upload_file(bucket, path, name, chunk_size=DEFAULT_CHUNK_SIZE, state_dir=Non
     uri = "gs://%s/%s" % (bucket.name, name)
     # A session is only valid for the very bytes it started with.
     identity = {"uri": uri, "size": size, "mtime_ns": os.stat(path).st_mtime_ns, "crc32c": crc32c}
-    state = _state_path(state_dir or DEFAULT_STATE_DIR, uri)
+    state = gcs_resumable.state_path(state_dir or DEFAULT_STATE_DIR, uri)
     obj, resumed = None, 0
     with open(path, "rb") as f:
-        url = _load_session(state, identity)
+        url = gcs_resumable.load_session(state, identity)
         if url:
             try:
                 obj, resumed = _send(url, f, size, None, chunk_size, name, progress)
-            except _Rejected as e:  # expired (after a week) or refused: start again
+            except gcs_resumable.Rejected as e:  # expired (after a week) or refused: start again
                 logging.info("cannot resume the upload of %s (%s); starting again", uri, e)
                 url = None
         if url is None:
@@ -315,18 +225,19 @@ def upload_file(bucket, path, name, chunk_size=DEFAULT_CHUNK_SIZE, state_dir=Non
             # Declared up front, checked by the server before the object is created.
             blob.crc32c = crc32c
             try:
-                url = blob.create_resumable_upload_session(size=size, timeout=_TIMEOUT)
+                url = blob.create_resumable_upload_session(size=size,
+                                                           timeout=gcs_resumable.TIMEOUT)
             except Exception as e:
                 raise _explain(e, bucket.name, "starting the upload of %s" % uri) or e
             if size > chunk_size:  # only multi-chunk files are worth resuming
-                _save_session(state, identity, url)
+                gcs_resumable.save_session(state, identity, url)
             try:
                 obj, resumed = _send(url, f, size, 0, chunk_size, name, progress)
-            except _Rejected as e:
-                _forget(state)
+            except gcs_resumable.Rejected as e:
+                gcs_resumable.forget(state)
                 raise GcsError("Cloud Storage refused %s (%s); if the file changed while it was "
                                "being sent, rerun" % (uri, e)) from None
-    _forget(state)
+    gcs_resumable.forget(state)
     if str(obj.get("size")) != str(size) or obj.get("crc32c") != crc32c:
         # The server did not check our declared CRC32C (an emulator or a proxy may not): do it here.
         bucket.blob(name).delete()
@@ -484,9 +395,7 @@ def preflight(path, client=None):
 COMMANDS = ("upload", "download", "preflight")
 
 
-def _define_flags():
-    # Defined only when run as a CLI: importing this module from the trainer must not
-    # add --src/--dst/--workers to its flags.
+def define_flags():
     flags.DEFINE_string("src", None, "upload: local folder; download: gs:// folder")
     flags.DEFINE_string("dst", None, "upload: gs:// folder; download: local folder")
     flags.DEFINE_string("path", None, "preflight: the gs:// folder a run will write to")
@@ -513,9 +422,8 @@ def main(argv):
         else:
             print(preflight(f.path))
     except GcsError as e:
-        sys.exit("gcs %s failed: %s" % (command, e))
+        raise GcsError("gcs %s failed: %s" % (command, e)) from None
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    cli.start(main, define_flags)

@@ -24,13 +24,14 @@ gives the published layout, and reading maps a published file back.
 """
 import collections
 import os
-import shutil
 import tempfile
 
 import h5py
 import numpy as np
-import tensorflow as tf
 from bert4keras.backend import K
+from tf_keras import __version__ as keras_version
+
+from pretrain import fs
 
 H5_NAME = "model.h5"
 # Keras's limit on one attribute (HDF5 object header); longer lists are split
@@ -82,7 +83,6 @@ def _write_group(group, names, values):
 
 def write_h5(bert, path):
     """Write bert.model's weights as Keras 2 `save_weights` would (float32)."""
-    from tf_keras import __version__ as keras_version
     layers = bert.model.layers
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, H5_NAME)
@@ -96,10 +96,7 @@ def write_h5(bert, path):
                 values = [np.asarray(v, np.float32) for v in K.batch_get_value(weights)]
                 _write_group(f.create_group(layer.name), [w.name for w in weights], values)
             _write_group(f.create_group("top_level_model_weights"), [], [])
-        if "://" in str(path):
-            tf.io.gfile.copy(local, path, overwrite=True)
-        else:
-            shutil.copyfile(local, path)
+        fs.copy(local, path)
     return path
 
 
@@ -111,9 +108,9 @@ def read_h5(path, shapes_only=False):
     `model_weights`); gs:// paths are copied locally first.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        if "://" in str(path):
+        if fs.is_remote(path):
             local = os.path.join(tmp, H5_NAME)
-            tf.io.gfile.copy(path, local)
+            fs.copy(path, local)
             path = local
         with h5py.File(path, "r") as f:
             if "layer_names" not in f.attrs and "model_weights" in f:
@@ -153,7 +150,7 @@ def match_h5(bert, path, keep_tokens=None):
     Returns (pairs, loaded, missing, bad, unused): (weight, value) pairs to
     assign, the layers they cover, the model's layers the file lacks, those
     with another number of weights or other shapes, and the file's weighted
-    layers the model lacks. `export.load_pretrained` assigns all or nothing.
+    layers the model lacks. `checkpoints.load_pretrained` assigns all or nothing.
     """
     stored = read_h5(path)
     pairs, missing, bad = [], [], []

@@ -16,7 +16,7 @@ Which class, and why it is faithful:
   the MLM head are not in T5EncoderModel, which also uses tanh-GELU), so it is
   refused with that reason.
 
-Names come from the Google checkpoint names of `export.variable_pairs`, so
+Names come from the Google checkpoint names of `checkpoints.variable_pairs`, so
 this module never touches bert4keras layers directly.
 """
 import json
@@ -24,8 +24,10 @@ import os
 import re
 
 import numpy as np
+from bert4keras.backend import K
 
-from pretrain import export
+from pretrain import export_check
+from pretrain.checkpoints import variable_pairs
 from pretrain.tokenization import load_vocab
 
 POOLER_FILE = "pooler.safetensors"
@@ -70,10 +72,9 @@ def hf_name(name, electra):
 
 def hf_weights(cfg, bundle):
     """(transformers config, model state dict, pooler state dict) as NumPy arrays."""
-    from bert4keras.backend import K
     _check_supported(cfg)
     electra = _factorised(cfg)
-    pairs = export.variable_pairs(bundle.bert)
+    pairs = variable_pairs(bundle.bert)
     values = K.batch_get_value([w for _, w in pairs])
     state, pooler = {}, {}
     for (name, _), value in zip(pairs, values):
@@ -110,6 +111,7 @@ def hf_weights(cfg, bundle):
 
 def export_hf(cfg, bundle, out_dir):
     """Write a `from_pretrained`-loadable directory (+ vocab, tokenizer config)."""
+    # lazy: torch and transformers are the optional extra "hf"
     import torch
     from safetensors.torch import save_file
     from transformers import (BertConfig, BertForMaskedLM, BertTokenizer,
@@ -142,6 +144,7 @@ def export_hf(cfg, bundle, out_dir):
 
 def hf_outputs(out_dir, ids, segs):
     """[pooled (if any), MLM logits] of the HF directory, loaded with from_pretrained."""
+    # lazy: torch and transformers are the optional extra "hf"
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM
@@ -167,10 +170,10 @@ def check_hf(cfg, out_dir, bundle, n_pairs=8, maxlen=64):
     sentence pairs are given segment ids 0 only, where the UniLM mask is the
     full bidirectional mask.
     """
-    ids, segs = export.encode_pairs(out_dir, export.sample_pairs(n_pairs), maxlen,
+    ids, segs = export_check.encode_pairs(out_dir, export_check.sample_pairs(n_pairs), maxlen,
                                     do_lower_case=cfg["tokenizer"]["do_lower_case"])
     if cfg["model"]["application"] == "unilm":
         segs = np.zeros_like(segs)
-    want = export.float32_outputs(cfg, bundle, ids, segs)
+    want = export_check.float32_outputs(cfg, bundle, ids, segs)
     got = hf_outputs(out_dir, ids, segs)
-    return export.max_abs_diff(want, got, ids)
+    return export_check.max_abs_diff(want, got, ids)

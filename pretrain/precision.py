@@ -36,6 +36,7 @@ a model (`models.build_model(cfg, precision="bf16")`).
 import contextlib
 
 import tensorflow as tf
+from bert4keras import layers
 
 # The trainer's `precision` values.
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
@@ -89,7 +90,6 @@ def _under_own_policy(call):
 
 def install():
     """Apply the three changes above to bert4keras (once; later calls do nothing)."""
-    from bert4keras import layers
     if getattr(layers, "_pretrain_precision", False):
         return
     layers.LayerNormalization.__init__ = _float32_under_mixed(

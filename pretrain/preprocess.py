@@ -35,7 +35,7 @@ import zlib
 
 import numpy as np
 
-from pretrain import corpus, masking, records, tokenization
+from pretrain import corpus, fs, masking, records, tokenization
 from pretrain.errors import PretrainError
 
 STATE_DIR = ".preprocess"
@@ -97,12 +97,12 @@ def _report(nbytes, docs):
 def _shard_paths(job, chunk_index, L):
     base = records.seq_dir(job["output"], L)
     n = job["n_chunks"]
-    return {split: corpus.join(base, records.shard_name(split, chunk_index, n, job["compress"]))
+    return {split: fs.join(base, records.shard_name(split, chunk_index, n, job["compress"]))
             for split in ("train", "eval")}
 
 
 def _marker_path(output, chunk_index):
-    return corpus.join(output, STATE_DIR, "chunk-%05d.json" % chunk_index)
+    return fs.join(output, STATE_DIR, "chunk-%05d.json" % chunk_index)
 
 
 def _is_eval(text, job):
@@ -244,12 +244,12 @@ def _process_task(chunks):
             stats["counts"] = counts
         else:
             _write_chunk(chunk, splits, stats)
-            if corpus.exists(marker):  # done before for other lengths: keep those
-                with corpus.open_file(marker) as f:
+            if fs.exists(marker):  # done before for other lengths: keep those
+                with fs.open(marker) as f:
                     stats["lengths"] = dict(json.load(f)["lengths"], **stats["lengths"])
-            with corpus.open_file(marker + ".tmp", "w") as f:
+            with fs.open(marker + ".tmp", "w") as f:
                 json.dump(stats, f, sort_keys=True)
-            corpus.rename(marker + ".tmp", marker)
+            fs.rename(marker + ".tmp", marker)
         results.append(stats)
     return results
 
@@ -358,7 +358,7 @@ def _settings(job, files, shard_mb, input_format):
                                if job["user_dict_text"] else None)
     out["shard_mb"] = shard_mb
     out["input_format"] = input_format
-    out["sources"] = [{"path": f, "bytes": corpus.file_size(f)} for f in files]
+    out["sources"] = [{"path": f, "bytes": fs.size(f)} for f in files]
     return out
 
 
@@ -400,12 +400,12 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
     job["n_chunks"] = len(chunks)
     settings = _settings(job, files, shard_mb, input_format)
 
-    corpus.check_output_dir(output_dir)
-    state = corpus.join(output_dir, STATE_DIR)
-    settings_path = corpus.join(state, "settings.json")
-    fresh = not corpus.exists(settings_path)
+    fs.check_output_dir(output_dir)
+    state = fs.join(output_dir, STATE_DIR)
+    settings_path = fs.join(state, "settings.json")
+    fresh = not fs.exists(settings_path)
     if not fresh:
-        with corpus.open_file(settings_path) as f:
+        with fs.open(settings_path) as f:
             old = json.load(f)
         problem = _settings_change(old, json.loads(json.dumps(settings)))
         if problem and replace:
@@ -419,12 +419,12 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
         else:  # lengths may be added: the settings file lists all made so far
             settings = dict(settings, lengths=sorted(
                 {tuple(x) for x in old["lengths"]} | {tuple(x) for x in settings["lengths"]}))
-    corpus.makedirs(state)
-    with corpus.open_file(settings_path + ".tmp", "w") as f:
+    fs.makedirs(state)
+    with fs.open(settings_path + ".tmp", "w") as f:
         json.dump(settings, f, indent=1, sort_keys=True)
-    corpus.rename(settings_path + ".tmp", settings_path)
+    fs.rename(settings_path + ".tmp", settings_path)
     for L, _ in job["lengths"]:
-        corpus.makedirs(records.seq_dir(output_dir, L))
+        fs.makedirs(records.seq_dir(output_dir, L))
     try:
         return _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
                            max_bad_fraction, inputs)
@@ -480,11 +480,11 @@ def _old_flags(old, new):
 
 def _remove_records(output_dir):
     """Delete what preprocessing writes in output_dir (state and seq* dirs)."""
-    if not corpus.exists(output_dir):
+    if not fs.exists(output_dir):
         return
-    for name in corpus.listdir(output_dir):
+    for name in fs.listdir(output_dir):
         if name == STATE_DIR or (name.startswith("seq") and name[3:].isdigit()):
-            corpus.rmtree(corpus.join(output_dir, name))
+            fs.rmtree(fs.join(output_dir, name))
 
 
 def _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
@@ -495,12 +495,12 @@ def _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
     done = {}
     for c in chunks:
         marker = _marker_path(output_dir, c.index)
-        if corpus.exists(marker):
-            with corpus.open_file(marker) as f:
+        if fs.exists(marker):
+            with fs.open(marker) as f:
                 stats = json.load(f)
             per_length = stats["lengths"]
             if all(str(L) in per_length and per_length[str(L)] and all(
-                    corpus.exists(corpus.join(records.seq_dir(output_dir, L), s["name"]))
+                    fs.exists(fs.join(records.seq_dir(output_dir, L), s["name"]))
                     for s in per_length[str(L)].values()) for L, _ in job["lengths"]):
                 done[c.index] = stats
     job["done"] = set(done)
@@ -623,12 +623,12 @@ def run_vocab(cfg, inputs, output_dir, workers=1, min_count=1, text_field=None,
         raise PreprocessError("no documents in %s" % (inputs,))
     keep = tokenization.shrink_vocab(vocab.tokens, counts, min_count,
                                      cfg["tokenizer"]["startswith"])
-    corpus.makedirs(output_dir)
+    fs.makedirs(output_dir)
     tokenization.Vocab([vocab.tokens[i] for i in keep], keep, vocab.source_path).write(
-        corpus.join(output_dir, "vocab.txt"))
-    with corpus.open_file(corpus.join(output_dir, "keep_tokens.json"), "w") as f:
+        fs.join(output_dir, "vocab.txt"))
+    with fs.open(fs.join(output_dir, "keep_tokens.json"), "w") as f:
         json.dump(keep, f)
-    with corpus.open_file(corpus.join(output_dir, "token_counts.json"), "w") as f:
+    with fs.open(fs.join(output_dir, "token_counts.json"), "w") as f:
         json.dump({vocab.tokens[i]: int(counts[i]) for i in keep}, f, ensure_ascii=False)
     summary = {"docs": docs, "tokens": int(counts.sum()), "vocab_size": len(keep),
                "from_vocab_size": len(vocab), "output": output_dir}
@@ -686,7 +686,7 @@ def main(argv):
         raise PreprocessError("unexpected arguments: %s (usage: python -m pretrain.preprocess "
                               "[vocab] --config ... --input ... --output ...)"
                               % " ".join(argv[1:]))
-    corpus.check_output_dir(FLAGS.output)
+    fs.check_output_dir(FLAGS.output)
     cfg = load_config(FLAGS.config, overrides=FLAGS.set)
     common = dict(workers=FLAGS.workers, text_field=FLAGS.text_field,
                   input_format=FLAGS.input_format, shard_mb=FLAGS.shard_mb,

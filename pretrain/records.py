@@ -21,7 +21,7 @@ from concurrent import futures
 import google_crc32c
 import numpy as np
 
-from pretrain import corpus
+from pretrain import fs
 from pretrain.errors import PretrainError
 
 # name -> (length key, kind). Lengths are L (seq_len) or P (max_predictions).
@@ -50,7 +50,7 @@ class ManifestError(PretrainError, ValueError):
 
 
 def seq_dir(data_dir, seq_len):
-    return corpus.join(data_dir, "seq%d" % seq_len)
+    return fs.join(data_dir, "seq%d" % seq_len)
 
 
 def shard_name(split, index, total, compress):
@@ -247,7 +247,7 @@ class ShardWriter(object):
         self.tmp_path = path + ".tmp"
         self.count = 0
         self.size = None  # bytes on disk, known at commit; the manifest records it
-        self._raw = corpus.open_file(self.tmp_path, "wb")
+        self._raw = fs.open(self.tmp_path, "wb")
         self._out = (gzip.GzipFile(filename="", mode="wb", fileobj=self._raw,
                                    compresslevel=3, mtime=0)  # mtime=0: reproducible bytes
                      if compress else self._raw)
@@ -282,7 +282,7 @@ class ShardWriter(object):
             self._out.close()
         self.size = self._raw.tell()
         self._raw.close()
-        corpus.rename(self.tmp_path, self.path)
+        fs.rename(self.tmp_path, self.path)
 
     def abort(self):
         try:
@@ -290,12 +290,12 @@ class ShardWriter(object):
                 self._out.close()
             self._raw.close()
         finally:
-            corpus.remove(self.tmp_path)
+            fs.remove(self.tmp_path, missing_ok=True)
 
 
 def iter_records(path):
     """The serialized records of one shard, CRC-checked (plain Python reader)."""
-    with corpus.open_file(path, "rb") as raw:
+    with fs.open(path, "rb") as raw:
         f = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
         while True:
             header = f.read(12)
@@ -316,21 +316,21 @@ def iter_records(path):
 # ---------------------------------------------------------------- manifest
 
 def write_manifest(data_dir, seq_len, manifest):
-    path = corpus.join(seq_dir(data_dir, seq_len), MANIFEST)
-    with corpus.open_file(path + ".tmp", "w") as f:
+    path = fs.join(seq_dir(data_dir, seq_len), MANIFEST)
+    with fs.open(path + ".tmp", "w") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False, sort_keys=True)
         f.write("\n")
-    corpus.rename(path + ".tmp", path)
+    fs.rename(path + ".tmp", path)
     return path
 
 
 def read_manifest(data_dir, seq_len):
-    path = corpus.join(seq_dir(data_dir, seq_len), MANIFEST)
-    if not corpus.exists(path):
+    path = fs.join(seq_dir(data_dir, seq_len), MANIFEST)
+    if not fs.exists(path):
         raise ManifestError(
             "no records for seq_len %d: %s does not exist. Run `python -m pretrain.preprocess "
             "--config ... --output %s --seq_lens %d` first" % (seq_len, path, data_dir, seq_len))
-    with corpus.open_file(path, "r") as f:
+    with fs.open(path, "r") as f:
         manifest = json.load(f)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ManifestError("%s: not a %s v%d manifest (format=%r, version=%r)" % (
@@ -378,7 +378,7 @@ def masking_mode(manifest):
 
 
 def _size_or_none(path):
-    return corpus.file_size(path) if corpus.exists(path) else None
+    return fs.size(path) if fs.exists(path) else None
 
 
 def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
@@ -399,7 +399,7 @@ def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
             problems.append("the %s split has %d examples, fewer than one batch of %d%s"
                             % (split, examples, batch_size, hint))
         shards = [s for s in manifest[split]["shards"] if s["count"] > 0]
-        paths = [corpus.join(base, s["name"]) for s in shards]
+        paths = [fs.join(base, s["name"]) for s in shards]
         with futures.ThreadPoolExecutor(16) as pool:  # one round trip per gs:// shard
             sizes = list(pool.map(_size_or_none, paths))
         for shard, path, size in zip(shards, paths, sizes):
@@ -498,7 +498,7 @@ def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip
         raise ValueError("split must be 'train' or 'eval', got %r" % (split,))
     manifest = check_manifest(read_manifest(data_dir, seq_len), cfg, seq_len)
     base = seq_dir(data_dir, seq_len)
-    shards = [(corpus.join(base, s["name"]), s["count"]) for s in manifest[split]["shards"]
+    shards = [(fs.join(base, s["name"]), s["count"]) for s in manifest[split]["shards"]
               if s["count"] > 0]
     local_batch, per_step = batch_size, 1
     n_pipes, pipe = 1, 0

@@ -111,8 +111,8 @@ def run(cfg, train):
                               else None)
     if output is None:
         raise app.UsageError("--output is required (a local dir or gs://bucket/path)")
-    from pretrain import corpus
-    corpus.check_output_dir(output)
+    from pretrain import fs
+    fs.check_output_dir(output)
     if FLAGS.data is None and not FLAGS.smoke:
         raise app.UsageError("--data is required: the records dir written by "
                              "`python -m pretrain.preprocess` (or SimBERT groups JSON)")

@@ -24,8 +24,10 @@ import re
 import unicodedata
 
 import numpy as np
+import sentencepiece as spm
 
-from pretrain import corpus
+from pretrain import fs
+from pretrain.config import ConfigError, resolve_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -51,13 +53,13 @@ class Vocab(object):
         return hashlib.sha256("\n".join(self.tokens).encode("utf-8")).hexdigest()
 
     def write(self, path):
-        with corpus.open_file(path, "w") as f:
+        with fs.open(path, "w") as f:
             f.write("".join(t + "\n" for t in self.tokens))
 
 
 def read_vocab_file(path):
     """Tokens of a BERT vocab.txt, one per line, in id order."""
-    with corpus.open_file(path, "rb") as f:
+    with fs.open(path, "rb") as f:
         lines = f.read().decode("utf-8").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -65,8 +67,7 @@ def read_vocab_file(path):
 
 
 def _load_spm(path):
-    import sentencepiece as spm
-    with corpus.open_file(path, "rb") as f:
+    with fs.open(path, "rb") as f:
         proto = f.read()
     return proto, spm.SentencePieceProcessor(model_proto=proto)
 
@@ -77,7 +78,6 @@ def load_vocab(cfg):
     For a SentencePiece config, the tokens are the model's pieces; it must
     define [CLS], [SEP] and [MASK] pieces (user_defined_symbols) and a pad id.
     """
-    from pretrain.config import resolve_path
     tok = cfg["tokenizer"]
     if tok["spm_model"] is not None:
         path = resolve_path(tok["spm_model"])
@@ -92,11 +92,12 @@ def load_vocab(cfg):
     tokens = read_vocab_file(path)
     keep, key = None, "vocab %s" % path
     if tok["keep_tokens"]:
-        with corpus.open_file(resolve_path(tok["keep_tokens"]), "r") as f:
+        with fs.open(resolve_path(tok["keep_tokens"]), "r") as f:
             keep = json.load(f)
         tokens = [tokens[i] for i in keep]
         key = "keep_tokens %s" % resolve_path(tok["keep_tokens"])
     elif tok["simplified"]:
+        # lazy: bert4keras loads TensorFlow; preprocessing workers must not
         from bert4keras.tokenizers import load_vocab as b4k_load_vocab
         token_dict, keep = b4k_load_vocab(path, simplified=True,
                                           startswith=list(tok["startswith"]))
@@ -110,7 +111,6 @@ def load_vocab(cfg):
 def _check_pad_first(cfg, key, pad_id):
     # The models treat id 0 as padding (attention mask, input_mask, loss weights).
     if pad_id != 0:
-        from pretrain.config import ConfigError
         raise ConfigError("%s: tokenizer.%s %s [PAD] at id %d, not 0; the models mask id 0 as "
                           "padding, so [PAD] must come first" % (
                               cfg.get("path", cfg.get("name")), key,
@@ -119,7 +119,6 @@ def _check_pad_first(cfg, key, pad_id):
 
 def tokenizer_spec(cfg, vocab=None):
     """A small picklable description from which worker processes rebuild the tokenizer."""
-    from pretrain.config import resolve_path
     tok = cfg["tokenizer"]
     if tok["spm_model"] is not None:
         proto, _ = _load_spm(resolve_path(tok["spm_model"]))
@@ -299,7 +298,6 @@ class SentencePieceTokenizer(object):
     """bert4keras `SpTokenizer` ids; the model must define [CLS], [SEP], [MASK]."""
 
     def __init__(self, model_proto):
-        import sentencepiece as spm
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self.sp.get_piece_size()
         self.tokens = [self.sp.id_to_piece(i) for i in range(self.vocab_size)]

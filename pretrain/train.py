@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pretrain import compat, doctor, dropout, export, hardware, models, optim
+from pretrain import (checkpoints, compat, doctor, dropout, export, export_check, hardware,
+                      models, optim)
 from pretrain.errors import PretrainError
 
 # The sections of a config that define what a run directory holds; a resume
@@ -581,13 +582,13 @@ class Trainer(object):
         for prev in reversed(phases[:index]):
             latest = tf.train.latest_checkpoint(self._phase_dir(prev))
             if latest:
-                export.restore_training_checkpoint(self.bundle, latest)
+                checkpoints.restore_training_checkpoint(self.bundle, latest)
                 logging.info("phase %s starts from %s", phases[index]["name"], latest)
                 return
         if self.init_checkpoint:
             # SimBERT may start from an MLM-only model (roberta_tiny): no pooler there.
             pooler = ("bert/pooler/",) if self.cfg["model"]["with_pool"] else ()
-            export.load_pretrained(self.cfg, self.bundle, self.init_checkpoint,
+            checkpoints.load_pretrained(self.cfg, self.bundle, self.init_checkpoint,
                                    allow_missing=pooler)
             logging.info("warm start from %s", self.init_checkpoint)
 
@@ -792,7 +793,7 @@ class Trainer(object):
             return out
         try:
             _, diff = export.publish_export(self.cfg, self.bundle, out, source)
-        except export.ExportCheckError as e:
+        except export_check.ExportCheckError as e:
             raise TrainingError(str(e)) from None
         logging.info("exported %s from %s (bert4keras reload max |diff| = %.2e)", out,
                      source["checkpoint"], diff)

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pretrain  # noqa: F401,E402  (selects tf_keras before TensorFlow loads)
 from absl import flags  # noqa: E402
 
-from pretrain import export, models, simbert  # noqa: E402
+from pretrain import checkpoints, models, simbert  # noqa: E402
 from pretrain.config import REPO_ROOT, as_overrides, load_config  # noqa: E402
 
 RUN_PY = os.path.join(REPO_ROOT, "pretrain", "run.py")
@@ -130,7 +130,7 @@ def main(argv):
     bundle = models.build_model(cfg)  # seeded by train.seed
     rows.append(score("random init", cfg, pair_sets, groups,
                       simbert.SimBERT(bundle.encoder, tokenizer, maxlen)))
-    export.load_pretrained(cfg, bundle, FLAGS.warm_start, allow_missing=("bert/pooler/",))
+    checkpoints.load_pretrained(cfg, bundle, FLAGS.warm_start, allow_missing=("bert/pooler/",))
     rows.append(score("MLM warm start", cfg, pair_sets, groups,
                       simbert.SimBERT(bundle.encoder, tokenizer, maxlen)))
     trained = find_export(run_dir)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from bert4keras.backend import K
 from bert4keras.models import build_transformer_model
 
-from pretrain import export, models
+from pretrain import checkpoints, export, export_check, models
 from pretrain.config import REPO_ROOT, load_config
 from pretrain.tokenization import load_vocab
 from conftest import export_with_cli
@@ -27,12 +27,12 @@ def _corrupt(src, dst, a, b):
     """Copy an export with the tensors of names `a` and `b` swapped."""
     tf.io.gfile.makedirs(dst)
     for f in tf.io.gfile.listdir(src):
-        if not f.startswith(export.CKPT_NAME):
+        if not f.startswith(checkpoints.CKPT_NAME):
             tf.io.gfile.copy(os.path.join(src, f), os.path.join(dst, f), overwrite=True)
-    reader = tf.train.load_checkpoint(os.path.join(src, export.CKPT_NAME))
+    reader = tf.train.load_checkpoint(os.path.join(src, checkpoints.CKPT_NAME))
     names = sorted(reader.get_variable_to_shape_map())
     swap = {a: b, b: a}
-    tf.raw_ops.SaveV2(prefix=os.path.join(dst, export.CKPT_NAME), tensor_names=names,
+    tf.raw_ops.SaveV2(prefix=os.path.join(dst, checkpoints.CKPT_NAME), tensor_names=names,
                       shape_and_slices=[""] * len(names),
                       tensors=[reader.get_tensor(swap.get(n, n)) for n in names])
 
@@ -57,7 +57,7 @@ def exported(tmp_path_factory):
     _corrupt(out, "ram://swapped", "bert/encoder/layer_0/attention/self/query/bias",
              "bert/encoder/layer_0/attention/self/key/bias")
     items.append((cfg, "ram://swapped", bundle))
-    diffs = export.check_exports(items, n_pairs=6, maxlen=48)
+    diffs = export_check.check_exports(items, n_pairs=6, maxlen=48)
     return {name: item + (d,) for name, item, d in zip(ACCEPTANCE + ["swapped"], items, diffs)}
 
 
@@ -82,12 +82,12 @@ def test_bert4keras_reload_reproduces_outputs(exported, name):
 def test_check_notices_a_swapped_pair_of_zero_free_weights(exported):
     # Two biases swapped in the checkpoint: check_export must see it, and it is
     # far above the trainer's tolerance.
-    assert exported["swapped"][3] > 10 * export.RELOAD_TOLERANCE
+    assert exported["swapped"][3] > 10 * export_check.RELOAD_TOLERANCE
 
 
 def test_simbert_export_has_pool_and_unilm(exported):
     _, out, _, _ = exported["simbert_base"]
-    with open(os.path.join(out, export.INFO_NAME)) as f:
+    with open(os.path.join(out, checkpoints.INFO_NAME)) as f:
         kwargs = json.load(f)["build_transformer_model"]
     assert kwargs == {"model": "bert", "with_mlm": "linear", "with_pool": "linear",
                       "application": "unilm"}
@@ -103,7 +103,7 @@ def test_variable_mapping_weight_count_is_checked():
             num_attention_heads=2, intermediate_size=32, hidden_act=["gelu", "linear"],
             return_keras_model=False)
     with pytest.raises(ValueError, match="Transformer-0-FeedForward has 6 weights"):
-        export.variable_pairs(bert)
+        checkpoints.variable_pairs(bert)
 
 
 # --------------------------------------------------------------- warm start
@@ -131,7 +131,7 @@ def _student(**model):
 def test_warm_start_shrinks_vocab_with_keep_tokens(tmp_path):
     teacher, ckpt = _teacher(tmp_path, with_pool="linear")
     cfg, student = _student()
-    report = export.load_pretrained(cfg, student, ckpt)  # keep_tokens from the config
+    report = checkpoints.load_pretrained(cfg, student, ckpt)  # keep_tokens from the config
     keep = np.array(load_vocab(cfg).keep_tokens)
     assert len(keep) == 13585 and report["kept_init"] == []
     np.testing.assert_array_equal(
@@ -147,7 +147,7 @@ def test_warm_start_shrinks_vocab_with_keep_tokens(tmp_path):
     np.testing.assert_allclose(pooled, t_pooled, atol=1e-5)
     # An explicit keep_tokens list does the same.
     _, again = _student()
-    export.load_pretrained(cfg, again, ckpt, keep_tokens=list(keep))
+    checkpoints.load_pretrained(cfg, again, ckpt, keep_tokens=list(keep))
     np.testing.assert_array_equal(again.encoder.get_weights()[0], student.encoder.get_weights()[0])
 
 
@@ -155,17 +155,17 @@ def test_warm_start_refuses_partial_loads(tmp_path):
     _, ckpt = _teacher(tmp_path, with_pool=False)
     cfg, student = _student()
     before = student.encoder.get_weights()
-    with pytest.raises(export.CheckpointMismatchError) as e:
-        export.load_pretrained(cfg, student, ckpt)
+    with pytest.raises(checkpoints.CheckpointMismatchError) as e:
+        checkpoints.load_pretrained(cfg, student, ckpt)
     assert "bert/pooler/dense/kernel" in str(e.value) and "bert/pooler/dense/bias" in str(e.value)
     for x, y in zip(before, student.encoder.get_weights()):  # nothing assigned
         np.testing.assert_array_equal(x, y)
-    report = export.load_pretrained(cfg, student, ckpt, allow_missing=("bert/pooler/",))
+    report = checkpoints.load_pretrained(cfg, student, ckpt, allow_missing=("bert/pooler/",))
     assert report["kept_init"] == ["bert/pooler/dense/kernel", "bert/pooler/dense/bias"]
 
     cfg, wide = _student(hidden_size=32, intermediate_size=64)
-    with pytest.raises(export.CheckpointMismatchError) as e:
-        export.load_pretrained(cfg, wide, ckpt, allow_missing=("bert/pooler/",))
+    with pytest.raises(checkpoints.CheckpointMismatchError) as e:
+        checkpoints.load_pretrained(cfg, wide, ckpt, allow_missing=("bert/pooler/",))
     message = str(e.value)
     assert "shape mismatches" in message
     assert "bert/encoder/layer_1/attention/self/query/kernel: checkpoint [64, 64]" in message
@@ -184,20 +184,20 @@ def test_cli_exports_a_trainer_checkpoint(tmp_path):
     ckpt = tf.train.Checkpoint(model=bundle.encoder).save(str(tmp_path / "train" / "ckpt"))
     # The trainer's format restores into a fresh bundle, every weight matched.
     fresh = models.build_model(cfg, seed=9)
-    export.restore_training_checkpoint(fresh, ckpt)
+    checkpoints.restore_training_checkpoint(fresh, ckpt)
     for x, y in zip(bundle.encoder.get_weights(), fresh.encoder.get_weights()):
         np.testing.assert_array_equal(x, y)
     other = models.build_model(small_cfg("roberta_tiny", num_hidden_layers=2, hidden_size=32,
                                          num_attention_heads=2, intermediate_size=64))
-    with pytest.raises(export.CheckpointMismatchError):
-        export.restore_training_checkpoint(other, ckpt)
+    with pytest.raises(checkpoints.CheckpointMismatchError):
+        checkpoints.restore_training_checkpoint(other, ckpt)
 
     # The CLI on the same checkpoint writes the same weights.
     out = export_with_cli(tmp_path, raw_cfg["path"], dict(
         num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64),
         os.path.dirname(ckpt))
     reader = tf.train.load_checkpoint(out)
-    for name, weight in export.variable_pairs(bundle.bert):
+    for name, weight in checkpoints.variable_pairs(bundle.bert):
         np.testing.assert_array_equal(reader.get_tensor(name), K.get_value(weight))
 
 
@@ -207,12 +207,12 @@ from test_train import records_dir, tiny_config  # noqa: E402,F401  (module fixt
 
 
 def _export_weights(out):
-    reader = tf.train.load_checkpoint(os.path.join(out, export.CKPT_NAME))
+    reader = tf.train.load_checkpoint(os.path.join(out, checkpoints.CKPT_NAME))
     return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
 
 
 def _model_weights(bundle):
-    return {n: K.get_value(w) for n, w in export.variable_pairs(bundle.bert)}
+    return {n: K.get_value(w) for n, w in checkpoints.variable_pairs(bundle.bert)}
 
 
 def _run_phase(tmp_path, records_dir, steps, out):
@@ -227,22 +227,22 @@ def _run_phase(tmp_path, records_dir, steps, out):
 def test_trainer_export_is_rewritten_when_half_written_or_stale(tmp_path, records_dir):
     out = str(tmp_path / "run")
     trainer, path = _run_phase(tmp_path, records_dir, 3, out)
-    with open(os.path.join(path, export.INFO_NAME)) as f:
+    with open(os.path.join(path, checkpoints.INFO_NAME)) as f:
         info = json.load(f)
     assert info["source"]["checkpoint"] == "ckpt-3"
     assert info["reload_max_abs_diff"] == 0.0
     # A kill between files: the weights and the info file never got written.
     for name in os.listdir(path):
-        if name.startswith(export.CKPT_NAME + ".data") or name == export.INFO_NAME:
+        if name.startswith(checkpoints.CKPT_NAME + ".data") or name == checkpoints.INFO_NAME:
             os.remove(os.path.join(path, name))
     trainer, path = _run_phase(tmp_path, records_dir, 3, out)
-    assert os.path.exists(os.path.join(path, export.INFO_NAME))
+    assert os.path.exists(os.path.join(path, checkpoints.INFO_NAME))
     got = _export_weights(path)
     for name, value in _model_weights(trainer.bundle).items():
         np.testing.assert_array_equal(got[name], value)
     # The phase's steps grew: it trains on, and the export follows the new checkpoint.
     trainer, path = _run_phase(tmp_path, records_dir, 5, out)
-    with open(os.path.join(path, export.INFO_NAME)) as f:
+    with open(os.path.join(path, checkpoints.INFO_NAME)) as f:
         assert json.load(f)["source"]["checkpoint"] == "ckpt-5"
     got = _export_weights(path)
     for name, value in _model_weights(trainer.bundle).items():
@@ -257,13 +257,13 @@ def test_a_reload_that_differs_fails_the_run_and_keeps_the_last_good_export(
     _, path = _run_phase(tmp_path, records_dir, 3, out)
     before = _export_weights(path)
     bias = "cls/predictions/output_bias"
-    write = export._to_checkpoint_layout
+    write = checkpoints._to_checkpoint_layout
 
     def off_by_1e_3(bert, name, value):  # a checkpoint that is wrong by 1e-3 in one bias
         value = write(bert, name, value)
         return value + np.float32(1e-3) if name == bias else value
 
-    monkeypatch.setattr(export, "_to_checkpoint_layout", off_by_1e_3)
+    monkeypatch.setattr(checkpoints, "_to_checkpoint_layout", off_by_1e_3)
     with pytest.raises(train.TrainingError, match=r"reload .* differs .* by [0-9.e-]+ > "
                        r"tolerance 0\.0001"):
         _run_phase(tmp_path, records_dir, 5, out)
@@ -280,7 +280,7 @@ def test_relative_output_from_another_working_directory(tmp_path, records_dir, m
     monkeypatch.chdir(work)
     _, path = _run_phase(tmp_path, records_dir, 3, os.path.join("runs", "rel"))
     assert path == os.path.join("runs", "rel", "export", "p1_seq128")
-    with open(work / path / export.INFO_NAME) as f:
+    with open(work / path / checkpoints.INFO_NAME) as f:
         assert json.load(f)["reload_max_abs_diff"] == 0.0
 
 
@@ -297,7 +297,7 @@ def test_cli_relative_output_with_check_from_another_directory(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max |trained - bert4keras reload|: 0" in result.stdout
-    assert os.path.exists(tmp_path / "rel" / "out" / export.INFO_NAME)
+    assert os.path.exists(tmp_path / "rel" / "out" / checkpoints.INFO_NAME)
 
 
 def test_reload_check_runs_with_gpus_hidden(tmp_path, capfd):
@@ -306,7 +306,7 @@ def test_reload_check_runs_with_gpus_hidden(tmp_path, capfd):
     bundle = models.build_model(cfg)
     out = str(tmp_path / "e")
     export.export_bert4keras(cfg, bundle, out)
-    assert export.check_export(cfg, out, bundle) == 0.0
+    assert export_check.check_export(cfg, out, bundle) == 0.0
     assert "reload check process: CUDA_VISIBLE_DEVICES=-1" in capfd.readouterr().out
 
 
@@ -425,7 +425,7 @@ def test_warm_start_from_googles_layout(tmp_path, name):
             checked += 1
     n_weights = len(trainer.bundle.encoder.weights)
     assert checked == n_weights == len(values) - 2 - (0 if cfg["model"]["with_pool"] else 2)
-    report = export.load_pretrained(cfg, models.build_model(cfg), prefix)
+    report = checkpoints.load_pretrained(cfg, models.build_model(cfg), prefix)
     assert report["unused"] == sorted(
         ["cls/seq_relationship/output_bias", "cls/seq_relationship/output_weights"]
         + ([] if cfg["model"]["with_pool"] else ["bert/pooler/dense/bias",
@@ -441,7 +441,7 @@ def test_publish_to_a_filesystem_without_rename(tmp_path):
         bundle = models.build_model(cfg)
         randomize(bundle, seed=seed)
         prefix, diff = export.publish_export(cfg, bundle, out, {"checkpoint": "ckpt-%d" % seed})
-        assert prefix == out + "/" + export.CKPT_NAME and diff == 0.0
+        assert prefix == out + "/" + checkpoints.CKPT_NAME and diff == 0.0
         info = export.read_info(out)
         assert info["source"] == {"checkpoint": "ckpt-%d" % seed}
         assert info["reload_max_abs_diff"] == 0.0

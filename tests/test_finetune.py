@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, shared_path
-from pretrain import export, finetune, finetune_data, models
+from pretrain import checkpoints, export, finetune, finetune_data, models
 from pretrain.config import as_overrides, load_config, override
 
 BOOKS = ("黄帝内经", "徐霞客游记", "战国策")  # medicine, travel, politics
@@ -30,7 +30,7 @@ def tiny_export(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("export") / "tiny")
     export.export_bert4keras(cfg, models.build_model(cfg), out)
     bert, _ = finetune.build_classifier(out, len(BOOKS), seed=ARGS["seed"], random_init=True)
-    export.save_checkpoint(bert, out)  # the encoder's names; the MLM head is not fine-tuned
+    checkpoints.save_checkpoint(bert, out)  # the encoder's names; the MLM head is not fine-tuned
     return out
 
 

@@ -270,7 +270,7 @@ def test_cli(emulator, bucket, tmp_path):
     assert "uploaded 1 files" in done.stdout
 
     missing = _cli(["preflight", "--path", "gs://no-such-bucket-cli/runs/tiny"], env)
-    assert missing.returncode == 1
+    assert missing.returncode == 2  # PretrainError: message, exit 2
     assert "gcs preflight failed: bucket gs://no-such-bucket-cli does not exist" in missing.stderr
 
     # No credentials anywhere: no emulator, no key file, an empty home and gcloud config,
@@ -280,7 +280,7 @@ def test_cli(emulator, bucket, tmp_path):
     bare.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
                 NO_GCE_CHECK="true", GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9")
     nocred = _cli(["preflight", "--path", "gs://some-bucket/runs/tiny"], bare)
-    assert nocred.returncode == 1
+    assert nocred.returncode == 2
     assert "no Google Cloud credentials found" in nocred.stderr
 
     usage = _cli(["upload"], env)

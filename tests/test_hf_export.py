@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("torch", reason="HF export is the optional extra 'hf' (torch)")
 pytest.importorskip("transformers", reason="HF export is the optional extra 'hf'")
 
-from pretrain import export, hf_export, models  # noqa: E402
+from pretrain import export_check, hf_export, models  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 from test_models import randomize, small_cfg  # noqa: E402
 
@@ -32,8 +32,8 @@ def test_hf_matches_tf(tmp_path, name, model, hf_class):
     # for roberta_tiny, 2.4e-6 for the BERT-shaped SimBERT)
     assert diff <= 2e-5, diff
     # The saved tokenizer gives bert4keras's ids on real text.
-    pairs = export.sample_pairs(4)
-    ids, segs = export.encode_pairs(out, pairs, 64, do_lower_case=True)
+    pairs = export_check.sample_pairs(4)
+    ids, segs = export_check.encode_pairs(out, pairs, 64, do_lower_case=True)
     enc = AutoTokenizer.from_pretrained(out)([a for a, _ in pairs], [b for _, b in pairs],
                                              truncation="longest_first", max_length=64,
                                              padding=True)

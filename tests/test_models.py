@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from bert4keras.backend import K
 
-from pretrain import export, models
+from pretrain import checkpoints, model_summary, models
 from pretrain.config import load_config
 
 
@@ -14,7 +14,7 @@ def randomize(bundle, seed=0):
     """Give every weight (biases and norm scales too) a distinct random value,
     so a swapped or misnamed weight cannot hide behind identical inits."""
     rng = np.random.default_rng(seed)
-    pairs = export.variable_pairs(bundle.bert)
+    pairs = checkpoints.variable_pairs(bundle.bert)
     K.batch_set_value([(w, (1.0 if n.endswith(("gamma", "scale")) else 0.0)
                         + 0.1 * rng.standard_normal(w.shape, dtype=np.float32))
                        for n, w in pairs])
@@ -106,7 +106,7 @@ def test_vocab_size_must_match_tokenizer():
 
 def test_summary_counts_and_flops():
     cfg = load_config("roberta_tiny")
-    s = models.summary(cfg)
+    s = model_summary.summary(cfg)
     # COMPAT.md: 4x312, embedding 128 with the linear MLM head -> 7,560,864.
     assert s["params"] == 7560864 and s["published_MB"] == 27
     # The written checkpoint is the parameters in float32 plus a small index;
@@ -116,7 +116,7 @@ def test_summary_counts_and_flops():
     # FLOPs: 2 x matmul weights per token + attention scores; the weights of
     # the encoder matmuls alone (no embeddings, norms, biases) are
     # 4 layers x (4*312^2 + 2*312*1248) + 128*312.
-    enc, head = models.flops_per_token(cfg, 128)
+    enc, head = model_summary.flops_per_token(cfg, 128)
     matmul_weights = 4 * (4 * 312 * 312 + 2 * 312 * 1248) + 128 * 312
     assert enc == 2 * matmul_weights + 4 * 2 * 2 * 128 * 312
     assert head == 2 * (312 * 128 + 128 * 21128)

@@ -221,7 +221,7 @@ def test_bf16_training_follows_fp32_on_real_text(curves):
 
 def test_bf16_run_saves_float32_state_and_exports_what_bert4keras_reloads(curves):
     """The export of the bf16 run, reloaded by bert4keras in a fresh float32
-    process, gives the trainer's float32 reference (`export.float32_outputs`:
+    process, gives the trainer's float32 reference (`export_check.float32_outputs`:
     a float32 twin with the trained weights) to within 1e-5. Both sides
     compute in float32 from the same float32 weights, so only the order of
     summation can differ (measured: 0.0). The bf16 model's own logits differ
@@ -229,7 +229,7 @@ def test_bf16_run_saves_float32_state_and_exports_what_bert4keras_reloads(curves
     not the bf16 computation) and by less than 8 bf16 roundings of the largest
     logit: the bf16 forward rounds the output of every layer on the way (2
     layers of several matmuls; measured: 0.011)."""
-    from pretrain import export
+    from pretrain import export_check
     cfg, out = curves
     trainer = out["bf16"][2]
     run = trainer.output_dir
@@ -243,9 +243,9 @@ def test_bf16_run_saves_float32_state_and_exports_what_bert4keras_reloads(curves
     exported = tf.train.load_checkpoint(os.path.join(export_dir, "bert_model.ckpt"))
     assert set(exported.get_variable_to_dtype_map().values()) == {tf.float32}
 
-    assert export.check_export(cfg, export_dir, trainer.bundle) <= 1e-5
-    ids, segs = export.encode_pairs(export_dir, export.sample_pairs(8), 64)
-    want = export.float32_outputs(cfg, trainer.bundle, ids, segs)[0]
+    assert export_check.check_export(cfg, export_dir, trainer.bundle) <= 1e-5
+    ids, segs = export_check.encode_pairs(export_dir, export_check.sample_pairs(8), 64)
+    want = export_check.float32_outputs(cfg, trainer.bundle, ids, segs)[0]
     got = trainer.bundle.encoder.predict([ids, segs], verbose=0)
     diff, top = np.abs(got - want)[ids > 0].max(), np.abs(want[ids > 0]).max()
     assert 1e-3 < diff < 8 * BF16_EPS * top, (diff, top)

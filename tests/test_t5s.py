@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pretrain import export, h5_weights, models, train
+from pretrain import checkpoints, export, h5_weights, model_summary, models, train
 from pretrain.config import REPO_ROOT, load_config
 from pretrain.tokenization import load_vocab, read_vocab_file
 from conftest import export_with_cli
@@ -203,7 +203,7 @@ def test_tiny_h5_layout_is_the_published_one(tmp_path):
     want = layout_of(cfg)
     # The published tiny at its vocab: 8,946,550 parameters with the MLM head.
     assert sum(int(np.prod(s)) for _, shapes in want for s in shapes) == 8946550
-    assert models.count_params(bundle.bert) == 8946550
+    assert model_summary.count_params(bundle.bert) == 8946550
     path = str(tmp_path / "model.h5")
     h5_weights.write_h5(bundle.bert, path)
     assert h5_layout(path) == want
@@ -232,7 +232,7 @@ def test_independent_h5_loads_and_matches_numpy(tmp_path, embedding_size):
     want = numpy_t5s(weights, cfg["model"], ids, segs)
     valid = ids > 0
     bundle = models.build_model(cfg)
-    report = export.load_pretrained(cfg, bundle, path)
+    report = checkpoints.load_pretrained(cfg, bundle, path)
     assert report["unused"] == [] and set(report["loaded"]) == set(weights)
     got = bundle.encoder.predict([ids, segs], verbose=0)
     np.testing.assert_allclose(got[valid], want[valid], atol=1e-4, rtol=1e-4)
@@ -259,7 +259,7 @@ def test_h5_round_trip_is_exact(tmp_path):
     ids, segs = _inputs(cfg["model"]["vocab_size"])
     want = bundle.encoder.predict([ids, segs], verbose=0)
     fresh = models.build_model(cfg, seed=9)
-    export.load_pretrained(cfg, fresh, h5)
+    checkpoints.load_pretrained(cfg, fresh, h5)
     np.testing.assert_array_equal(fresh.encoder.predict([ids, segs], verbose=0), want)
     for x, y in zip(bundle.encoder.get_weights(), fresh.encoder.get_weights()):
         np.testing.assert_array_equal(x, y)
@@ -292,8 +292,8 @@ def test_h5_mismatch_lists_every_layer_and_loads_nothing(tmp_path):
     write_keras_h5(path, list(layout.items()), np.random.default_rng(0))
     bundle = models.build_model(cfg)
     before = bundle.encoder.get_weights()
-    with pytest.raises(export.CheckpointMismatchError) as e:
-        export.load_pretrained(cfg, bundle, path)
+    with pytest.raises(checkpoints.CheckpointMismatchError) as e:
+        checkpoints.load_pretrained(cfg, bundle, path)
     message = str(e.value)
     assert "nothing was loaded" in message
     assert "layers missing from the file (1):\n  MLM-Norm [[32]]" in message
@@ -330,7 +330,7 @@ def test_continue_from_the_release_vocab_with_and_without_keep_tokens(tmp_path):
     path = str(tmp_path / "release.h5")
     weights = write_keras_h5(path, layout_of(full), np.random.default_rng(5))
     teacher = models.build_model(full)  # vocab_size checked against the 13,686 lines
-    export.load_pretrained(full, teacher, path)
+    checkpoints.load_pretrained(full, teacher, path)
     np.testing.assert_array_equal(teacher.bert.layers["Embedding-Token"].get_weights()[0],
                                   weights["Embedding-Token"][0])
     # Simplifying that vocab keeps 13,585 tokens: keep_tokens picks their rows
@@ -339,7 +339,7 @@ def test_continue_from_the_release_vocab_with_and_without_keep_tokens(tmp_path):
     keep = np.array(load_vocab(shrunk).keep_tokens)
     assert len(keep) == 13585
     student = models.build_model(shrunk)
-    export.load_pretrained(shrunk, student, path)
+    checkpoints.load_pretrained(shrunk, student, path)
     np.testing.assert_array_equal(student.bert.layers["MLM-Bias"].get_weights()[0],
                                   weights["MLM-Bias"][0][keep])
     ids, segs = _inputs(13585)
@@ -379,10 +379,10 @@ def test_trainer_warm_start_and_cli_take_the_h5(tmp_path):
 
 def test_summary_builds_the_published_size():
     cfg = load_config("t5s_tiny")
-    s = models.summary(cfg, seq_lens=[128], measure_checkpoint=False,
+    s = model_summary.summary(cfg, seq_lens=[128], measure_checkpoint=False,
                        vocab_size=PUBLISHED_VOCAB)
     assert s["params"] == 8946550
     # At the config's 13,585 tokens: 101 rows fewer of the tied embedding (128
     # wide) and of MLM-Bias.
-    assert models.summary(cfg, seq_lens=[128], measure_checkpoint=False)["params"] == \
+    assert model_summary.summary(cfg, seq_lens=[128], measure_checkpoint=False)["params"] == \
         8946550 - 101 * 128 - 101

@@ -1,0 +1,125 @@
+"""Files and directories, local or `gs://`: one set of helpers for the project.
+
+A path with a scheme (`gs://`, or another `tf.io.gfile` URL such as `ram://`
+in tests) goes through `tf.io.gfile`; a plain path goes through `os`, so
+code that only ever sees local paths (preprocessing workers, config loading)
+never imports TensorFlow. `open` reads and writes text as UTF-8.
+"""
+import builtins
+import glob as globlib
+import os
+import posixpath
+import shutil
+
+from pretrain.errors import PretrainError
+
+
+class OutputPathError(PretrainError, ValueError):
+    """An output path that cannot be a directory."""
+
+
+def is_remote(path):
+    return "://" in str(path)
+
+
+def _gfile():
+    # lazy: TensorFlow (~3 CPU-s, ~550 MB) only for remote paths
+    import tensorflow as tf
+    return tf.io.gfile
+
+
+def join(base, *parts):
+    return posixpath.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def open(path, mode="r"):  # noqa: A001  (fs.open, like gfile.GFile)
+    if is_remote(path):
+        return _gfile().GFile(path, mode)
+    if "b" in mode:
+        return builtins.open(path, mode)
+    return builtins.open(path, mode, encoding="utf-8")
+
+
+def exists(path):
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path):
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def size(path):
+    return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
+
+
+def listdir(path):
+    """Names in a directory (no trailing "/" on subdirectories)."""
+    if is_remote(path):
+        return [n.rstrip("/") for n in _gfile().listdir(path)]
+    return os.listdir(path)
+
+
+def glob(pattern):
+    """Paths matching `pattern` (locally `**` matches any depth)."""
+    if is_remote(pattern):
+        return _gfile().glob(pattern)
+    return globlib.glob(pattern, recursive=True)
+
+
+def walk_files(path):
+    """Every file under a directory, at any depth."""
+    walk = _gfile().walk if is_remote(path) else os.walk
+    return [join(d, f) for d, _, files in walk(path) for f in files]
+
+
+def makedirs(path):
+    if is_remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def remove(path, missing_ok=False):
+    if missing_ok and not exists(path):
+        return
+    if is_remote(path):
+        _gfile().remove(path)
+    else:
+        os.remove(path)
+
+
+def rmtree(path):
+    if is_remote(path):
+        _gfile().rmtree(path)
+    else:
+        shutil.rmtree(path)
+
+
+def rename(src, dst):
+    """Move a file, replacing `dst` (on gs:// a copy then a delete)."""
+    if is_remote(src) or is_remote(dst):
+        _gfile().rename(src, dst, overwrite=True)
+    else:
+        os.replace(src, dst)
+
+
+def copy(src, dst):
+    """Copy a file, replacing `dst`; either side may be local or remote."""
+    if is_remote(src) or is_remote(dst):
+        _gfile().copy(src, dst, overwrite=True)
+    else:
+        shutil.copyfile(src, dst)
+
+
+def check_output_dir(path, flag="--output"):
+    """Raise OutputPathError unless `path` is a directory or can be made one."""
+    if is_remote(path):
+        blocked = path if exists(path) and not isdir(path) else None
+    else:
+        blocked = os.path.abspath(path)
+        while not os.path.exists(blocked):  # the nearest part that exists
+            blocked = os.path.dirname(blocked)
+        blocked = None if os.path.isdir(blocked) else blocked
+    if blocked:
+        raise OutputPathError("%s %s: %s is a file, not a directory; give a directory path "
+                              "(it is created if missing)" % (flag, path, blocked))
