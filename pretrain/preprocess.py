@@ -200,7 +200,7 @@ def _write_chunk(chunk, splits, stats):
                         batch = [ranges[k] for k in order[b:b + size]]
                         arrays = masker.mask(batch, ids, words, rng)
                         masked += int(arrays[4].sum())
-                        writer.write_many(encoder.encode_batch(*arrays))
+                        writer.write_rows(encoder.masked_rows(*arrays))
                 stats["lengths"][str(L)][split] = {"name": os.path.basename(paths[split]),
                                                    "count": writer.count, "masked": masked}
                 entries.append(stats["lengths"][str(L)][split])
@@ -220,7 +220,7 @@ def _write_unmasked(writer, masker, encoder, ranges, ids, words, seed, first_id)
     size = max(1, BATCH_TOKENS // masker.seq_len)
     for b in range(0, len(order), size):
         input_ids, _, starts = masker.unmasked([ranges[k] for k in order[b:b + size]], ids, words)
-        writer.write_many(encoder.encode_unmasked_batch(
+        writer.write_rows(encoder.unmasked_rows(
             input_ids, starts, first_id + writer.count + np.arange(len(input_ids))))
 
 
