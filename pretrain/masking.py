@@ -21,7 +21,7 @@ import numpy as np
 from pretrain.tokenization import normalize
 
 # A sentence ends after a run of these, plus any closing quotes/brackets.
-SENTENCE_END = re.compile("[。！？；!?;…\n]+[”’\"'」』）)》]*")
+SENTENCE_END = re.compile("([。！？；!?;…\n]+[”’\"'」』）)》]*)")  # a group: see _sentence_breaks
 
 
 def default_backend():
@@ -80,9 +80,16 @@ def prepare_document(text, tokenizer, segmenter=None):
         pieces = segmenter.cut(norm)
         ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
         words = np.searchsorted(ends, starts, side="right").astype(np.int32)
-    breaks = [m.end() for m in SENTENCE_END.finditer(norm)]
-    sentence_ends = np.searchsorted(starts, np.array(breaks, np.int64))
+    sentence_ends = np.searchsorted(starts, _sentence_breaks(norm))
     return ids, words, np.append(sentence_ends, len(ids))
+
+
+def _sentence_breaks(text):
+    """Where each sentence ends in `text` (int64 character offsets)."""
+    # split() keeps the matched ends (the group), and runs in C: the ends of
+    # the odd pieces, from the cumulated piece lengths, are the breaks
+    pieces = SENTENCE_END.split(text)
+    return np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))[1::2]
 
 
 def prepare_documents(texts, tokenizer, segmenter=None):
@@ -105,7 +112,7 @@ def prepare_documents(texts, tokenizer, segmenter=None):
         pieces = segmenter.cut(joined)
         ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
         words = np.searchsorted(ends, starts, side="right").astype(np.int32)
-    breaks = np.array([m.end() for m in SENTENCE_END.finditer(joined)], np.int64)
+    breaks = _sentence_breaks(joined)
     tok_start = np.searchsorted(starts, doc_start)
     tok_end = np.searchsorted(starts, doc_start + lens)
     break_tok = np.searchsorted(starts, breaks)

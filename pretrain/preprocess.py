@@ -123,16 +123,20 @@ def _read_chunk(chunk, where, items, lines, stats):
     pending, pending_chars = [], 0  # documents tokenized together (masking.prepare_documents)
 
     def flush():
-        for item, (ids, words, ends) in zip(pending, masking.prepare_documents(
-                [item.text for item in pending], tok, seg)):
-            if not len(ids):
+        docs = masking.prepare_documents([item.text for item in pending], tok, seg)
+        if docs:  # counted for the whole batch at once
+            flat = np.concatenate([ids for ids, _, _ in docs])
+            stats["tokens"] += len(flat)
+            stats["unk_tokens"] += int(np.count_nonzero(flat == tok.unk_id))
+            if counts is not None:
+                np.add(counts, np.bincount(flat, minlength=tok.vocab_size), out=counts)
+        for item, (ids, words, ends) in zip(pending, docs):
+            n = len(ids)
+            if not n:
                 _skip(stats, "empty_document", where, item.where)
                 continue
-            stats["tokens"] += len(ids)
-            stats["unk_tokens"] += int((ids == tok.unk_id).sum())
             progress["docs"] += 1
             if counts is not None:
-                np.add(counts, np.bincount(ids, minlength=tok.vocab_size), out=counts)
                 stats["docs"] += 1
                 continue
             split = "eval" if _is_eval(item.text, job) else "train"
@@ -141,10 +145,13 @@ def _read_chunk(chunk, where, items, lines, stats):
             part["ids"].append(ids)
             if words is not None:
                 part["words"].append(words + (part["words"][-1][-1] + 1 if part["words"] else 0))
-            for L, _ in job["lengths"]:
-                part["ranges"][L].extend((a + part["n"], b + part["n"]) for a, b in
-                                         masking.pack(ends, L - 2))
-            part["n"] += len(ids)
+            at = part["n"]
+            for L, ranges in part["ranges"].items():
+                if n <= L - 2:  # the whole document is one sequence (what pack gives)
+                    ranges.append((at, at + n))
+                else:
+                    ranges.extend((a + at, b + at) for a, b in masking.pack(ends, L - 2))
+            part["n"] += n
         del pending[:]
         if progress["docs"] >= 64:
             _report(lines.pos - progress["pos"], progress["docs"])
