@@ -170,7 +170,9 @@ class ExampleEncoder(object):
         return _field(b"\x0a", _field(b"\x0a", key) + _field(b"\x12", feature))
 
     def _int_feature(self, name, values):
-        return _split_rows(_join(self._packed(name, [values])))[0]
+        data, valid = _varint_part([values])
+        packed = data[valid].tobytes()
+        return self._heads(name)[len(packed)] + packed
 
     def _float_feature(self, name, values):
         packed = struct.pack("<%df" % len(values), *values)

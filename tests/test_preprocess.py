@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import read_tree, shared_path
-from pretrain import config, preprocess, records, tokenization
+from pretrain import config, preprocess, preprocess_state, records, tokenization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
@@ -95,7 +95,7 @@ def test_resume_after_kill_gives_identical_output(reference, small_corpus, tmp_p
            "--masking", "static", "--dupe_factor", "2", "--eval_fraction", "0.05",
            "--shard_mb", "0.04", "--seed", "7", "--workers", "1", "--progress=false"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = os.path.join(out, preprocess.STATE_DIR)
+    state = os.path.join(out, preprocess_state.STATE_DIR)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if os.path.isdir(state) and any(f.startswith("chunk-") and f.endswith(".json")
@@ -281,7 +281,7 @@ def test_smoke_records_are_rebuilt_when_settings_differ(tmp_path):
                    dupe_factor=1, workers=1, seed=cfg["train"]["seed"], segmenter="jieba",
                    progress=False)
     records_dir = run.smoke_data(cfg, out)
-    with open(os.path.join(records_dir, preprocess.STATE_DIR, "settings.json")) as f:
+    with open(os.path.join(records_dir, preprocess_state.STATE_DIR, "settings.json")) as f:
         assert json.load(f)["segmenter"] == "rjieba"
     assert records.read_manifest(records_dir, 128)["masking"]["segmenter"] == "rjieba"
 
@@ -328,7 +328,7 @@ def test_workers_end_with_their_parent(tmp_path, sig):
          ",".join(inputs), "--output", out, "--seq_lens", "128", "--dupe_factor", "3",
          "--shard_mb", "0.25", "--segmenter", "jieba", "--workers", "2", "--progress=false"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = os.path.join(out, preprocess.STATE_DIR)
+    state = os.path.join(out, preprocess_state.STATE_DIR)
 
     def markers():
         return sorted(f for f in os.listdir(state) if f.startswith("chunk-")
