@@ -7,27 +7,30 @@ a queue.
 """
 import multiprocessing
 import queue
+import sys
+import threading
 import time
 
 from pretrain import preprocess_worker
 
 
+def _context():
+    """fork where that is safe (Linux, no TensorFlow, no other thread): the
+    workers then share the tokenizer and segmenter built once here, instead
+    of each starting an interpreter and building them (~0.5 CPU-s a worker).
+    Else spawn: fresh interpreters that never import TensorFlow (records.py)."""
+    if (sys.platform.startswith("linux") and "tensorflow" not in sys.modules
+            and threading.active_count() == 1):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
 def run_tasks(job, tasks, workers, total_bytes, progress):
     """Run tasks in `workers` processes (or in this one); yields chunk stats."""
-    from tqdm import tqdm
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-               disable=not progress, smoothing=0.1, mininterval=1.0)
-    t0, docs = time.time(), [0]
-
-    def advance(nbytes, ndocs):
-        docs[0] += ndocs
-        bar.update(nbytes)
-        bar.set_postfix_str("%.0f docs/s" % (docs[0] / max(time.time() - t0, 1e-6)),
-                            refresh=False)
-
     if workers <= 1 or len(tasks) <= 1:
         preprocess_worker.init_worker(job, None)
-        preprocess_worker.STATE["bar"] = advance
+        bar = _Progress(total_bytes, progress)
+        preprocess_worker.STATE["bar"] = bar.advance
         try:
             for task in tasks:
                 for stats in preprocess_worker.process_task(task):
@@ -36,10 +39,19 @@ def run_tasks(job, tasks, workers, total_bytes, progress):
             preprocess_worker.STATE.clear()
             bar.close()
         return
-    # spawn: fresh interpreters that never import TensorFlow (see records.py)
-    ctx = multiprocessing.get_context("spawn")
+    from absl import logging
+    ctx = _context()
+    logging.info("preprocess: %d worker processes, started by %s", min(workers, len(tasks)),
+                 ctx.get_start_method())
+    if ctx.get_start_method() == "fork":
+        preprocess_worker.init_worker(job, None)  # inherited by the workers
     progress_queue = ctx.Queue()
-    pool = ctx.Pool(min(workers, len(tasks)), preprocess_worker.init_worker, (job, progress_queue))
+    try:  # the pool before the bar: tqdm may start a thread
+        pool = ctx.Pool(min(workers, len(tasks)), preprocess_worker.init_worker,
+                        (job, progress_queue))
+    finally:
+        preprocess_worker.STATE.clear()
+    bar = _Progress(total_bytes, progress)
     try:
         results = pool.imap_unordered(preprocess_worker.process_task, tasks)
         pending = len(tasks)
@@ -50,7 +62,7 @@ def run_tasks(job, tasks, workers, total_bytes, progress):
                 batch = None
             while True:
                 try:
-                    advance(*progress_queue.get_nowait())
+                    bar.advance(*progress_queue.get_nowait())
                 except queue.Empty:
                     break
             if batch is not None:
@@ -62,3 +74,22 @@ def run_tasks(job, tasks, workers, total_bytes, progress):
         pool.terminate()
         pool.join()
         bar.close()
+
+
+class _Progress(object):
+    """A tqdm bar of input bytes, with documents per second."""
+
+    def __init__(self, total_bytes, progress):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                        disable=not progress, smoothing=0.1, mininterval=1.0)
+        self.t0, self.docs = time.time(), 0
+
+    def advance(self, nbytes, ndocs):
+        self.docs += ndocs
+        self.bar.update(nbytes)
+        self.bar.set_postfix_str("%.0f docs/s" % (self.docs / max(time.time() - self.t0, 1e-6)),
+                                 refresh=False)
+
+    def close(self):
+        self.bar.close()

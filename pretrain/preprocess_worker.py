@@ -44,9 +44,14 @@ def _end_with_parent():
 
 
 def init_worker(job, progress_queue):
-    """Builds the tokenizer, segmenter and maskers once per process."""
+    """Builds the tokenizer, segmenter and maskers once per process (a
+    forked worker has them from its parent already)."""
     if multiprocessing.parent_process() is not None:  # a pool worker
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the CLI's handler, if forked
         _end_with_parent()
+        if STATE.get("job") is job:
+            STATE["queue"] = progress_queue
+            return
     tok = tokenization.make_tokenizer(job["tokenizer"])
     seg = None
     if job["mode"] == "records" and job["whole_word_mask"]:

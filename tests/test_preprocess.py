@@ -53,6 +53,28 @@ def test_output_is_identical_whatever_the_worker_count(reference, cfg, small_cor
         assert summary2[key] == summary[key]
 
 
+def test_forked_and_spawned_workers_write_the_same_bytes(reference, small_corpus, tmp_path):
+    """The CLI (no TensorFlow loaded) forks workers that share the driver's tokenizer and
+    segmenter; a process that loaded TensorFlow spawns fresh ones. Both equal one worker."""
+    import tensorflow  # noqa: F401  (loaded here: this process must spawn)
+    from pretrain import preprocess_pool
+    ref_dir, _ = reference
+    assert preprocess_pool._context().get_start_method() == "spawn"
+    spawned = str(tmp_path / "spawned")
+    preprocess.run(config.load_config("roberta_tiny"), small_corpus, spawned, workers=2,
+                   masking="static", **SETTINGS)
+    forked = str(tmp_path / "forked")
+    run = subprocess.run(
+        [sys.executable, "-m", "pretrain.preprocess", "--config", "roberta_tiny", "--input",
+         small_corpus, "--output", forked, "--seq_lens", "128,512", "--dupe_factor", "2",
+         "--eval_fraction", "0.05", "--shard_mb", "0.04", "--seed", "7", "--masking", "static",
+         "--workers", "2", "--progress=false"],
+        cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert "2 worker processes, started by fork" in run.stderr
+    assert read_tree(spawned) == read_tree(ref_dir)
+    assert read_tree(forked) == read_tree(ref_dir)
+
+
 def test_manifest_contents(reference):
     ref_dir, summary = reference
     for L, P in ((128, 20), (512, 80)):
