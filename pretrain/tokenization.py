@@ -209,11 +209,14 @@ class WordPieceTokenizer(object):
             if len(token) == 1:
                 self._char_ids[ord(token)] = i
         self._word_cache = {}
+        self._random_ids = None
 
     def random_ids(self):
         """Ids the 10% random replacement draws from: no [PAD]/[CLS]/[unused1]-style tokens."""
-        return np.array([i for i, t in enumerate(self.tokens)
-                         if not (t.startswith("[") and t.endswith("]"))], np.int32)
+        if self._random_ids is None:  # one array for all maskers
+            self._random_ids = np.array([i for i, t in enumerate(self.tokens)
+                                         if not (t[:1] == "[" and t[-1:] == "]")], np.int32)
+        return self._random_ids
 
     def _word_piece(self, word):
         # bert4keras Tokenizer._word_piece_tokenize, then token_to_id
