@@ -159,9 +159,11 @@ class ExampleEncoder(object):
         self.seq_len = seq_len
         self.max_predictions = max_predictions
         self.pad_id = pad_id
-        self._mask_cache = {}
-        self._weight_cache = {}
         self._head_cache = {}
+        self._input_masks = _Cache(lambda n: self._int_feature(
+            "input_mask", [1] * n + [0] * (seq_len - n)))
+        self._weights = _Cache(lambda k: self._float_feature(
+            "masked_lm_weights", [1.0] * k + [0.0] * (max_predictions - k)))
         self._zero_segments = self._int_feature("segment_ids", [0] * seq_len)
 
     def _entry(self, name, feature):
@@ -203,11 +205,11 @@ class ExampleEncoder(object):
         """`encode_batch` as rows (flat buffer, byte length of each example)."""
         n = len(input_ids)
         return _examples(  # the features in FEATURES order
-            self._packed("input_ids", input_ids) + [_lookup_part(lengths, self._input_mask),
+            self._packed("input_ids", input_ids) + [_lookup_part(lengths, self._input_masks.__getitem__),
                                                     _const_part(n, self._zero_segments)]
             + self._packed("masked_lm_positions", masked_positions)
             + self._packed("masked_lm_ids", masked_ids)
-            + [_lookup_part(counts, self._weights)])
+            + [_lookup_part(counts, self._weights.__getitem__)])
 
     def encode_unmasked_batch(self, input_ids, word_starts, example_ids):
         """Dynamic-masking records: rows [n, L] of unmasked ids and word-start
@@ -227,38 +229,24 @@ class ExampleEncoder(object):
         values = _varint_part(matrix)
         return [_lookup_part(values[1].sum(axis=1), self._heads(name).__getitem__), values]
 
-    def _input_mask(self, length):
-        mask = self._mask_cache.get(length)
-        if mask is None:
-            mask = self._mask_cache[length] = self._int_feature(
-                "input_mask", [1] * length + [0] * (self.seq_len - length))
-        return mask
-
-    def _weights(self, count):
-        weights = self._weight_cache.get(count)
-        if weights is None:
-            weights = self._weight_cache[count] = self._float_feature(
-                "masked_lm_weights", [1.0] * count + [0.0] * (self.max_predictions - count))
-        return weights
-
     def _heads(self, name):
         """{n: the header of feature `name` with n packed bytes}, filled on first use."""
         heads = self._head_cache.get(name)
         if heads is None:
-            heads = self._head_cache[name] = _Heads(name)
+            heads = self._head_cache[name] = _Cache(lambda n: _int_head(name, n))
         return heads
 
 
-class _Heads(dict):
-    """n -> _int_head(name, n), computed once."""
+class _Cache(dict):
+    """key -> make(key), computed once."""
 
-    def __init__(self, name):
+    def __init__(self, make):
         dict.__init__(self)
-        self.name = name
+        self.make = make
 
-    def __missing__(self, n):
-        head = self[n] = _int_head(self.name, n)
-        return head
+    def __missing__(self, key):
+        value = self[key] = self.make(key)
+        return value
 
 
 def _examples(features):
