@@ -19,7 +19,9 @@ Re-running the same command skips chunks with a marker and redoes the rest.
 The manifests (`seq{L}/manifest.json`) are written last, from the markers.
 
 Import `run` (and `run_vocab`) to preprocess from Python; the flags are
-defined only when this module runs as a program.
+defined only when this module runs as a program. A chunk's work is in
+preprocess_worker.py, the worker processes and progress bar in
+preprocess_pool.py, settings, markers and manifests in preprocess_state.py.
 """
 import collections
 import json
