@@ -272,7 +272,7 @@ def _define_flags():
 
 
 def _exit_on_sigterm(signum, frame):
-    sys.exit(128 + signum)  # unwinds through _run_tasks, which terminates the pool
+    sys.exit(128 + signum)  # unwinds through preprocess_pool.run_tasks, which terminates the pool
 
 
 def main(argv):

@@ -211,13 +211,10 @@ class ExampleEncoder(object):
             + self._packed("masked_lm_ids", masked_ids)
             + [_lookup_part(counts, self._weights.__getitem__)])
 
-    def encode_unmasked_batch(self, input_ids, word_starts, example_ids):
-        """Dynamic-masking records: rows [n, L] of unmasked ids and word-start
-        flags, and an int64 id per row (unique in the data set)."""
-        return _split_rows(self.unmasked_rows(input_ids, word_starts, example_ids))
-
     def unmasked_rows(self, input_ids, word_starts, example_ids):
-        """`encode_unmasked_batch` as rows (flat buffer, byte length of each example)."""
+        """Dynamic-masking records, as rows (flat buffer, byte length of each example):
+        rows [n, L] of unmasked ids and word-start flags, and an int64 id per row
+        (unique in the data set)."""
         return _examples(
             self._packed("input_ids", input_ids) + [_const_part(len(input_ids),
                                                                 self._zero_segments)]
