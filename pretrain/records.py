@@ -160,11 +160,12 @@ class ExampleEncoder(object):
         self.max_predictions = max_predictions
         self.pad_id = pad_id
         self._head_cache = {}
-        self._input_masks = _Cache(lambda n: self._int_feature(
-            "input_mask", [1] * n + [0] * (seq_len - n)))
-        self._weights = _Cache(lambda k: self._float_feature(
-            "masked_lm_weights", [1.0] * k + [0.0] * (max_predictions - k)))
         self._zero_segments = self._int_feature("segment_ids", [0] * seq_len)
+        # masks (0/1: one varint byte each) and weights (4-byte floats) have a
+        # fixed size: a constant header before bytes computed for all rows
+        self._mask_head = self._heads("input_mask")[seq_len]
+        no_weights = self._float_feature("masked_lm_weights", [0.0] * max_predictions)
+        self._weight_head = no_weights[:len(no_weights) - 4 * max_predictions]
 
     def _entry(self, name, feature):
         # Features.feature is map<string, Feature>: entry{1: key, 2: value}.
@@ -204,12 +205,16 @@ class ExampleEncoder(object):
     def masked_rows(self, input_ids, lengths, masked_positions, masked_ids, counts):
         """`encode_batch` as rows (flat buffer, byte length of each example)."""
         n = len(input_ids)
+        mask = np.arange(self.seq_len) < np.reshape(lengths, (-1, 1))
+        weights = (np.arange(self.max_predictions) < np.reshape(counts, (-1, 1))).astype("<f4")
         return _examples(  # the features in FEATURES order
-            self._packed("input_ids", input_ids) + [_lookup_part(lengths, self._input_masks.__getitem__),
-                                                    _const_part(n, self._zero_segments)]
+            self._packed("input_ids", input_ids)
+            + [_const_part(n, self._mask_head), (mask.view(np.uint8), np.ones(mask.shape, bool)),
+               _const_part(n, self._zero_segments)]
             + self._packed("masked_lm_positions", masked_positions)
             + self._packed("masked_lm_ids", masked_ids)
-            + [_lookup_part(counts, self._weights.__getitem__)])
+            + [_const_part(n, self._weight_head),
+               (weights.view(np.uint8), np.ones((n, 4 * self.max_predictions), bool))])
 
     def unmasked_rows(self, input_ids, word_starts, example_ids):
         """Dynamic-masking records, as rows (flat buffer, byte length of each example):
