@@ -302,7 +302,8 @@ def _framed(rows):
 
 
 def _masked_crc(data):
-    return struct.pack("<I", _mask(google_crc32c.value(data)))
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
 
 
 class ShardWriter(object):
