@@ -21,7 +21,7 @@ import numpy as np
 from pretrain.tokenization import normalize
 
 # A sentence ends after a run of these, plus any closing quotes/brackets.
-SENTENCE_END = re.compile("[。！？；!?;…\n]+[”’\"'」』）)》]*")
+SENTENCE_END = re.compile("([。！？；!?;…\n]+[”’\"'」』）)》]*)")  # a group: see _sentence_breaks
 
 
 def default_backend():
@@ -80,9 +80,16 @@ def prepare_document(text, tokenizer, segmenter=None):
         pieces = segmenter.cut(norm)
         ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
         words = np.searchsorted(ends, starts, side="right").astype(np.int32)
-    breaks = [m.end() for m in SENTENCE_END.finditer(norm)]
-    sentence_ends = np.searchsorted(starts, np.array(breaks, np.int64))
+    sentence_ends = np.searchsorted(starts, _sentence_breaks(norm))
     return ids, words, np.append(sentence_ends, len(ids))
+
+
+def _sentence_breaks(text):
+    """Where each sentence ends in `text` (int64 character offsets)."""
+    # split() keeps the matched ends (the group), and runs in C: the ends of
+    # the odd pieces, from the cumulated piece lengths, are the breaks
+    pieces = SENTENCE_END.split(text)
+    return np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))[1::2]
 
 
 def prepare_documents(texts, tokenizer, segmenter=None):
@@ -105,17 +112,20 @@ def prepare_documents(texts, tokenizer, segmenter=None):
         pieces = segmenter.cut(joined)
         ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
         words = np.searchsorted(ends, starts, side="right").astype(np.int32)
-    breaks = np.array([m.end() for m in SENTENCE_END.finditer(joined)], np.int64)
+    breaks = _sentence_breaks(joined)
     tok_start = np.searchsorted(starts, doc_start)
     tok_end = np.searchsorted(starts, doc_start + lens)
     break_tok = np.searchsorted(starts, breaks)
     break_doc = np.searchsorted(doc_start, breaks, side="right") - 1
     first_break = np.searchsorted(break_doc, np.arange(len(texts) + 1))
-    out = []
-    for d, (a, b) in enumerate(zip(tok_start.tolist(), tok_end.tolist())):
-        ends = break_tok[first_break[d]:first_break[d + 1]] - a
-        out.append((ids[a:b], None if words is None else words[a:b], np.append(ends, b - a)))
-    return out
+    # each document's sentence ends, then its length, back to back (in document order)
+    all_ends = np.concatenate([break_tok - tok_start[break_doc], tok_end - tok_start])
+    all_ends = all_ends[np.argsort(np.concatenate([break_doc, np.arange(len(texts))]),
+                                   kind="stable")]
+    bounds = zip(tok_start.tolist(), tok_end.tolist(), (first_break[:-1] + np.arange(
+        len(texts))).tolist(), (first_break[1:] + np.arange(1, len(texts) + 1)).tolist())
+    return [(ids[a:b], None if words is None else words[a:b], all_ends[c:e])
+            for a, b, c, e in bounds]
 
 
 def pack(sentence_ends, max_tokens):
@@ -195,7 +205,7 @@ class Masker(object):
         g_start = np.flatnonzero(new_group)
         g_len = np.diff(np.append(g_start, len(tok)))
         g_seq = seq_of[g_start]
-        order = np.lexsort((rng.random(len(g_start)), g_seq))  # random word order per sequence
+        order = _shuffle_within(g_seq, rng.random(len(g_start)), n)  # random word order
         g_start, g_len, g_seq = g_start[order], g_len[order], g_seq[order]
         budgets = np.minimum(P, np.maximum(1, np.round(lens * self.prob))).astype(np.int64)
         take = select_words(g_len, g_seq, budgets)
@@ -242,6 +252,15 @@ class Masker(object):
         starts = np.zeros_like(input_ids)
         starts[seq_of, col] = new_group
         return input_ids, lens + 2, starts
+
+
+def _shuffle_within(seq, keys, n):
+    """np.lexsort((keys, seq)) for seq in [0, n): the same order, faster for n < 2**15
+    (a stable sort by key, then numpy's radix sort of 16-bit seq, also stable)."""
+    if n >= 1 << 15:
+        return np.lexsort((keys, seq))
+    by_key = np.argsort(keys, kind="stable")
+    return by_key[np.argsort(seq[by_key].astype(np.int16), kind="stable")]
 
 
 def gather_ranges(ranges, ids, words):

@@ -59,6 +59,12 @@ def shard_name(split, index, total, compress):
 
 
 # ---------------------------------------------------------------- writing
+#
+# A batch of examples is built at once, as "parts": byte matrices [n, w]
+# with a validity mask, one row per example. Each part (varints padded to
+# their widest, headers looked up by count, constant features) is made by a
+# few NumPy operations for the whole batch; the rows' valid bytes, side by
+# side, are the examples ("rows": flat buffer and each row's byte length).
 
 def _varint(n):
     out = bytearray()
@@ -72,31 +78,94 @@ def _varint(n):
             return bytes(out)
 
 
-_SMALL_VARINTS = [_varint(i) for i in range(1 << 14)]
-
-
 def _field(tag, payload):
     """A length-delimited protobuf field: tag byte, varint length, payload."""
-    n = len(payload)
-    return tag + (_SMALL_VARINTS[n] if n < 16384 else _varint(n)) + payload
+    return tag + _varint(len(payload)) + payload
+
+
+def _varint_part(matrix):
+    """Each row of a non-negative int matrix [n, m] as packed protobuf varints (a part)."""
+    v = np.asarray(matrix)
+    v = v.reshape(len(v), -1).astype(np.int64, copy=False)  # ids come as int32
+    if v.size and v.min() < 0:
+        raise ValueError("ids must be non-negative")
+    width = max(1, (int(v.max(initial=0)).bit_length() + 6) // 7)  # bytes of the largest
+    if width == 1:  # all below 128: the values are the bytes
+        return v.astype(np.uint8), np.ones(v.shape, bool)
+    if width <= 4:  # ids: 32-bit arithmetic is faster
+        v = v.astype(np.uint32)
+    data = np.empty(v.shape + (width,), np.uint8)
+    valid = np.empty(v.shape + (width,), bool)
+    for k in range(width):  # byte k: 7 bits, and the continuation bit if a byte follows
+        rest = v >> (7 * k)
+        np.greater(rest, 0, out=valid[:, :, k])
+        data[:, :, k] = rest & 0x7F
+        data[:, :, k] |= (rest > 0x7F).view(np.uint8) << 7
+    valid[:, :, 0] = True
+    return data.reshape(len(v), -1), valid.reshape(len(v), -1)
+
+
+def _const_part(n, data):
+    """The same bytes in every row."""
+    row = np.frombuffer(data, np.uint8)
+    return np.broadcast_to(row, (n, len(row))), np.ones((n, len(row)), bool)
+
+
+def _lookup_part(keys, make):
+    """make(key) (bytes) in the row of each key; each distinct key made once."""
+    uniq, inverse = np.unique(np.asarray(keys, np.int64), return_inverse=True)
+    made = [make(k) for k in uniq.tolist()]
+    width = max(map(len, made), default=0)
+    table = np.zeros((len(made), width), np.uint8)
+    for row, data in zip(table, made):
+        row[:len(data)] = np.frombuffer(data, np.uint8)
+    size = np.fromiter(map(len, made), np.int64, len(made))
+    return table[inverse], (np.arange(width) < size[:, None])[inverse]
+
+
+def _part_lengths(parts):
+    return np.sum([valid.sum(axis=1) for _, valid in parts], axis=0)
+
+
+def _join(parts):
+    """Rows (flat uint8 buffer, byte length of each row) of parts side by side."""
+    data = np.concatenate([d for d, _ in parts], axis=1)
+    valid = np.concatenate([v for _, v in parts], axis=1)
+    return data[valid], valid.sum(axis=1)
+
+
+def _split_rows(rows):
+    """Rows as a list of bytes objects."""
+    data = rows[0].tobytes()
+    ends = np.cumsum(rows[1]).tolist()
+    return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
+
+
+def _as_rows(records):
+    """A list of bytes objects as rows."""
+    return (np.frombuffer(b"".join(records), np.uint8),
+            np.fromiter(map(len, records), np.int64, len(records)))
 
 
 class ExampleEncoder(object):
     """Serializes MLM examples to `tf.train.Example` bytes, fast.
 
-    The varints of a whole batch are packed at once with NumPy and the
-    constant parts of each feature (map-entry headers, masks and weights of
-    a given count) are cached, so an example costs a few joins.
+    A batch is encoded at once (see "rows" above); the parts that depend
+    only on a count (feature headers of n packed bytes, input masks of a
+    length, weights of a count) are made once and looked up.
     """
 
     def __init__(self, seq_len, max_predictions, pad_id=0):
         self.seq_len = seq_len
         self.max_predictions = max_predictions
         self.pad_id = pad_id
-        self._mask_cache = {}
-        self._weight_cache = {}
         self._head_cache = {}
         self._zero_segments = self._int_feature("segment_ids", [0] * seq_len)
+        # masks (0/1: one varint byte each) and weights (4-byte floats) have a
+        # fixed size: a constant header before bytes computed for all rows
+        self._mask_head = self._heads("input_mask")[seq_len]
+        no_weights = self._float_feature("masked_lm_weights", [0.0] * max_predictions)
+        self._weight_head = no_weights[:len(no_weights) - 4 * max_predictions]
 
     def _entry(self, name, feature):
         # Features.feature is map<string, Feature>: entry{1: key, 2: value}.
@@ -104,7 +173,9 @@ class ExampleEncoder(object):
         return _field(b"\x0a", _field(b"\x0a", key) + _field(b"\x12", feature))
 
     def _int_feature(self, name, values):
-        return self._packed_entry(name, _packed_varint_rows(np.array([values], np.int64))[0])
+        data, valid = _varint_part([values])
+        packed = data[valid].tobytes()
+        return self._heads(name)[len(packed)] + packed
 
     def _float_feature(self, name, values):
         packed = struct.pack("<%df" % len(values), *values)
@@ -128,70 +199,63 @@ class ExampleEncoder(object):
 
     def encode_batch(self, input_ids, lengths, masked_positions, masked_ids, counts):
         """`encode` for a batch of rows already padded to L ([n, L]) and P ([n, P])."""
-        ids_rows = _packed_varint_rows(input_ids)
-        pos_rows = _packed_varint_rows(masked_positions)
-        label_rows = _packed_varint_rows(masked_ids)
-        out = []
-        ids_head, pos_head, label_head = (self._heads(n) for n in (
-            "input_ids", "masked_lm_positions", "masked_lm_ids"))
-        seg = self._zero_segments
-        for ids, length, pos, labels, count in zip(ids_rows, np.asarray(lengths).tolist(), pos_rows,
-                                                   label_rows, np.asarray(counts).tolist()):
-            mask = self._mask_cache.get(length)
-            if mask is None:
-                mask = self._mask_cache[length] = self._int_feature(
-                    "input_mask", [1] * length + [0] * (self.seq_len - length))
-            weights = self._weight_cache.get(count)
-            if weights is None:
-                weights = self._weight_cache[count] = self._float_feature(
-                    "masked_lm_weights", [1.0] * count + [0.0] * (self.max_predictions - count))
-            out.append(b"".join((  # Example.features = 1, the features in FEATURES order
-                ids_head[len(ids)], ids, mask, seg, pos_head[len(pos)], pos,
-                label_head[len(labels)], labels, weights)))
-        return _examples(out)
+        return _split_rows(self.masked_rows(input_ids, lengths, masked_positions, masked_ids,
+                                            counts))
 
-    def encode_unmasked_batch(self, input_ids, word_starts, example_ids):
-        """Dynamic-masking records: rows [n, L] of unmasked ids and word-start
-        flags, and an int64 id per row (unique in the data set)."""
-        ids_head, starts_head, id_head = (self._heads(n) for n in (
-            "input_ids", "word_starts", "example_id"))
-        seg = self._zero_segments
-        return _examples([
-            b"".join((ids_head[len(ids)], ids, seg, starts_head[len(starts)], starts,
-                      id_head[len(eid)], eid))
-            for ids, starts, eid in zip(_packed_varint_rows(input_ids),
-                                        _packed_varint_rows(word_starts),
-                                        _packed_varint_rows(np.reshape(example_ids, (-1, 1))))])
+    def masked_rows(self, input_ids, lengths, masked_positions, masked_ids, counts):
+        """`encode_batch` as rows (flat buffer, byte length of each example)."""
+        n = len(input_ids)
+        mask = np.arange(self.seq_len) < np.reshape(lengths, (-1, 1))
+        weights = (np.arange(self.max_predictions) < np.reshape(counts, (-1, 1))).astype("<f4")
+        return _examples(  # the features in FEATURES order
+            self._packed("input_ids", input_ids)
+            + [_const_part(n, self._mask_head), (mask.view(np.uint8), np.ones(mask.shape, bool)),
+               _const_part(n, self._zero_segments)]
+            + self._packed("masked_lm_positions", masked_positions)
+            + self._packed("masked_lm_ids", masked_ids)
+            + [_const_part(n, self._weight_head),
+               (weights.view(np.uint8), np.ones((n, 4 * self.max_predictions), bool))])
+
+    def unmasked_rows(self, input_ids, word_starts, example_ids):
+        """Dynamic-masking records, as rows (flat buffer, byte length of each example):
+        rows [n, L] of unmasked ids and word-start flags, and an int64 id per row
+        (unique in the data set)."""
+        return _examples(
+            self._packed("input_ids", input_ids) + [_const_part(len(input_ids),
+                                                                self._zero_segments)]
+            + self._packed("word_starts", word_starts)
+            + self._packed("example_id", np.reshape(example_ids, (-1, 1))))
+
+    def _packed(self, name, matrix):
+        """Parts of the int64 feature `name` of each row: its header, its packed varints."""
+        values = _varint_part(matrix)
+        return [_lookup_part(values[1].sum(axis=1), self._heads(name).__getitem__), values]
 
     def _heads(self, name):
         """{n: the header of feature `name` with n packed bytes}, filled on first use."""
         heads = self._head_cache.get(name)
         if heads is None:
-            heads = self._head_cache[name] = _Heads(name)
+            heads = self._head_cache[name] = _Cache(lambda n: _int_head(name, n))
         return heads
 
-    def _packed_entry(self, name, packed):
-        # The int64 feature around already-packed varints; headers depend on the length only.
-        return self._heads(name)[len(packed)] + packed
 
+class _Cache(dict):
+    """key -> make(key), computed once."""
 
-class _Heads(dict):
-    """n -> _int_head(name, n), computed once."""
-
-    def __init__(self, name):
+    def __init__(self, make):
         dict.__init__(self)
-        self.name = name
+        self.make = make
 
-    def __missing__(self, n):
-        head = self[n] = _int_head(self.name, n)
-        return head
+    def __missing__(self, key):
+        value = self[key] = self.make(key)
+        return value
 
 
-def _examples(bodies):
-    """Example messages around serialized Features: field 1, varint length, bytes."""
-    small = _SMALL_VARINTS
-    return [b"\x0a" + (small[len(b)] if len(b) < 16384 else _varint(len(b))) + b
-            for b in bodies]
+def _examples(features):
+    """Rows of Example messages around features (parts): field 1, varint length, bytes."""
+    n = len(features[0][0])
+    return _join([_const_part(n, b"\x0a"), _varint_part(_part_lengths(features)[:, None])]
+                 + features)
 
 
 def _int_head(name, n):
@@ -207,27 +271,34 @@ def _int_head(name, n):
             + _varint(len(feature) + n) + feature)
 
 
-def _packed_varint_rows(matrix):
-    """Each row of a non-negative int matrix as packed protobuf varints (bytes)."""
-    v = np.asarray(matrix, np.int64)
-    if v.size and v.min() < 0:
-        raise ValueError("ids must be non-negative")
-    nbytes = np.ones(v.shape, np.int64)
-    for k in range(1, 9):  # an int64 >= 0 takes at most 9 varint bytes
-        more = v >= 1 << (7 * k)
-        if not more.any():
-            break
-        nbytes += more
-    flat_n = nbytes.ravel()
-    at = np.cumsum(flat_n) - flat_n
-    buf = np.empty(int(flat_n.sum()), np.uint8)
-    flat = v.ravel()
-    for k in range(int(flat_n.max(initial=1))):  # byte k of each varint: 7 bits + continuation
-        has = flat_n > k
-        buf[at[has] + k] = ((flat[has] >> (7 * k)) & 0x7F) | ((flat_n[has] > k + 1) << 7)
-    data = buf.tobytes()
-    ends = np.cumsum(nbytes.sum(axis=1)).tolist()
-    return [data[a:b] for a, b in zip([0] + ends[:-1], ends)]
+def _mask(crc):
+    """TFRecord's masked CRC-32C (an int or a uint64 array)."""
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _framed(rows):
+    """TFRecord framing of rows: length, its masked CRC, data, its masked CRC."""
+    data, length = rows
+    n = len(length)
+    uniq, inverse = np.unique(length, return_inverse=True)  # few distinct lengths
+    length_crc = np.array([google_crc32c.value(struct.pack("<Q", x)) for x in uniq.tolist()],
+                          np.uint64)[inverse]
+    blob, crc = data.tobytes(), google_crc32c.value
+    ends = np.cumsum(length)
+    starts = (ends - length).tolist()
+    data_crc = np.fromiter((crc(blob[a:b]) for a, b in zip(starts, ends.tolist())),
+                           np.uint64, n)
+    frame = np.concatenate([length.astype("<u8").view(np.uint8).reshape(n, 8),
+                            _mask(length_crc).astype("<u4").view(np.uint8).reshape(n, 4),
+                            _mask(data_crc).astype("<u4").view(np.uint8).reshape(n, 4)], axis=1)
+    out = np.empty(len(data) + 16 * n, np.uint8)
+    is_frame = np.zeros(len(out), bool)
+    at = ends - length + 16 * np.arange(n)  # where each framed record starts
+    is_frame[(at[:, None] + np.arange(12)).ravel()] = True
+    is_frame[(at + 12 + length)[:, None] + np.arange(4)] = True
+    out[is_frame] = frame.ravel()
+    out[~is_frame] = data
+    return out
 
 
 def _masked_crc(data):
@@ -258,22 +329,20 @@ class ShardWriter(object):
         self.write_many([record])
 
     def write_many(self, records):
-        """`write` of each record (the batch form, with less per-record overhead)."""
-        crc, pack, buffer = google_crc32c.value, struct.pack, self._buffer
-        size = 0
-        for record in records:
-            length = pack("<Q", len(record))
-            a, b = crc(length), crc(record)  # masked as _masked_crc does
-            buffer += (length, pack("<I", (((a >> 15) | (a << 17)) + 0xA282EAD8) & 0xFFFFFFFF),
-                       record, pack("<I", (((b >> 15) | (b << 17)) + 0xA282EAD8) & 0xFFFFFFFF))
-            size += len(record)
-        self.count += len(records)
-        self._buffered += size + 16 * len(records)
+        """`write` of each record (bytes objects)."""
+        self.write_rows(_as_rows(records))
+
+    def write_rows(self, rows):
+        """`write` of each row of rows (flat uint8 buffer, byte length of each record)."""
+        framed = _framed(rows)
+        self._buffer.append(framed)
+        self.count += len(rows[1])
+        self._buffered += len(framed)
         if self._buffered > (1 << 20):
             self._flush()
 
     def _flush(self):
-        self._out.write(b"".join(self._buffer))
+        self._out.write(b"".join(x.tobytes() for x in self._buffer))
         self._buffer, self._buffered = [], 0
 
     def commit(self):

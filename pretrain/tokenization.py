@@ -208,11 +208,14 @@ class WordPieceTokenizer(object):
             if len(token) == 1:
                 self._char_ids[ord(token)] = i
         self._word_cache = {}
+        self._random_ids = None
 
     def random_ids(self):
         """Ids the 10% random replacement draws from: no [PAD]/[CLS]/[unused1]-style tokens."""
-        return np.array([i for i, t in enumerate(self.tokens)
-                         if not (t.startswith("[") and t.endswith("]"))], np.int32)
+        if self._random_ids is None:  # one array for all maskers
+            self._random_ids = np.array([i for i, t in enumerate(self.tokens)
+                                         if not (t[:1] == "[" and t[-1:] == "]")], np.int32)
+        return self._random_ids
 
     def _word_piece(self, word):
         # bert4keras Tokenizer._word_piece_tokenize, then token_to_id
@@ -269,13 +272,15 @@ class WordPieceTokenizer(object):
             next_word[:-1] = word[1:]
             run_ends = np.flatnonzero(word & ~next_word) + 1
             run_starts = np.flatnonzero(run_start)
-            pieces, counts = [], np.ones(len(starts), np.int64)
+            # one decode for the whole text, then a slice and a cache hit per run
+            kept = norm if positions is None else codes.tobytes().decode(
+                "utf-32-le", "surrogatepass")
+            cache, word_piece = self._word_cache, self._word_piece
+            pieces = [cache.get(run) or word_piece(run) for run in map(
+                kept.__getitem__, map(slice, run_starts.tolist(), run_ends.tolist()))]
             slots = np.searchsorted(starts, run_starts)
-            for slot, s, e in zip(slots.tolist(), run_starts.tolist(), run_ends.tolist()):
-                run = codes[s:e].tobytes().decode("utf-32-le", "surrogatepass")
-                piece_ids = self._word_piece(run)
-                pieces.append(piece_ids)
-                counts[slot] = len(piece_ids)
+            counts = np.ones(len(starts), np.int64)
+            counts[slots] = np.fromiter(map(len, pieces), np.int64, len(pieces))
             if (counts != 1).any():
                 out_at = np.cumsum(counts) - counts
                 new_ids = np.empty(int(counts.sum()), np.int32)

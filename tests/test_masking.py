@@ -63,6 +63,23 @@ def test_select_words_equals_googles_loop():
         assert (got == _google_select(g_len, g_seq, budgets)).all()
 
 
+@pytest.mark.parametrize("n", [5000, 40000])  # the radix path, and lexsort itself
+def test_word_order_is_lexsort_of_sequence_then_key(n):
+    rng = np.random.default_rng(3)
+    seq = np.sort(rng.integers(0, n, 60000))
+    keys = rng.random(len(seq))
+    keys[100:110] = keys[100]  # ties keep index order, as lexsort's
+    seq[100:110] = seq[100]
+    assert (masking._shuffle_within(seq, keys, n) == np.lexsort((keys, seq))).all()
+
+
+def test_sentence_breaks_equal_the_ends_of_each_match():
+    text = "他说：“好。”然后走了！！真的？是的\n\n下一段……完"
+    assert masking._sentence_breaks(text).tolist() == [
+        m.end() for m in masking.SENTENCE_END.finditer(text)]
+    assert masking._sentence_breaks("").tolist() == []
+
+
 def test_prepare_document_words_and_sentences(tok):
     seg = masking.Segmenter(backend="jieba")
     ids, words, ends = masking.prepare_document("我爱北京天安门。今天天气很好！Hello world", tok, seg)

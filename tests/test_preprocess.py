@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import read_tree, shared_path
-from pretrain import config, preprocess, records, tokenization
+from pretrain import config, preprocess, preprocess_state, records, tokenization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
@@ -51,6 +51,28 @@ def test_output_is_identical_whatever_the_worker_count(reference, cfg, small_cor
     assert read_tree(str(tmp_path)) == read_tree(ref_dir)
     for key in ("docs", "tokens", "lengths", "skipped", "unk_rate"):
         assert summary2[key] == summary[key]
+
+
+def test_forked_and_spawned_workers_write_the_same_bytes(reference, small_corpus, tmp_path):
+    """The CLI (no TensorFlow loaded) forks workers that share the driver's tokenizer and
+    segmenter; a process that loaded TensorFlow spawns fresh ones. Both equal one worker."""
+    import tensorflow  # noqa: F401  (loaded here: this process must spawn)
+    from pretrain import preprocess_pool
+    ref_dir, _ = reference
+    assert preprocess_pool._context().get_start_method() == "spawn"
+    spawned = str(tmp_path / "spawned")
+    preprocess.run(config.load_config("roberta_tiny"), small_corpus, spawned, workers=2,
+                   masking="static", **SETTINGS)
+    forked = str(tmp_path / "forked")
+    run = subprocess.run(
+        [sys.executable, "-m", "pretrain.preprocess", "--config", "roberta_tiny", "--input",
+         small_corpus, "--output", forked, "--seq_lens", "128,512", "--dupe_factor", "2",
+         "--eval_fraction", "0.05", "--shard_mb", "0.04", "--seed", "7", "--masking", "static",
+         "--workers", "2", "--progress=false"],
+        cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert "2 worker processes, started by fork" in run.stderr
+    assert read_tree(spawned) == read_tree(ref_dir)
+    assert read_tree(forked) == read_tree(ref_dir)
 
 
 def test_manifest_contents(reference):
@@ -95,7 +117,7 @@ def test_resume_after_kill_gives_identical_output(reference, small_corpus, tmp_p
            "--masking", "static", "--dupe_factor", "2", "--eval_fraction", "0.05",
            "--shard_mb", "0.04", "--seed", "7", "--workers", "1", "--progress=false"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = os.path.join(out, preprocess.STATE_DIR)
+    state = os.path.join(out, preprocess_state.STATE_DIR)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if os.path.isdir(state) and any(f.startswith("chunk-") and f.endswith(".json")
@@ -281,7 +303,7 @@ def test_smoke_records_are_rebuilt_when_settings_differ(tmp_path):
                    dupe_factor=1, workers=1, seed=cfg["train"]["seed"], segmenter="jieba",
                    progress=False)
     records_dir = run.smoke_data(cfg, out)
-    with open(os.path.join(records_dir, preprocess.STATE_DIR, "settings.json")) as f:
+    with open(os.path.join(records_dir, preprocess_state.STATE_DIR, "settings.json")) as f:
         assert json.load(f)["segmenter"] == "rjieba"
     assert records.read_manifest(records_dir, 128)["masking"]["segmenter"] == "rjieba"
 
@@ -328,7 +350,7 @@ def test_workers_end_with_their_parent(tmp_path, sig):
          ",".join(inputs), "--output", out, "--seq_lens", "128", "--dupe_factor", "3",
          "--shard_mb", "0.25", "--segmenter", "jieba", "--workers", "2", "--progress=false"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = os.path.join(out, preprocess.STATE_DIR)
+    state = os.path.join(out, preprocess_state.STATE_DIR)
 
     def markers():
         return sorted(f for f in os.listdir(state) if f.startswith("chunk-")

@@ -49,6 +49,25 @@ def test_example_bytes_parse_in_tensorflow():
     assert sorted(example.features.feature) == sorted(n for n, _, _ in records.FEATURES)
 
 
+def test_batch_of_examples_parses_in_tensorflow_row_by_row():
+    """Rows of every length and mask count, ids of 1 to 3 varint bytes (NumPy-built records)."""
+    L, P, n = 16, 4, 40
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(2, L + 1, n)
+    counts = rng.integers(0, P + 1, n)
+    ids = np.where(np.arange(L) < lengths[:, None], rng.integers(0, 1 << 20, (n, L)), 0)
+    positions = np.where(np.arange(P) < counts[:, None], rng.integers(0, L, (n, P)), 0)
+    labels = np.where(np.arange(P) < counts[:, None], rng.integers(0, 300, (n, P)), 0)
+    data = records.ExampleEncoder(L, P).encode_batch(ids, lengths, positions, labels, counts)
+    parsed = tf.io.parse_example(data, records.feature_spec(L, P))
+    assert (parsed["input_ids"].numpy() == ids).all()
+    assert (parsed["input_mask"].numpy() == (np.arange(L) < lengths[:, None])).all()
+    assert (parsed["masked_lm_positions"].numpy() == positions).all()
+    assert (parsed["masked_lm_ids"].numpy() == labels).all()
+    assert (parsed["masked_lm_weights"].numpy() == (np.arange(P) < counts[:, None])).all()
+    assert not parsed["segment_ids"].numpy().any()
+
+
 def test_too_long_example_is_an_error():
     enc = records.ExampleEncoder(4, 1)
     with pytest.raises(ValueError):
