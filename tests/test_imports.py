@@ -227,8 +227,14 @@ def test_preprocessing_modules_do_not_import_tensorflow(module):
 _HOOK = textwrap.dedent('''
     import json, os, sys, traceback
     _dir = os.environ["IMPORT_PROBE_DIR"]
-    with open(os.path.join(_dir, "start-%d.json" % os.getpid()), "w") as f:
-        json.dump({"pid": os.getpid(), "ppid": os.getppid(), "argv": sys.argv}, f)
+
+    def _started(how):
+        with open(os.path.join(_dir, "start-%d.json" % os.getpid()), "w") as f:
+            json.dump({"pid": os.getpid(), "ppid": os.getppid(), "argv": sys.argv,
+                       "how": how}, f)
+
+    _started("spawn" if "--multiprocessing-fork" in sys.argv else "exec")
+    os.register_at_fork(after_in_child=lambda: _started("fork"))
 
     class _Probe(object):
         def find_spec(self, name, path=None, target=None):
@@ -255,28 +261,33 @@ def _processes_that_import_tf(tmp_path, code):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     starts = [json.loads(p.read_text()) for p in probe.glob("start-*.json")]
-    main = next(s for s in starts if s["argv"] == [str(script)])
-    workers = [s for s in starts if s["ppid"] == main["pid"]
-               and "--multiprocessing-fork" in s["argv"]]
+    main = next(s for s in starts if s["how"] == "exec" and s["argv"] == [str(script)])
+    workers = [s for s in starts if s["ppid"] == main["pid"] and s["how"] != "exec"]
     tf = {int(p.name[3:-4]): p.read_text() for p in probe.glob("tf-*.txt")}
     return main, workers, tf
 
 
-def test_preprocessing_workers_never_import_tensorflow(tmp_path):
-    """A real 2-worker run (spawned processes) of `preprocess.run` on real text:
-    no process of it, driver or worker, imports TensorFlow."""
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_preprocessing_workers_never_import_tensorflow(tmp_path, start):
+    """A real 2-worker run of `preprocess.run` on real text: no process of it,
+    driver or worker, imports TensorFlow. The pool forks from a driver without
+    TensorFlow or other threads (the CLI) and spawns otherwise; a thread left
+    running in the driver makes it spawn."""
     corpus = tmp_path / "docs.txt"
     with open(SAMPLE, encoding="utf-8") as f:
         corpus.write_text("".join(f.readlines()[:120]), encoding="utf-8")
     code = textwrap.dedent('''
+        import threading
         from pretrain import config, preprocess
         if __name__ == "__main__":
+            if %r == "spawn":
+                threading.Thread(target=threading.Event().wait, daemon=True).start()
             cfg = config.load_config("roberta_tiny")
             preprocess.run(cfg, %r, %r, seq_lens=[128], dupe_factor=1, workers=2,
                            shard_mb=0.03, progress=False)
-    ''' % (str(corpus), str(tmp_path / "records")))
+    ''' % (start, str(corpus), str(tmp_path / "records")))
     main, workers, tf = _processes_that_import_tf(tmp_path, code)
-    assert len(workers) == 2, "expected 2 spawned workers, saw %d" % len(workers)
+    assert [w["how"] for w in workers] == [start, start], workers
     assert not tf, "TensorFlow imported by %s:\n%s" % (
         ", ".join("worker %d" % p if p != main["pid"] else "the driver" for p in tf),
         "\n".join(tf.values())[-3000:])
