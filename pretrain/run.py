@@ -102,6 +102,7 @@ def main(argv):
 def run(train):
     """Flags → config → data → trainer; returns (exports, cfg, data, output)."""
     from pretrain.config import load_config
+    from pretrain.strategy import check_paths_for_hosts, choose_precision, make_strategy
 
     cfg = load_config(FLAGS.config, smoke=FLAGS.smoke)
     output = FLAGS.output or (os.path.join("runs", cfg["name"] + "-smoke") if FLAGS.smoke
@@ -120,11 +121,11 @@ def run(train):
         from pretrain import gcs
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
     # The devices before the smoke data: a TPU or GPU that TF cannot use stops here.
-    strategy = train.make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
-    train.check_paths_for_hosts(strategy, {"--data": FLAGS.data or SAMPLE_CORPUS,
-                                           "--output": output,
-                                           "--init_checkpoint": FLAGS.init_checkpoint})
-    precision = train.choose_precision(FLAGS.precision, strategy)
+    strategy = make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
+    check_paths_for_hosts(strategy, {"--data": FLAGS.data or SAMPLE_CORPUS,
+                                     "--output": output,
+                                     "--init_checkpoint": FLAGS.init_checkpoint})
+    precision = choose_precision(FLAGS.precision, strategy)
     data = FLAGS.data or smoke_data(cfg, output)
     trainer = train.Trainer(cfg, data, output, strategy=strategy,
                             init_checkpoint=FLAGS.init_checkpoint,
