@@ -111,10 +111,10 @@ def time_step(cfg, task_cls, stack, steps, xla, rng_alg):
 
 def main(argv):
     del argv
-    cfg = load_config(FLAGS.config)
-    if FLAGS.dropout is not None:
-        cfg["model"].update(hidden_dropout_prob=FLAGS.dropout,
-                            attention_probs_dropout_prob=FLAGS.dropout)
+    overrides = [] if FLAGS.dropout is None else [
+        "model.%s=%r" % (k, FLAGS.dropout)
+        for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")]
+    cfg = load_config(FLAGS.config, overrides=overrides)
     rng_alg = FLAGS.rng_alg or dropout.rng_alg(FLAGS.xla)
     B, L = FLAGS.batch, FLAGS.seq_len
     P = max_predictions_for(cfg, L)
