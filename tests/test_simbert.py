@@ -94,6 +94,19 @@ def test_split_is_by_group_and_stable():
     assert all(len(s) == 1 for s in by_text.values())  # duplicates never straddle
 
 
+def test_groups_are_held_out_by_the_rule_preprocessing_holds_out_documents_by():
+    from pretrain import preprocess
+    path = shared_path("similarity", "bert4torch_data_similarity.json")
+    texts = [g.sentences[0] for g in simbert_data.read_groups(path)]
+    for fraction in (0.0, 0.05, 0.5):
+        job = {"eval_fraction": fraction, "seed": 0}
+        want = ["validation" if preprocess._is_eval(t, job) else "train" for t in texts]
+        got = [simbert_data.group_split(simbert_data.Group("", [t, "x"]), fraction)
+               for t in texts]
+        assert got == want
+    assert 0 < want.count("validation") < len(want)
+
+
 # ---------------------------------------------------------------- batches
 
 
