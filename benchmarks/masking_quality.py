@@ -21,7 +21,7 @@ import pretrain  # noqa: E402,F401  (tf_keras env before TensorFlow)
 
 def main(run_dirs):
     import tensorflow as tf
-    from pretrain import checkpoints, config, models, records, train
+    from pretrain import checkpoints, config, inputs, models, tasks
 
     cfgs = [config.load_config(os.path.join(d, "config.json")) for d in run_dirs]
     phase = cfgs[0]["train"]["phases"][0]
@@ -29,11 +29,11 @@ def main(run_dirs):
         bundle = models.build_model(cfg)
         checkpoints.load_pretrained(cfg, bundle, os.path.join(
             run_dir, "run", "export", phase["name"], "bert_model.ckpt"))
-        task = train.MlmTask(cfg, bundle, None)
+        task = tasks.MlmTask(cfg, bundle, None)
         sums = tf.function(lambda batch: task.loss_sums(batch, False))
         for data_dir, data_cfg in zip(run_dirs, cfgs):
             loss = acc = n = 0.0
-            for batch in records.make_dataset(os.path.join(data_dir, "records"), data_cfg,
+            for batch in inputs.mlm_dataset(os.path.join(data_dir, "records"), data_cfg,
                                               phase["seq_len"], 16, split="eval",
                                               seed=data_cfg["train"]["seed"], repeat=False):
                 batch_loss, metrics = sums(batch)

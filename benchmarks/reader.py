@@ -5,7 +5,7 @@
 
 Preprocesses the first `--mb` MB of `--input` twice into a temporary dir
 (static masking with dupe_factor 1, and dynamic), then for each length and
-each kind reads `--batches` batches through `records.make_dataset` (the
+each kind reads `--batches` batches through `inputs.mlm_dataset` (the
 trainer's reader: interleave, shuffle, batch, parse, and for dynamic records
 the masking), after one warm-up batch. Prints sequences per CPU-second of
 this process (all tf.data threads) and per wall second.
@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--batches", type=int, default=40)
     args = parser.parse_args()
 
-    from pretrain import config, preprocess, records
+    from pretrain import config, inputs, preprocess
     seq_lens = [int(x) for x in args.seq_lens.split(",")]
     tmp = tempfile.mkdtemp(prefix="bench_reader_")
     try:
@@ -53,7 +53,7 @@ def main():
             preprocess.run(cfg, src, data_dir, seq_lens=seq_lens, dupe_factor=1, workers=2,
                            eval_fraction=0.0, progress=False)
             for L in seq_lens:
-                ds = records.make_dataset(data_dir, cfg, L, args.batch_size, seed=1)
+                ds = inputs.mlm_dataset(data_dir, cfg, L, args.batch_size, seed=1)
                 it = iter(ds)
                 next(it)  # tracing, thread pools, first files
                 cpu0, t0 = time.process_time(), time.time()

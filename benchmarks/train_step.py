@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pretrain import dropout, model_summary, models, optim, train  # noqa: E402
+from pretrain import dropout, model_summary, models, optim, tasks, train  # noqa: E402
 from pretrain.config import load_config, max_predictions_for  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -57,7 +57,7 @@ def matmul_peak(n=2048, reps=10):
     return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-class DenseMlmTask(train.MlmTask):
+class DenseMlmTask(tasks.MlmTask):
     """The baseline: logits for all L positions, loss masked to the P targets."""
 
     def __init__(self, cfg, bundle):
@@ -72,7 +72,7 @@ class DenseMlmTask(train.MlmTask):
         index = tf.stack([b, batch["masked_lm_positions"]], -1)
         labels = tf.scatter_nd(index, batch["masked_lm_ids"], shape)
         weights = tf.scatter_nd(index, batch["masked_lm_weights"], shape)
-        return train.masked_lm_sums(logits, labels, weights)
+        return tasks.masked_lm_sums(logits, labels, weights)
 
 
 def synthetic_batch(cfg, batch, seq_len, seed=0):
@@ -111,10 +111,10 @@ def time_step(cfg, task_cls, stack, steps, xla, rng_alg):
 
 def main(argv):
     del argv
-    cfg = load_config(FLAGS.config)
-    if FLAGS.dropout is not None:
-        cfg["model"].update(hidden_dropout_prob=FLAGS.dropout,
-                            attention_probs_dropout_prob=FLAGS.dropout)
+    overrides = [] if FLAGS.dropout is None else [
+        "model.%s=%r" % (k, FLAGS.dropout)
+        for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")]
+    cfg = load_config(FLAGS.config, overrides=overrides)
     rng_alg = FLAGS.rng_alg or dropout.rng_alg(FLAGS.xla)
     B, L = FLAGS.batch, FLAGS.seq_len
     P = max_predictions_for(cfg, L)
@@ -124,7 +124,7 @@ def main(argv):
     dense_flops = 3 * B * model_summary.mlm_flops_per_sequence(cfg, L, P, sparse=False)
 
     def sparse_task(c, b):
-        return train.MlmTask(c, b, None)
+        return tasks.MlmTask(c, b, None)
 
     t_sparse = time_step(cfg, sparse_task, stack, FLAGS.steps, FLAGS.xla, rng_alg)
     t_dense = time_step(cfg, DenseMlmTask, stack, FLAGS.steps, FLAGS.xla, rng_alg)

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import re
+import zlib
 
 from pretrain import fs
 
@@ -301,3 +302,14 @@ def open_text(path):
     """A whole (small) text file, e.g. a user dictionary."""
     with open_stream(path) as f:
         return io.TextIOWrapper(f, encoding="utf-8").read()
+
+
+def is_heldout(text, fraction, seed=0):
+    """Whether `text` belongs to the held-out split of share `fraction`.
+
+    A crc32 of the text (seeded), so the split depends neither on chunking
+    nor on order: preprocessing uses it for documents, SimBERT for groups.
+    """
+    if not fraction:
+        return False
+    return zlib.crc32(text.encode("utf-8"), seed & 0xFFFFFFFF) < fraction * 2 ** 32

@@ -9,3 +9,7 @@ without a traceback. Anything else is a bug and keeps its traceback.
 class PretrainError(Exception):
     """An error whose message tells the user what to fix."""
     exit_code = 2
+
+
+class TrainingError(PretrainError, RuntimeError):
+    """A run cannot start or must stop; the message says why and what to do."""

@@ -62,7 +62,7 @@ def read_info(out_dir):
         return json.load(f)
 
 
-def publish_export(cfg, bundle, out_dir, source=None, check=True):
+def publish_export(cfg, bundle, out_dir, source=None, check=True, extra_info=None):
     """Export to `OUT.partial`, reload-check it there, then move it to `out_dir`.
 
     `source` (JSON-able, e.g. the trainer checkpoint) and the check's max
@@ -79,7 +79,7 @@ def publish_export(cfg, bundle, out_dir, source=None, check=True):
     staging = out_dir + ".partial"
     if fs.exists(staging):
         fs.rmtree(staging)
-    export_bert4keras(cfg, bundle, staging, {"source": source})
+    export_bert4keras(cfg, bundle, staging, dict(extra_info or {}, source=source))
     diff = None
     if check:
         diff = export_check.check_export(cfg, staging, bundle)

@@ -8,7 +8,7 @@ The model is what a bert4keras user builds: `build_transformer_model(config,
 checkpoint)` from the export, the last hidden state of the first token
 ([CLS]; the first token of a T5s too), dropout and a softmax layer. Training
 reuses the pretraining trainer's strategy and compiled step
-(`train.make_strategy`, `make_replica_step`, `make_train_loop`; XLA on one
+(`strategy.make_strategy`, `train.make_replica_step`, `make_train_loop`; XLA on one
 device), with AdamW from `pretrain.optim` (bias-corrected, weight decay 0.01
 except norms and biases, global-norm clip 1.0) and warmup then linear decay.
 Shapes are static: sequences padded to --maxlen, train batches full (the
@@ -30,7 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from pretrain import (checkpoints, dropout, export, export_check, finetune_baselines,
-                      finetune_data, models, optim, train)
+                      finetune_data, inputs, models, optim, tasks, train)
+from pretrain.strategy import make_strategy, use_xla
 from pretrain.config import ConfigError
 
 BASELINES = ("majority", "tfidf_lr", "random_init")
@@ -113,7 +114,7 @@ class ClassifierTask(object):
 
     def loss_sums(self, batch, training):
         logits = self.model([batch["input_ids"], batch["segment_ids"]], training=training)
-        loss, sums = train.masked_lm_sums(logits, batch["labels"], batch["weights"])
+        loss, sums = tasks.masked_lm_sums(logits, batch["labels"], batch["weights"])
         return loss, {"accuracy": sums["mlm_acc"]}
 
 
@@ -124,10 +125,9 @@ def _distribute(strategy, arrays, global_batch, accum_axis):
         ds = ds.batch(ctx.get_per_replica_batch_size(global_batch), drop_remainder=True)
         if ctx.num_input_pipelines > 1:
             ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-        return (ds.batch(1) if accum_axis else ds).prefetch(2)
+        return ds
 
-    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
-    return strategy.distribute_datasets_from_function(dataset_fn, options)
+    return inputs.distribute(strategy, dataset_fn, 1 if accum_axis else None)
 
 
 def train_dataset(strategy, data, batch_size, epochs, seed):
@@ -200,7 +200,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     split: encoded arrays, split + "_examples": [Example]}.
     """
     labels = data["labels"]
-    xla = train._use_xla(strategy)
+    xla = use_xla(strategy)
     with strategy.scope():
         bert, model = build_classifier(source, len(labels), args["dropout"], args["seed"],
                                        random_init)
@@ -406,7 +406,7 @@ def main(argv):
                                     "maxlen", "seed", "dropout", "max_bad_fraction",
                                     "baselines")}
     fs.check_output_dir(args["output"])
-    strategy = train.make_strategy(f.tpu, f.tpu_timeout, allow_cpu=f.allow_cpu)
+    strategy = make_strategy(f.tpu, f.tpu_timeout, allow_cpu=f.allow_cpu)
     run(args, strategy)
 
 

@@ -13,7 +13,6 @@ import os
 import signal
 import threading
 import time
-import zlib
 
 import numpy as np
 
@@ -79,14 +78,6 @@ def _shard_paths(job, chunk_index, L):
             for split in ("train", "eval")}
 
 
-def _is_eval(text, job):
-    # Hash of the text: the split does not depend on chunking or order.
-    if not job["eval_fraction"]:
-        return False
-    h = zlib.crc32(text.encode("utf-8"), job["seed"] & 0xFFFFFFFF)
-    return h < job["eval_fraction"] * 2 ** 32
-
-
 def _read_chunk(chunk, where, items, lines, stats):
     """Tokenize a chunk: per split, flat ids/words and per-length ranges."""
     job, tok = STATE["job"], STATE["tok"]
@@ -139,7 +130,8 @@ def _add_documents(items, splits, counts, stats, where):
         if counts is not None:
             stats["docs"] += 1
             continue
-        split = "eval" if _is_eval(item.text, job) else "train"
+        split = ("eval" if corpus.is_heldout(item.text, job["eval_fraction"], job["seed"])
+                     else "train")
         stats["eval_docs" if split == "eval" else "docs"] += 1
         part = splits[split]
         part["ids"].append(ids)

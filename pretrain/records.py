@@ -1,4 +1,4 @@
-"""The one TFRecord feature spec: write MLM examples, read them back with tf.data.
+"""The one TFRecord feature spec: write MLM examples, check a data dir's manifest.
 
 Layout of a preprocessed data dir (see preprocess.py):
 
@@ -11,7 +11,7 @@ Feature names are Google BERT's, so other tools read the files as they are.
 The writer encodes `tf.train.Example` protos and the TFRecord framing by
 hand: the preprocessing workers then never import TensorFlow, which costs
 about 3 CPU-seconds and 550 MB of memory per process. Tests check the bytes
-against TensorFlow's own parser. TensorFlow is imported only by the reader.
+against TensorFlow's own parser. The tf.data reader is `pretrain/inputs.py`.
 """
 import gzip
 import json
@@ -482,149 +482,3 @@ def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
                             "preprocessing into this data dir, or point the trainer at a "
                             "complete one." % (manifest["path"], "\n  - ".join(problems)))
     return manifest
-
-
-# ---------------------------------------------------------------- reading
-
-def feature_spec(seq_len, max_predictions, masking="static"):
-    import tensorflow as tf
-    sizes = {"L": seq_len, "P": max_predictions, 1: 1}
-    return {name: tf.io.FixedLenFeature([sizes[size]], tf.int64 if kind == "int" else tf.float32)
-            for name, size, kind in (FEATURES if masking == "static" else DYNAMIC_FEATURES)}
-
-
-def dynamic_parse(cfg, manifest, seed, training, first_batch, batches_per_epoch):
-    """parse(index, serialized batch) for dynamic records: the batch's epoch
-    (from its index in the stream; 0 for eval, whose masks stay fixed) seeds
-    its masks. See dynamic_masking.py."""
-    import tensorflow as tf
-    from pretrain import dynamic_masking, tokenization
-
-    data, seq_len = cfg["data"], manifest["seq_len"]
-    masker = dynamic_masking.DynamicMasker(
-        tokenization.make_tokenizer(tokenization.tokenizer_spec(cfg)), seq_len,
-        manifest["max_predictions"], seed, data["masked_lm_prob"], data["mask_token_prob"],
-        data["random_token_prob"])
-    spec = feature_spec(seq_len, manifest["max_predictions"], "dynamic")
-
-    def parse(index, serialized):
-        epoch = (first_batch + index) // batches_per_epoch if training else tf.constant(0, tf.int64)
-        return masker.mask_batch(tf.io.parse_example(serialized, spec), epoch)
-
-    return parse
-
-
-def _epoch_seed(seed, epoch):
-    # A different, reproducible shuffle per epoch (tf int64 arithmetic).
-    return seed * 1000003 + epoch * 7919 + 1
-
-
-# File-level sharding must keep this share of the batches example-level sharding
-# gives; below it (few or uneven files) every pipeline reads all files instead.
-FILE_SHARDING_KEEP = 0.9
-
-
-def plan_shards(counts, pipelines, local_batch):
-    """(by_file, batches_per_epoch) for `pipelines` input pipelines over shard files
-    of `counts` examples, in batches of `local_batch`.
-
-    by_file: pipeline i reads files i, i + n, ... (less I/O); otherwise every
-    pipeline reads every file and keeps every n-th example. Either way each
-    pipeline yields exactly `batches_per_epoch` batches per epoch, the count of
-    the smallest pipeline, so none runs ahead of the others into a new epoch.
-    """
-    by_example = sum(counts) // pipelines // local_batch
-    if len(counts) >= pipelines:
-        by_file = min(sum(counts[p::pipelines]) // local_batch for p in range(pipelines))
-        if by_file > 0 and by_file >= FILE_SHARDING_KEEP * by_example:
-            return True, by_file
-    return False, by_example
-
-
-def make_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip_batches=0,
-                 input_context=None, repeat=True, shuffle_buffer=10000, cycle_length=16):
-    """Batches of MLM examples with static shapes (drop_remainder=True).
-
-    `batch_size` is the global batch. With a `tf.distribute.InputContext`
-    each input pipeline reads its own files, or every n-th example when the
-    files do not split evenly enough (`plan_shards`), in batches of the
-    per-replica size; every pipeline yields the same batches per epoch.
-
-    Note: TF's seeded shuffles also depend on TF's process-wide seed
-    (`tf.random.set_seed`): a resumed run must set the same one, or none, as
-    the trainer does. A process-wide seed of exactly 0 makes them fail.
-
-    The order is a function of `seed` alone: files are shuffled and examples
-    shuffled within each epoch with a per-epoch seed, and every epoch drops
-    its last partial batch. So `skip_batches=k` (global batches already
-    consumed) resumes exactly after batch k: whole epochs are skipped by
-    arithmetic and only the rest of the current epoch is read and dropped
-    (unparsed).
-    """
-    import tensorflow as tf
-
-    if split not in ("train", "eval"):
-        raise ValueError("split must be 'train' or 'eval', got %r" % (split,))
-    manifest = check_manifest(read_manifest(data_dir, seq_len), cfg, seq_len)
-    base = seq_dir(data_dir, seq_len)
-    shards = [(fs.join(base, s["name"]), s["count"]) for s in manifest[split]["shards"]
-              if s["count"] > 0]
-    local_batch, per_step = batch_size, 1
-    n_pipes, pipe = 1, 0
-    if input_context is not None:
-        local_batch = input_context.get_per_replica_batch_size(batch_size)
-        n_pipes, pipe = input_context.num_input_pipelines, input_context.input_pipeline_id
-        per_step = input_context.num_replicas_in_sync // n_pipes
-    shard_files, batches_per_epoch = plan_shards([c for _, c in shards], n_pipes, local_batch)
-    if batches_per_epoch == 0:
-        raise ManifestError("%s: the %s split has %d examples for %d input pipeline(s), fewer "
-                            "than one batch of %d each" % (manifest["path"], split,
-                                                           manifest[split]["examples"],
-                                                           n_pipes, local_batch))
-    if n_pipes > 1:
-        from absl import logging
-        logging.info("%s split, input pipeline %d of %d: %s, %d batches of %d per epoch",
-                     split, pipe + 1, n_pipes, "%d of %d shard files" % (
-                         len(shards[pipe::n_pipes]), len(shards)) if shard_files else
-                     "1 example in %d from all %d shard files (too few or uneven files to "
-                     "split)" % (n_pipes, len(shards)), batches_per_epoch, local_batch)
-    if shard_files:
-        shards = shards[pipe::n_pipes]
-    files = [f for f, _ in shards]
-    compression = "GZIP" if manifest["compression"] == "gzip" else ""
-    spec = feature_spec(seq_len, manifest["max_predictions"])
-    training = split == "train"
-
-    def one_epoch(epoch):
-        epoch_seed = _epoch_seed(seed, epoch)
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        if training:
-            ds = ds.shuffle(len(files), seed=epoch_seed)
-        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-                           cycle_length=min(cycle_length, len(files)), block_length=1,
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if not shard_files:
-            ds = ds.shard(n_pipes, pipe)
-        if training:
-            ds = ds.shuffle(shuffle_buffer, seed=epoch_seed)
-        # the same count on every pipeline: replicas stay in step, resumes exact
-        return ds.batch(local_batch, drop_remainder=True).take(batches_per_epoch)
-
-    first_epoch, within = divmod(skip_batches * per_step, batches_per_epoch)
-    ds = one_epoch(tf.constant(first_epoch, tf.int64)).skip(within)
-    if repeat:
-        ds = ds.concatenate(tf.data.Dataset.range(first_epoch + 1, 2 ** 62).flat_map(one_epoch))
-    elif first_epoch > 0:
-        ds = ds.take(0)
-
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        return {name: tf.cast(parsed[name], tf.int32 if kind == "int" else tf.float32)
-                for name, _, kind in FEATURES}
-
-    if masking_mode(manifest) == "dynamic":  # batch index -> epoch -> masks
-        parse = dynamic_parse(cfg, manifest, seed, training, skip_batches * per_step,
-                              batches_per_epoch)
-        ds = ds.enumerate()
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)

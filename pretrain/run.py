@@ -24,7 +24,8 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_ROOT, "pretrain"):
 import pretrain  # noqa: E402,F401  (selects tf_keras before TensorFlow loads)
 from absl import app, flags  # noqa: E402
 
-from pretrain import cli  # noqa: E402
+from pretrain import cli, fs, gcs, preprocess  # noqa: E402
+from pretrain.config import load_config  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -80,7 +81,6 @@ def smoke_data(cfg, output):
     (records of other settings there are this run's own: they are remade)."""
     if cfg["data"]["task"] == "simbert":
         return SAMPLE_GROUPS
-    from pretrain import preprocess
     records_dir = os.path.join(output, "records")
     seq_lens = sorted({p["seq_len"] for p in cfg["train"]["phases"]})
     preprocess.run(cfg, [SAMPLE_CORPUS], records_dir, seq_lens=seq_lens,
@@ -91,12 +91,10 @@ def smoke_data(cfg, output):
 
 def main(argv):
     del argv
-    from pretrain.config import load_config
     # Before TensorFlow loads: a bad config or --set fails in a second.
     cfg = load_config(FLAGS.config, smoke=FLAGS.smoke, overrides=FLAGS.set)
-    from pretrain import train
     # Expected errors (and train.Interrupted: saved, exit 128 + signal) end in cli.
-    exports, data, output = run(cfg, train)
+    exports, data, output = run(cfg)
     print("\nrun finished: %s" % cfg["name"])
     print("  data:        %s" % data)
     print("  checkpoints: %s" % os.path.join(output, "checkpoints"))
@@ -105,13 +103,16 @@ def main(argv):
         print("  export:      %s  (loads with bert4keras build_transformer_model)" % path)
 
 
-def run(cfg, train):
-    """Flags and config → data → trainer; returns (exports, data, output)."""
+def run(cfg):
+    """Config and flags → data → trainer; returns (exports, data, output)."""
+    # lazy: TensorFlow loads only after the config and flags are checked
+    from pretrain import train
+    from pretrain.strategy import check_paths_for_hosts, choose_precision, make_strategy
+
     output = FLAGS.output or (os.path.join("runs", cfg["name"] + "-smoke") if FLAGS.smoke
                               else None)
     if output is None:
         raise app.UsageError("--output is required (a local dir or gs://bucket/path)")
-    from pretrain import fs
     fs.check_output_dir(output)
     if FLAGS.data is None and not FLAGS.smoke:
         raise app.UsageError("--data is required: the records dir written by "
@@ -120,14 +121,13 @@ def run(cfg, train):
         raise app.UsageError("--data is required with TF_CONFIG: the workers would each "
                              "preprocess the smoke sample into one dir")
     if output.startswith("gs://"):
-        from pretrain import gcs
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
     # The devices before the smoke data: a TPU or GPU that TF cannot use stops here.
-    strategy = train.make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
-    train.check_paths_for_hosts(strategy, {"--data": FLAGS.data or SAMPLE_CORPUS,
-                                           "--output": output,
-                                           "--init_checkpoint": FLAGS.init_checkpoint})
-    precision = train.choose_precision(FLAGS.precision, strategy)
+    strategy = make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
+    check_paths_for_hosts(strategy, {"--data": FLAGS.data or SAMPLE_CORPUS,
+                                     "--output": output,
+                                     "--init_checkpoint": FLAGS.init_checkpoint})
+    precision = choose_precision(FLAGS.precision, strategy)
     data = FLAGS.data or smoke_data(cfg, output)
     trainer = train.Trainer(cfg, data, output, strategy=strategy,
                             init_checkpoint=FLAGS.init_checkpoint,

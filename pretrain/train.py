@@ -1,5 +1,9 @@
-"""The trainer: strategy, compiled step with gradient accumulation, the loop
-over phases, checkpoints, eval and TensorBoard.
+"""The trainer: the compiled step with gradient accumulation, the loop over
+phases, checkpoints, eval and TensorBoard.
+
+What a batch is and how its loss is summed is the task's (`pretrain/tasks.py`);
+the devices are `pretrain/strategy.py`'s; the run directory's identity, record
+and exports are `pretrain/run_dir.py`'s.
 
 One code path serves a TPU, GPUs, a CPU and the CPU smoke run; only the
 numbers in the config differ. The data flow per optimizer update:
@@ -12,7 +16,6 @@ Losses are sums normalised by a *global* denominator (all replicas, all
 micro-batches), so 4 micro-batches of 8 give the update of one batch of 32.
 """
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -24,24 +27,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pretrain import (checkpoints, compat, doctor, dropout, export, export_check, hardware,
-                      models, optim)
-from pretrain.errors import PretrainError
-
-# The sections of a config that define what a run directory holds; a resume
-# with any of them changed would silently mix two runs.
-_RUN_IDENTITY = ("name", "model", "tokenizer", "data")
-# The train section is saved too. On resume these keys may change freely (they
-# only say when to log, save and eval); these fix which batch every step reads,
-# so no resume may change them; any other change needs --allow_train_changes.
-_TRAIN_FREE = ("log_every", "save_every", "eval_every", "eval_steps", "keep_checkpoints")
-_TRAIN_FIXED = ("batch_size", "grad_accum_steps", "seed")
-_PHASE_FIXED = ("name", "seq_len")
-
-
-class TrainingError(PretrainError, RuntimeError):
-    """A run cannot start or must stop; the message says why and what to do."""
-
+from pretrain import checkpoints, compat, dropout, inputs, models, optim, run_dir, tasks
+from pretrain.errors import TrainingError
+from pretrain.strategy import use_xla
 
 class Interrupted(TrainingError):
     """SIGINT/SIGTERM stopped the run after saving; exit with `exit_code` (128 + signal)."""
@@ -49,238 +37,6 @@ class Interrupted(TrainingError):
     def __init__(self, message, signum):
         super(Interrupted, self).__init__(message)
         self.exit_code = 128 + signum
-
-
-# --------------------------------------------------------------------------
-# Strategy
-# --------------------------------------------------------------------------
-def make_strategy(tpu=None, timeout_s=300, allow_cpu=False):
-    """TPUStrategy if `tpu` is given, MultiWorkerMirroredStrategy when TF_CONFIG
-    is set (one process per node), MirroredStrategy on >1 GPU, else default.
-
-    Accelerator hardware that TF cannot use stops here with the doctor's
-    diagnosis, instead of a run that trains on the CPU without a word
-    (`allow_cpu` turns that into a warning).
-    """
-    if tpu is None and os.environ.get("TF_CONFIG"):
-        return _multi_worker(allow_cpu)
-    if tpu is None:
-        gpus = tf.config.list_logical_devices("GPU")
-        if not gpus:
-            _check_cpu_only(allow_cpu)
-        if len(gpus) > 1:
-            return tf.distribute.MirroredStrategy()
-        return tf.distribute.get_strategy()
-    name = "local" if tpu in ("", "local") else tpu
-    hint = ("On a Colab or Cloud TPU VM use --tpu local; on a TPU Node pass its "
-            "name or grpc://IP:8470.")
-    if name == "local" and not hardware.tpu_chips()[0]:
-        raise TrainingError("--tpu local: this machine has no TPU chips. %s%s" % (
-            hint, _doctor_says()))
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
-    except Exception as e:  # name lookups go through the Cloud TPU API
-        raise TrainingError("cannot resolve TPU %r: %s. %s%s" % (
-            name, e, hint, _doctor_says())) from None
-    outcome = {}
-
-    def connect():
-        try:
-            if name != "local":
-                tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except Exception as e:  # pragma: no cover - message is what matters
-            outcome["error"] = e
-
-    # initialize_tpu_system blocks forever on an unreachable grpc address.
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise TrainingError("TPU %r did not answer within %d s. %s%s" % (
-            name, timeout_s, hint, _doctor_says()))
-    if "error" in outcome:
-        first = str(outcome["error"]).strip().splitlines()[0]
-        raise TrainingError("no TPU reachable at %r: %s. %s%s" % (
-            name, first, hint, _doctor_says()))
-    return tf.distribute.TPUStrategy(resolver)
-
-
-def _multi_worker(allow_cpu):
-    # Before anything lists devices: the collectives are configured at TF's startup.
-    try:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    except (ValueError, KeyError) as e:
-        raise TrainingError("TF_CONFIG=%s: %s. It should be like {\"cluster\": {\"worker\": "
-                            "[\"host1:port\", \"host2:port\"]}, \"task\": {\"type\": "
-                            "\"worker\", \"index\": 0}}" % (os.environ["TF_CONFIG"], e)) from None
-    if not tf.config.list_logical_devices("GPU"):
-        _check_cpu_only(allow_cpu)
-    return strategy
-
-
-def num_hosts(strategy):
-    """How many machines the strategy's input pipelines run on."""
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return strategy.extended.num_hosts
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        spec = strategy.cluster_resolver.cluster_spec().as_dict()
-        return len({address.rsplit(":", 1)[0] for job in ("chief", "worker")
-                    for address in spec.get(job, [])})
-    return 1
-
-
-def check_paths_for_hosts(strategy, paths):
-    """On more than one host every input pipeline and worker must reach `paths`
-    ({flag: path}; None skipped): only gs:// is the same path everywhere."""
-    hosts = num_hosts(strategy)
-    if hosts < 2:
-        return
-    for flag, path in sorted(paths.items()):
-        if path and not path.startswith("gs://"):
-            raise TrainingError("%s %s is a local path, but this run spans %d hosts, which "
-                                "all read it: put it in a bucket (gs://...)" % (flag, path, hosts))
-
-
-def _doctor_says(hw=None):
-    advice = doctor.advice(hw)
-    return " Diagnosis (python -m pretrain.doctor): %s" % advice if advice else ""
-
-
-def _check_cpu_only(allow_cpu):
-    """Stop (or warn, with allow_cpu) when TF would train on the CPU beside an accelerator."""
-    hw = hardware.detect_hardware()
-    if hw.device == "cpu":
-        return
-    what = ("%d TPU chip(s); pass --tpu local to train on them" % hw.tpu_chips
-            if hw.device == "tpu" else "%d NVIDIA GPU(s) that TensorFlow does not see"
-            % len(hw.gpus))
-    message = "this machine has %s, but the run would train on the CPU.%s" % (
-        what, _doctor_says(hw))
-    if not allow_cpu:
-        raise TrainingError(message + " Pass --allow_cpu to train on the CPU anyway.")
-    logging.warning("*" * 72)
-    logging.warning("TRAINING ON THE CPU (--allow_cpu): %s", message)
-    logging.warning("*" * 72)
-
-
-def choose_precision(requested, strategy):
-    """'bf16' or 'fp32' for --precision auto|fp32|bf16 on this strategy's devices.
-
-    auto: bf16 on TPUs and on GPUs that compute in bf16 natively (compute
-    capability 8.0, Ampere, and newer); fp32 elsewhere. Older GPUs emulate
-    bf16 slowly, so asking for it there only warns.
-    """
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return "fp32" if requested == "fp32" else "bf16"
-    gpus = tf.config.list_physical_devices("GPU")
-    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability")
-                    or (0, 0) for g in gpus]
-    native = bool(gpus) and min(capabilities) >= (8, 0)
-    if requested == "auto":
-        return "bf16" if native else "fp32"
-    if requested == "bf16" and not native:
-        logging.warning("--precision bf16 on %s: no native bf16 there, so it runs slowly; "
-                        "fp32 is faster", "a GPU older than Ampere" if gpus else "the CPU")
-    return requested
-
-
-def _use_xla(strategy):
-    # XLA cannot compile MirroredStrategy over logical CPU devices (COMPAT.md);
-    # TPUs compile the whole step with XLA anyway.
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return False
-    if isinstance(strategy, (tf.distribute.MirroredStrategy,
-                             tf.distribute.MultiWorkerMirroredStrategy)):
-        return bool(tf.config.list_logical_devices("GPU"))
-    # One device: a GPU compiles; a CPU only where the build has XLA for it.
-    return bool(tf.config.list_logical_devices("GPU")) or compat.cpu_xla()
-
-
-# --------------------------------------------------------------------------
-# Tasks: what a batch is and how its loss is summed
-# --------------------------------------------------------------------------
-class MlmTask(object):
-    """Masked LM on records written by `pretrain.preprocess`."""
-
-    metrics = ("mlm_loss", "mlm_acc")
-
-    def __init__(self, cfg, bundle, data_dir):
-        self.cfg, self.bundle, self.data_dir = cfg, bundle, data_dir
-        self.model = bundle.mlm_model  # its variables are the ones trained
-
-    def dataset(self, seq_len, batch_size, split, seed, skip_batches, input_context):
-        from pretrain import records
-        return records.make_dataset(self.data_dir, self.cfg, seq_len, batch_size,
-                                    split=split, seed=seed, skip_batches=skip_batches,
-                                    input_context=input_context)
-
-    def check_data(self, phase, batch_size, splits):
-        from pretrain import records
-        records.check_records(self.data_dir, self.cfg, phase["seq_len"], batch_size, splits)
-
-    @staticmethod
-    def denominator(batch):
-        return tf.reduce_sum(batch["masked_lm_weights"])
-
-    def loss_sums(self, batch, training):
-        """Sum of weighted cross-entropy over masked positions, and metric sums."""
-        logits = self.bundle.mlm_model({
-            "input_ids": batch["input_ids"],
-            "segment_ids": batch["segment_ids"],
-            "masked_lm_positions": batch["masked_lm_positions"]}, training=training)
-        return masked_lm_sums(logits, batch["masked_lm_ids"], batch["masked_lm_weights"])
-
-
-def masked_lm_sums(logits, labels, weights):
-    """Weighted cross-entropy sum and the MlmTask metric sums (labels int32)."""
-    logits = tf.cast(logits, tf.float32)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
-                      tf.float32)
-    loss_sum = tf.reduce_sum(ce * weights)
-    return loss_sum, {"mlm_loss": loss_sum, "mlm_acc": tf.reduce_sum(correct * weights)}
-
-
-class SimbertTask(object):
-    """SimBERT: UniLM seq2seq + in-batch similarity (pretrain/simbert.py)."""
-
-    def __init__(self, cfg, bundle, data_path):
-        from pretrain import simbert
-        self.simbert = simbert
-        self.cfg, self.bundle, self.data_path = cfg, bundle, data_path
-        self.model = bundle.encoder
-        self.metrics = tuple(simbert.METRICS)
-
-    def dataset(self, seq_len, batch_size, split, seed, skip_batches, input_context):
-        split = "validation" if split == "eval" else split
-        return self.simbert.make_dataset(self.cfg, self.data_path, batch_size, split=split,
-                                         seed=seed, skip_batches=skip_batches,
-                                         input_context=input_context, seq_len=seq_len)
-
-    def check_data(self, phase, batch_size, splits):
-        splits = ["validation" if s == "eval" else s for s in splits]
-        try:
-            self.simbert.check_splits(self.cfg, self.data_path, splits)
-        except (ValueError, FileNotFoundError) as e:
-            raise TrainingError("%s. data.validation_fraction sets the share of groups held "
-                                "out for eval; train.eval_steps 0 trains without eval."
-                                % e) from None
-
-    @staticmethod
-    def denominator(batch):
-        # One mean loss per micro-batch: the denominator counts micro-batches.
-        return tf.cast(tf.shape(batch["token_ids"])[0], tf.float32)
-
-    def loss_sums(self, batch, training):
-        loss, metrics = self.simbert.forward_loss(self.bundle, batch, training)
-        return loss, dict(metrics)
-
-
-def make_task(cfg, bundle, data):
-    if cfg["data"]["task"] == "simbert":
-        return SimbertTask(cfg, bundle, data)
-    return MlmTask(cfg, bundle, data)
 
 
 # --------------------------------------------------------------------------
@@ -402,88 +158,10 @@ def distributed_dataset(strategy, task, phase, cfg, split, start_step, accum):
 
     def dataset_fn(input_context):
         # the task's datasets take the global batch and count global batches
-        ds = task.dataset(phase["seq_len"], batch_size, split, seed,
-                          start_step * (accum or 1), input_context)
-        if accum:
-            ds = ds.batch(accum, drop_remainder=True)
-        return ds.prefetch(2)
+        return task.dataset(phase["seq_len"], batch_size, split, seed,
+                            start_step * (accum or 1), input_context)
 
-    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
-    return strategy.distribute_datasets_from_function(dataset_fn, options)
-
-
-# --------------------------------------------------------------------------
-# Run directory
-# --------------------------------------------------------------------------
-def _check_output_dir(cfg, output_dir, allow_train_changes=False, write=True):
-    """Refuse to mix two configs' runs in one directory, or to resume with a
-    train section that moves the data position or the schedule unasked.
-    `write`: record this run's config there (the chief's job)."""
-    identity = {k: cfg[k] for k in _RUN_IDENTITY}
-    identity["smoke"] = cfg.get("smoke", False)
-    path = os.path.join(output_dir, "run_config.json")
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            previous = json.load(f)
-        if {k: previous.get(k) for k in identity} != identity:
-            diff = sorted(k for k in identity if previous.get(k) != identity[k])
-            raise TrainingError(
-                "%s holds a run of config %r (smoke=%s) that differs from %r (smoke=%s) in "
-                "%s. Choose another --output, or delete that directory to start over."
-                % (output_dir, previous.get("name"), previous.get("smoke"), cfg["name"],
-                   identity["smoke"], ", ".join(diff)))
-        if previous.get("train") == cfg["train"]:
-            return
-        if "train" not in previous:
-            logging.warning("%s has no train section (an older run dir): saving this one; "
-                            "later resumes are checked against it", path)
-        else:
-            _check_train_changes(previous["train"], cfg["train"], output_dir,
-                                 allow_train_changes)
-    if not write:
-        return
-    tf.io.gfile.makedirs(output_dir)
-    with tf.io.gfile.GFile(path, "w") as f:
-        json.dump(dict(identity, train=cfg["train"]), f, indent=2, ensure_ascii=False)
-
-
-def _train_changes(old, new):
-    """[(key, old value, new value, kind)] with kind "free", "flag" or "fixed"."""
-    def kind(key, fixed):
-        return "free" if key in _TRAIN_FREE else "fixed" if key in fixed else "flag"
-
-    out = [(k, old.get(k), new.get(k), kind(k, _TRAIN_FIXED))
-           for k in sorted((set(old) | set(new)) - {"phases"}) if old.get(k) != new.get(k)]
-    old_phases, new_phases = old.get("phases") or [], new["phases"]
-    for i in range(max(len(old_phases), len(new_phases))):
-        if i >= len(new_phases):
-            out.append(("phases[%d]" % i, old_phases[i]["name"], "removed", "fixed"))
-        elif i >= len(old_phases):
-            out.append(("phases[%d]" % i, "none", new_phases[i]["name"], "flag"))
-        else:
-            a, b = old_phases[i], new_phases[i]
-            out.extend(("phases[%d].%s" % (i, k), a.get(k), b.get(k), kind(k, _PHASE_FIXED))
-                       for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
-    return out
-
-
-def _check_train_changes(old, new, output_dir, allow):
-    changes = _train_changes(old, new)
-
-    def listing(kinds):
-        return ", ".join("%s: %s -> %s" % (k, a, b) for k, a, b, c in changes if c in kinds)
-
-    if any(c == "fixed" for _, _, _, c in changes):
-        raise TrainingError(
-            "%s holds a run with another train section: %s. These decide which batch each "
-            "step reads, so a resume cannot change them: restore them, or choose another "
-            "--output to start a new run." % (output_dir, listing(("fixed",))))
-    if not allow and any(c == "flag" for _, _, _, c in changes):
-        raise TrainingError(
-            "%s holds a run with another train section: %s. These change the schedule of the "
-            "run being resumed: restore them, or pass --allow_train_changes to resume with "
-            "them." % (output_dir, listing(("flag",))))
-    logging.warning("%s: resuming with train changes %s", output_dir, listing(("free", "flag")))
+    return inputs.distribute(strategy, dataset_fn, accum)
 
 
 def _non_finite_names(variables):
@@ -532,19 +210,22 @@ class Trainer(object):
         self.cfg, self.data, self.output_dir = cfg, data, output_dir
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_loop = max(1, int(steps_per_loop))
-        self.xla = _use_xla(self.strategy) if xla is None else xla
+        self.xla = use_xla(self.strategy) if xla is None else xla
         self.init_checkpoint = init_checkpoint
         # Multi-worker: the chief writes the run dir; every worker saves checkpoints
         # (TF's save is collective), the others to a scratch dir deleted at once.
         self.is_chief = self.strategy.extended.should_checkpoint
-        _check_output_dir(cfg, output_dir, allow_train_changes, write=self.is_chief)
+        run_dir.check_output_dir(cfg, output_dir, allow_train_changes, write=self.is_chief)
+        self.record = run_dir.run_record(cfg)
+        if self.is_chief:
+            run_dir.write_run_record(output_dir, self.record)
         # No global seed: build_model draws weights from train.seed and dropout
         # masks come from step seeds (a global seed of 0 also breaks tf.data's
         # tensor-seeded shuffles). The precision policy is the model's alone:
         # the global policy is unchanged afterwards.
         with self.strategy.scope():
             self.bundle = models.build_model(cfg, precision=precision)
-        self.task = make_task(cfg, self.bundle, data)
+        self.task = tasks.make_task(cfg, self.bundle, data)
         self.variables = self.task.model.trainable_variables
         self.writers = {s: tf.summary.create_file_writer(
             os.path.join(output_dir, "tensorboard", s)) if self.is_chief
@@ -586,10 +267,8 @@ class Trainer(object):
                 logging.info("phase %s starts from %s", phases[index]["name"], latest)
                 return
         if self.init_checkpoint:
-            # SimBERT may start from an MLM-only model (roberta_tiny): no pooler there.
-            pooler = ("bert/pooler/",) if self.cfg["model"]["with_pool"] else ()
             checkpoints.load_pretrained(self.cfg, self.bundle, self.init_checkpoint,
-                                   allow_missing=pooler)
+                                   allow_missing=self.task.warm_start_missing)
             logging.info("warm start from %s", self.init_checkpoint)
 
     # -- before the first step ------------------------------------------------
@@ -648,22 +327,35 @@ class Trainer(object):
     def run_phase(self, index, max_steps=None):
         """Train phase `index` to its end (or `max_steps` updates this call)."""
         with self._signals_stop_the_loop():
-            return self._run_phase(index, max_steps)
+            self.check_data(index)
+            train = self.cfg["train"]
+            phase = train["phases"][index]
+            optimizer, phase_step, manager = self._restore(index)
+            start = int(phase_step.numpy())
+            if start >= phase["steps"]:
+                logging.info("phase %s already complete", phase["name"])
+                return self._export(phase)
+            compiled = self.xla or isinstance(self.strategy, tf.distribute.TPUStrategy)
+            loop = make_train_loop(self.strategy, make_replica_step(
+                self.task, optimizer, self.variables, train["seed"], dropout.rng_alg(compiled)),
+                self.task.metrics, self.xla)
+            end = phase["steps"] if max_steps is None else min(phase["steps"], start + max_steps)
+            step = self._train(index, loop, optimizer, phase_step, manager, start, end)
+            return self._export(phase) if step >= phase["steps"] else None
 
-    def _run_phase(self, index, max_steps):
-        self.check_data(index)
-        cfg, train = self.cfg, self.cfg["train"]
-        phase = train["phases"][index]
-        accum = train["grad_accum_steps"]
+    def _restore(self, index):
+        """(optimizer, phase_step, checkpoint manager) of phase `index`, resumed
+        from its latest checkpoint or started from `_start_weights`."""
+        phase = self.cfg["train"]["phases"][index]
         with self.strategy.scope():
-            optimizer = optim.make_optimizer(cfg, phase)
+            optimizer = optim.make_optimizer(self.cfg, phase)
             # Slots now, eagerly: created inside the compiled loop they would need
             # tf.function's init-lifting, which fails under MirroredStrategy.
             optimizer._create_all_weights(self.variables)
             phase_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase_step")
         ckpt = self._checkpoint(optimizer, phase_step)
         manager = tf.train.CheckpointManager(ckpt, self._save_dir(phase),
-                                             max_to_keep=train["keep_checkpoints"])
+                                             max_to_keep=self.cfg["train"]["keep_checkpoints"])
         latest = tf.train.latest_checkpoint(self._phase_dir(phase))  # every worker: the chief's
         if latest:
             ckpt.restore(latest).assert_existing_objects_matched()
@@ -671,30 +363,24 @@ class Trainer(object):
                          int(phase_step.numpy()), latest)
         else:
             self._start_weights(index)
-        start = int(phase_step.numpy())
-        offset = sum(p["steps"] for p in train["phases"][:index])
-        if start >= phase["steps"]:
-            logging.info("phase %s already complete", phase["name"])
-            return self._export(phase)
+        return optimizer, phase_step, manager
 
-        train_ds = distributed_dataset(self.strategy, self.task, phase, cfg, "train",
-                                       start, accum)
-        iterator = iter(train_ds)
+    def _train(self, index, loop, optimizer, phase_step, manager, start, end):
+        """Updates start..end of phase `index` with `loop`, logging, saving and
+        evaluating on the way; returns the step reached."""
+        train = self.cfg["train"]
+        phase, accum = train["phases"][index], train["grad_accum_steps"]
+        offset = sum(p["steps"] for p in train["phases"][:index])
+        iterator = iter(distributed_dataset(self.strategy, self.task, phase, self.cfg, "train",
+                                            start, accum))
         eval_fn = make_eval_fn(self.strategy, self.task, self.xla)
-        compiled = self.xla or isinstance(self.strategy, tf.distribute.TPUStrategy)
-        loop = make_train_loop(self.strategy, make_replica_step(
-            self.task, optimizer, self.variables, train["seed"], dropout.rng_alg(compiled)),
-            self.task.metrics, self.xla)
         non_finite = _non_finite_names(self.bundle.encoder.weights + optimizer.weights)
-        step = start
-        end = phase["steps"] if max_steps is None else min(phase["steps"], start + max_steps)
-        seqs_per_update = train["batch_size"] * accum
         evals = train["eval_steps"] > 0
         logging.info("phase %s: steps %d..%d, seq_len %d, batch %d x accum %d, xla=%s, "
                      "replicas=%d%s", phase["name"], start, end, phase["seq_len"],
                      train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
                      "" if evals else ", no eval (train.eval_steps is 0)")
-        window = _Window()  # metrics since the last log line
+        step, window = start, _Window()  # metrics since the last log line
         while step < end:
             self._stop_if_signalled(manager, phase, step, offset)
             n = self._loop_length(step, end)
@@ -710,7 +396,7 @@ class Trainer(object):
             window.add(n, time.time() - t0, losses, norms, metric_sums)
             done = step == phase["steps"]
             if step % train["log_every"] == 0 or done or step == end:
-                scalars = window.scalars(seqs_per_update)
+                scalars = window.scalars(train["batch_size"] * accum)
                 scalars["learning_rate"] = float(lr)
                 self._write("train", offset + step, scalars)
                 logging.info("%s step %d/%d  %s", phase["name"], step, phase["steps"],
@@ -721,9 +407,7 @@ class Trainer(object):
             if evals and (step % train["eval_every"] == 0 or done):
                 self.evaluate(phase, eval_fn, offset + step)
         self._stop_if_signalled(manager, phase, step, offset)
-        if step >= phase["steps"]:
-            return self._export(phase)
-        return None
+        return step
 
     @staticmethod
     def _check_finite(losses, norms, non_finite, step, phase, offset, last_good):
@@ -778,26 +462,13 @@ class Trainer(object):
         self.writers[split].flush()
 
     def _export(self, phase):
-        """Export the phase's final weights unless a checked export of this
-        checkpoint is already there (a half-written or older one is redone).
-        Only the chief exports; other workers return None."""
+        """The phase's export (run_dir.export_phase); only the chief exports,
+        other workers return None."""
         if not self.is_chief:
             return None
-        out = os.path.join(self.output_dir, "export", phase["name"])
-        latest = tf.train.latest_checkpoint(self._phase_dir(phase))
-        source = {"checkpoint": os.path.basename(latest) if latest else None,
-                  "phase": phase["name"], "phase_steps": phase["steps"]}
-        info = export.read_info(out)
-        if (info and info.get("source") == source
-                and info.get("reload_max_abs_diff") is not None):
-            return out
-        try:
-            _, diff = export.publish_export(self.cfg, self.bundle, out, source)
-        except export_check.ExportCheckError as e:
-            raise TrainingError(str(e)) from None
-        logging.info("exported %s from %s (bert4keras reload max |diff| = %.2e)", out,
-                     source["checkpoint"], diff)
-        return out
+        return run_dir.export_phase(self.cfg, self.bundle, self.output_dir, phase,
+                                    tf.train.latest_checkpoint(self._phase_dir(phase)),
+                                    self.record)
 
     # -- all phases ----------------------------------------------------------
     def run(self, start_phase=0):

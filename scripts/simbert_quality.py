@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pretrain  # noqa: F401,E402  (selects tf_keras before TensorFlow loads)
 from absl import flags  # noqa: E402
 
-from pretrain import checkpoints, models, simbert  # noqa: E402
+from pretrain import checkpoints, models, simbert, simbert_data, simbert_eval, tasks  # noqa: E402
 from pretrain.config import REPO_ROOT, as_overrides, load_config  # noqa: E402
 
 RUN_PY = os.path.join(REPO_ROOT, "pretrain", "run.py")
@@ -94,17 +94,17 @@ def score(name, cfg, pair_sets, groups, sim=None):
     """One row of the table: Jaccard when `sim` is None, else a SimBERT model."""
     row = {"model": name}
     for split, (s1, s2, labels) in pair_sets.items():
-        scores = (simbert.jaccard_scores(s1, s2) if sim is None
-                  else simbert.cosine_scores(sim.encode, s1, s2))
-        m = simbert.pair_metrics(scores, labels)
+        scores = (simbert_eval.jaccard_scores(s1, s2) if sim is None
+                  else simbert_eval.cosine_scores(sim.encode, s1, s2))
+        m = simbert_eval.pair_metrics(scores, labels)
         row[split + "_spearman"], row[split + "_accuracy"] = m["spearman"], m["accuracy"]
-    similarities = (simbert.jaccard_matrix if sim is None
-                    else simbert.cosine_matrix(sim.encode))
-    row["retrieval_top1"] = simbert.retrieval_top1(similarities, groups)["retrieval_top1"]
+    similarities = (simbert_eval.jaccard_matrix if sim is None
+                    else simbert_eval.cosine_matrix(sim.encode))
+    row["retrieval_top1"] = simbert_eval.retrieval_top1(similarities, groups)["retrieval_top1"]
     if sim is not None:
-        losses = simbert.heldout_losses(cfg, sim.model, FLAGS.data, "validation",
+        losses = simbert_eval.heldout_losses(cfg, sim.model, FLAGS.data, "validation",
                                         FLAGS.batch_size)
-        row.update({k: losses[k] for k in simbert.METRICS})
+        row.update({k: losses[k] for k in tasks.SIMBERT_METRICS})
     print(json.dumps(row), flush=True)
     return row
 
@@ -119,12 +119,12 @@ def main(argv):
     if FLAGS.train:
         timing["train_wall_s"], timing["train_cpu_s"] = run_training(sets, run_dir)
 
-    pair_sets = {"dev": simbert.read_pairs(FLAGS.pairs, FLAGS.limit)}
+    pair_sets = {"dev": simbert_data.read_pairs(FLAGS.pairs, FLAGS.limit)}
     if FLAGS.test_pairs:
-        pair_sets["test"] = simbert.read_pairs(FLAGS.test_pairs, FLAGS.limit)
-    groups = list(simbert.split_groups(FLAGS.data, "validation",
+        pair_sets["test"] = simbert_data.read_pairs(FLAGS.test_pairs, FLAGS.limit)
+    groups = list(simbert_data.split_groups(FLAGS.data, "validation",
                                        cfg["data"]["validation_fraction"]))
-    tokenizer = simbert.config_tokenizer(cfg)
+    tokenizer = simbert_data.config_tokenizer(cfg)
     maxlen = cfg["data"]["maxlen"]
     rows = [score("char Jaccard", cfg, pair_sets, groups)]
     bundle = models.build_model(cfg)  # seeded by train.seed

@@ -185,10 +185,10 @@ def test_gpu_box_whose_tensorflow_sees_no_gpu_stops_unless_allow_cpu(tmp_path):
 
 
 def test_precision_auto_is_fp32_on_this_cpu_and_bf16_is_kept_with_a_warning(caplog):
-    from pretrain import train
+    from pretrain.strategy import choose_precision
     strategy = tf.distribute.get_strategy()
-    assert train.choose_precision("auto", strategy) == "fp32"
-    assert train.choose_precision("fp32", strategy) == "fp32"
+    assert choose_precision("auto", strategy) == "fp32"
+    assert choose_precision("fp32", strategy) == "fp32"
     with caplog.at_level("WARNING"):
-        assert train.choose_precision("bf16", strategy) == "bf16"
+        assert choose_precision("bf16", strategy) == "bf16"
     assert "no native bf16 there" in caplog.text

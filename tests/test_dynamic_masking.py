@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from pretrain import config, masking, preprocess, records, tokenization
+from pretrain import config, inputs, masking, preprocess, records, tokenization
 
 import tensorflow as tf  # noqa: E402  (after pretrain set tf_keras)
 
@@ -37,7 +37,7 @@ def data_dir(tmp_path_factory, cfg):
 def _unmasked_rows(data_dir, L):
     """(input_ids [n, L], word_starts [n, L], example_id [n]) of the train records, as stored."""
     m = records.read_manifest(data_dir, L)
-    spec = records.feature_spec(L, m["max_predictions"], "dynamic")
+    spec = inputs.feature_spec(L, m["max_predictions"], "dynamic")
     rows = [tf.io.parse_single_example(raw, spec) for s in m["train"]["shards"]
             for raw in records.iter_records(os.path.join(data_dir, "seq%d" % L, s["name"]))]
     return tuple(np.stack([r[k].numpy() for r in rows]).astype(np.int32) for k in
@@ -109,7 +109,7 @@ def test_statistics_equal_static_masking_on_real_text(data_dir, cfg, L):
 
     per_epoch = len(lens) // 16
     by_key = {ids_rows[r].tobytes(): r for r in range(len(lens))}
-    for b in _numpy(records.make_dataset(data_dir, cfg, L, 16, seed=3), 4 * per_epoch):
+    for b in _numpy(inputs.mlm_dataset(data_dir, cfg, L, 16, seed=3), 4 * per_epoch):
         rows = [by_key[_key(b, i)] for i in range(16)]
         dynamic.append(_stats(pad([toks[r] for r in rows]), pad([words[r] for r in rows]),
                               lens[rows], b["input_ids"], b["masked_lm_positions"],
@@ -156,7 +156,7 @@ def test_records_are_one_unmasked_copy_and_the_manifest_says_so(data_dir, cfg):
 
 def test_masks_differ_across_epochs_and_eval_masks_stay_fixed(data_dir, cfg):
     per_epoch = records.read_manifest(data_dir, 128)["train"]["examples"] // 8
-    batches = _numpy(records.make_dataset(data_dir, cfg, 128, 8, seed=3), 2 * per_epoch)
+    batches = _numpy(inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=3), 2 * per_epoch)
     masks = [{}, {}]
     for i, b in enumerate(batches):
         for r in range(8):
@@ -164,7 +164,7 @@ def test_masks_differ_across_epochs_and_eval_masks_stay_fixed(data_dir, cfg):
     both = set(masks[0]) & set(masks[1])
     assert len(both) > 0.8 * len(masks[0])
     assert sum(masks[0][k] != masks[1][k] for k in both) > 0.9 * len(both)
-    evals = [_numpy(records.make_dataset(data_dir, cfg, 128, 8, split="eval", seed=3,
+    evals = [_numpy(inputs.mlm_dataset(data_dir, cfg, 128, 8, split="eval", seed=3,
                                          repeat=False), 3) for _ in range(2)]
     for a, b in zip(*evals):
         assert all((a[k] == b[k]).all() for k in a)
@@ -176,12 +176,12 @@ def _equal(a, b):
 
 def test_resume_is_exact_across_an_epoch_boundary(data_dir, cfg):
     per_epoch = records.read_manifest(data_dir, 128)["train"]["examples"] // 8
-    stream = _numpy(records.make_dataset(data_dir, cfg, 128, 8, seed=5), per_epoch + 2)
+    stream = _numpy(inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=5), per_epoch + 2)
     for k in (per_epoch - 1, per_epoch, per_epoch + 1):
-        resumed = _numpy(records.make_dataset(data_dir, cfg, 128, 8, seed=5,
+        resumed = _numpy(inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=5,
                                               skip_batches=k), 1)[0]
         assert _equal(resumed, stream[k]), k
-    other = _numpy(records.make_dataset(data_dir, cfg, 128, 8, seed=6), 1)[0]
+    other = _numpy(inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=6), 1)[0]
     assert not _equal(other, stream[0])
 
 
@@ -192,7 +192,7 @@ def test_a_sharded_reader_gives_each_example_the_unsharded_masks(data_dir, cfg):
     assert len([s for s in m["train"]["shards"] if s["count"]]) >= 2
     per_epoch = m["train"]["examples"] // 8
     single = [{}, {}, {}]  # a pipeline's epochs are shorter or longer: read three
-    for i, b in enumerate(_numpy(records.make_dataset(data_dir, cfg, 128, 8, seed=5),
+    for i, b in enumerate(_numpy(inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=5),
                                  3 * per_epoch)):
         for r in range(8):
             single[i // per_epoch][_key(b, r)] = {k: v[r] for k, v in b.items()}
@@ -200,7 +200,7 @@ def test_a_sharded_reader_gives_each_example_the_unsharded_masks(data_dir, cfg):
     for pipe in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipe,
                                          num_replicas_in_sync=2)
-        ds = records.make_dataset(data_dir, cfg, 128, 8, seed=5, input_context=ctx)
+        ds = inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=5, input_context=ctx)
         n_local = ds.element_spec["input_ids"].shape[0]
         stream = _numpy(ds, per_epoch * 3 // 2)  # within the single reader's three epochs
         epochs, unmatched = [0], 0
@@ -221,7 +221,7 @@ def test_a_sharded_reader_gives_each_example_the_unsharded_masks(data_dir, cfg):
         # the epochs are the single reader's, in order, from 0 into a later one
         assert epochs[0] == 0 and epochs[-1] >= 1 and (np.diff(epochs) >= 0).all()
         k = len(stream) - 3
-        resumed = _numpy(records.make_dataset(data_dir, cfg, 128, 8, seed=5, skip_batches=k,
+        resumed = _numpy(inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=5, skip_batches=k,
                                               input_context=ctx), 1)[0]
         assert _equal(resumed, stream[k])
     assert seen > 0.8 * 1.5 * per_epoch * 8
@@ -237,4 +237,4 @@ def test_masking_mode_is_validated_and_checked_against_the_records(data_dir, cfg
     static_cfg = dict(cfg, data=dict(cfg["data"], masking="static"))
     with pytest.raises(records.ManifestError, match="dynamic-masked, config roberta_tiny has "
                                                     "data.masking 'static'"):
-        records.make_dataset(data_dir, static_cfg, 128, 8)
+        inputs.mlm_dataset(data_dir, static_cfg, 128, 8)

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from pretrain import train
+from pretrain import tasks, train
 from test_train import make_records, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,8 @@ import json, os, signal, sys
 import pretrain
 from pretrain import train
 from pretrain.config import load_config
-strategy = train.make_strategy()  # TF_CONFIG -> MultiWorkerMirroredStrategy
+from pretrain.strategy import make_strategy
+strategy = make_strategy()  # TF_CONFIG -> MultiWorkerMirroredStrategy
 cfg = load_config(sys.argv[1])
 trainer = train.Trainer(cfg, sys.argv[2], sys.argv[3], strategy=strategy)
 trainer.run_phase(0, max_steps=5)
@@ -38,7 +39,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # no clean shutdown: the next launch resum
 """
 
 
-class BothPipelines(train.MlmTask):
+class BothPipelines(tasks.MlmTask):
     """Global batches made of what two input pipelines (one per worker) read."""
 
     def dataset(self, seq_len, batch_size, split, seed, skip_batches, input_context):

@@ -120,7 +120,7 @@ def test_mlm_and_simbert_losses_are_float32_under_bf16():
     to bf16 would be off by up to 0.03 (its ulp there is 0.0625); the bf16
     logits' own rounding averages out in the cross-entropy (SimBERT: 2e-4)."""
     import copy
-    from pretrain import simbert
+    from pretrain import tasks
     from pretrain.config import load_config
     rng = np.random.RandomState(0)
     for name in ("roberta_tiny", "simbert_tiny"):
@@ -138,13 +138,13 @@ def test_mlm_and_simbert_losses_are_float32_under_bf16():
             if name == "simbert_tiny":
                 def loss_fn(bundle=bundle):
                     batch = {"token_ids": tf.constant(ids), "segment_ids": tf.constant(segs)}
-                    _, metrics = simbert.forward_loss(bundle, batch, False)
+                    _, metrics = tasks.forward_loss(bundle, batch, False)
                     return [metrics["seq2seq_loss"], metrics["similarity_loss"]]
             else:
                 def loss_fn(bundle=bundle):
                     batch = {"input_ids": ids, "segment_ids": segs, "masked_lm_positions": pos}
                     logits = bundle.mlm_model(batch, training=False)
-                    loss_sum, _ = train.masked_lm_sums(logits, ids[:, [1, 5, 7]],
+                    loss_sum, _ = tasks.masked_lm_sums(logits, ids[:, [1, 5, 7]],
                                                        tf.ones([4, 3]))
                     return [loss_sum / 12.0]
             losses.append(tf.function(loss_fn, jit_compile=True)())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import read_tree, shared_path
-from pretrain import config, preprocess, preprocess_state, records, tokenization
+from pretrain import config, inputs, preprocess, preprocess_state, records, tokenization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
@@ -96,7 +96,7 @@ def test_dupe_copies_hold_the_same_sequences_with_different_masks(reference):
     ref_dir, _ = reference
     m = records.read_manifest(ref_dir, 128)
     path = os.path.join(ref_dir, "seq128", m["train"]["shards"][0]["name"])
-    spec = records.feature_spec(128, 20)
+    spec = inputs.feature_spec(128, 20)
     copies = {}
     for raw in records.iter_records(path):
         ex = {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}
@@ -206,13 +206,13 @@ def test_sentencepiece_config_end_to_end(cfg, small_corpus, tmp_path):
                    progress=False)
     m = records.read_manifest(out, 128)
     assert m["tokenizer"]["kind"] == "spm" and m["vocab"]["size"] == 2000
-    batch = next(iter(records.make_dataset(out, sp_cfg, 128, 4)))
+    batch = next(iter(inputs.mlm_dataset(out, sp_cfg, 128, 4)))
     tok = tokenization.SentencePieceTokenizer(model.getvalue())
     ids = batch["input_ids"].numpy()
     assert (ids[:, 0] == tok.cls_id).all() and (ids < 2000).all()
     assert (ids == tok.mask_id).any()
     with pytest.raises(records.ManifestError, match="vocab differs"):
-        records.make_dataset(out, cfg, 128, 4)
+        inputs.mlm_dataset(out, cfg, 128, 4)
 
 
 def test_user_dict_words_are_masked_whole(cfg, tmp_path):
@@ -229,7 +229,7 @@ def test_user_dict_words_are_masked_whole(cfg, tmp_path):
     assert m["masking"]["user_dict_sha256"]
     vocab = tokenization.load_vocab(cfg)
     word_ids = [vocab.token_to_id[c] for c in word]
-    spec = records.feature_spec(128, 20)
+    spec = inputs.feature_spec(128, 20)
     whole = 0
     for raw in records.iter_records(os.path.join(out, "seq128", m["train"]["shards"][0]["name"])):
         ex = {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pretrain  # noqa: F401
-from pretrain import config, preprocess, records
+from pretrain import config, inputs, preprocess, records
 
 import tensorflow as tf  # noqa: E402  (after pretrain set tf_keras)
 
@@ -35,7 +35,7 @@ def data_dir(tmp_path_factory, cfg):
 def test_example_bytes_parse_in_tensorflow():
     enc = records.ExampleEncoder(8, 3)
     data = enc.encode([101, 2769, 103, 21127, 102], [2, 3], [4263, 300])
-    spec = records.feature_spec(8, 3)
+    spec = inputs.feature_spec(8, 3)
     parsed = tf.io.parse_single_example(data, spec)
     assert parsed["input_ids"].numpy().tolist() == [101, 2769, 103, 21127, 102, 0, 0, 0]
     assert parsed["input_mask"].numpy().tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
@@ -59,7 +59,7 @@ def test_batch_of_examples_parses_in_tensorflow_row_by_row():
     positions = np.where(np.arange(P) < counts[:, None], rng.integers(0, L, (n, P)), 0)
     labels = np.where(np.arange(P) < counts[:, None], rng.integers(0, 300, (n, P)), 0)
     data = records.ExampleEncoder(L, P).encode_batch(ids, lengths, positions, labels, counts)
-    parsed = tf.io.parse_example(data, records.feature_spec(L, P))
+    parsed = tf.io.parse_example(data, inputs.feature_spec(L, P))
     assert (parsed["input_ids"].numpy() == ids).all()
     assert (parsed["input_mask"].numpy() == (np.arange(L) < lengths[:, None])).all()
     assert (parsed["masked_lm_positions"].numpy() == positions).all()
@@ -111,7 +111,7 @@ def test_corrupt_record_is_detected(tmp_path):
 
 
 def test_make_dataset_static_shapes_and_values(data_dir, cfg):
-    ds = records.make_dataset(data_dir, cfg, 128, 4, seed=3)
+    ds = inputs.mlm_dataset(data_dir, cfg, 128, 4, seed=3)
     spec = ds.element_spec
     assert spec["input_ids"].shape == (4, 128) and spec["input_ids"].dtype == tf.int32
     assert spec["masked_lm_positions"].shape == (4, 20)
@@ -130,21 +130,21 @@ def test_make_dataset_static_shapes_and_values(data_dir, cfg):
 
 def test_same_seed_same_order_and_exact_skip(data_dir, cfg):
     def batches(**kw):
-        ds = records.make_dataset(data_dir, cfg, 128, 8, **kw)
+        ds = inputs.mlm_dataset(data_dir, cfg, 128, 8, **kw)
         return [b["input_ids"].numpy() for b in ds.take(kw.pop("n", 6))]
 
     manifest = records.read_manifest(data_dir, 128)
     per_epoch = manifest["train"]["examples"] // 8
     a = [b["input_ids"].numpy() for b in
-         records.make_dataset(data_dir, cfg, 128, 8, seed=5).take(per_epoch + 3)]
+         inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=5).take(per_epoch + 3)]
     b = [b["input_ids"].numpy() for b in
-         records.make_dataset(data_dir, cfg, 128, 8, seed=5).take(3)]
+         inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=5).take(3)]
     assert all((x == y).all() for x, y in zip(a, b))
     c = batches(seed=6)
     assert not all((x == y).all() for x, y in zip(a, c))
     # skipping k batches resumes exactly, also across an epoch boundary
     for k in (2, per_epoch - 1, per_epoch + 1):
-        resumed = next(iter(records.make_dataset(data_dir, cfg, 128, 8, seed=5, skip_batches=k)))
+        resumed = next(iter(inputs.mlm_dataset(data_dir, cfg, 128, 8, seed=5, skip_batches=k)))
         assert (resumed["input_ids"].numpy() == a[k]).all()
     # a new epoch is a new order
     assert not (a[0] == a[per_epoch]).all()
@@ -155,7 +155,7 @@ def test_input_context_shards_disjointly(data_dir, cfg):
     for pipe in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipe,
                                          num_replicas_in_sync=2)
-        ds = records.make_dataset(data_dir, cfg, 128, 8, split="eval", input_context=ctx,
+        ds = inputs.mlm_dataset(data_dir, cfg, 128, 8, split="eval", input_context=ctx,
                                   repeat=False)
         assert ds.element_spec["input_ids"].shape == (4, 128)
         seen.append({r.tobytes() for b in ds for r in b["input_ids"].numpy()})
@@ -166,24 +166,24 @@ def test_eval_split_is_held_out_and_ordered(data_dir, cfg):
     manifest = records.read_manifest(data_dir, 512)
     assert manifest["eval"]["examples"] > 0 and manifest["eval_docs"] > 0
     first = [b["input_ids"].numpy() for b in
-             records.make_dataset(data_dir, cfg, 512, 2, split="eval", repeat=False)]
+             inputs.mlm_dataset(data_dir, cfg, 512, 2, split="eval", repeat=False)]
     again = [b["input_ids"].numpy() for b in
-             records.make_dataset(data_dir, cfg, 512, 2, split="eval", repeat=False)]
+             inputs.mlm_dataset(data_dir, cfg, 512, 2, split="eval", repeat=False)]
     assert len(first) == manifest["eval"]["examples"] // 2
     assert all((x == y).all() for x, y in zip(first, again))
 
 
 def test_manifest_mismatches_raise_clear_errors(data_dir, cfg, tmp_path):
     with pytest.raises(records.ManifestError, match="vocab differs"):
-        records.make_dataset(data_dir, config.load_config("t5s_tiny"), 128, 8)
+        inputs.mlm_dataset(data_dir, config.load_config("t5s_tiny"), 128, 8)
     other = json.loads(json.dumps(cfg))
     other["data"]["max_predictions"] = [19, 80]
     with pytest.raises(records.ManifestError, match="max_predictions is 20"):
-        records.make_dataset(data_dir, other, 128, 8)
+        inputs.mlm_dataset(data_dir, other, 128, 8)
     with pytest.raises(records.ManifestError, match="does not exist"):
-        records.make_dataset(str(tmp_path), cfg, 128, 8)
+        inputs.mlm_dataset(str(tmp_path), cfg, 128, 8)
     with pytest.raises(records.ManifestError, match="fewer than one batch"):
-        records.make_dataset(data_dir, cfg, 512, 4096, split="eval")
+        inputs.mlm_dataset(data_dir, cfg, 512, 4096, split="eval")
 
 
 def test_manifest_records_each_shard_size(data_dir):

@@ -1,4 +1,4 @@
-"""records.make_dataset over several input pipelines: every pipeline yields the
+"""inputs.mlm_dataset over several input pipelines: every pipeline yields the
 same batches per epoch and `skip_batches` resumes each one exactly, for any
 number of shard files (tiny hand-written records: one id per example)."""
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from pretrain import config, records
+from pretrain import config, inputs, records
 from pretrain.tokenization import load_vocab
 
 
@@ -47,7 +47,7 @@ def read(data_dir, cfg, local_batch, pipes, replicas, pipe, n=None, **kw):
     """Example ids of the first n batches (all of one epoch with n=None) of one pipeline."""
     ctx = tf.distribute.InputContext(num_input_pipelines=pipes, input_pipeline_id=pipe,
                                      num_replicas_in_sync=replicas)
-    ds = records.make_dataset(data_dir, cfg, 128, local_batch * replicas, seed=7,
+    ds = inputs.mlm_dataset(data_dir, cfg, 128, local_batch * replicas, seed=7,
                               input_context=ctx, repeat=n is not None, **kw)
     if n is not None:
         ds = ds.take(n)
@@ -96,21 +96,23 @@ def test_one_shard_three_pipelines_638_examples(tmp_path, cfg):
 
 
 def test_a_run_over_several_hosts_refuses_local_paths(monkeypatch):
-    from pretrain import train
+    from pretrain import strategy as strategies
+    from pretrain.errors import TrainingError
     strategy = tf.distribute.get_strategy()
-    train.check_paths_for_hosts(strategy, {"--output": "/tmp/run"})  # one host: fine
-    monkeypatch.setattr(train, "num_hosts", lambda s: 4)
-    train.check_paths_for_hosts(strategy, {"--data": "gs://b/records", "--output": "gs://b/run",
-                                           "--init_checkpoint": None})
-    with pytest.raises(train.TrainingError, match=r"--output /tmp/run is a local path, but "
-                                                   r"this run spans 4 hosts"):
-        train.check_paths_for_hosts(strategy, {"--data": "gs://b/records",
-                                               "--output": "/tmp/run"})
+    strategies.check_paths_for_hosts(strategy, {"--output": "/tmp/run"})  # one host: fine
+    monkeypatch.setattr(strategies, "num_hosts", lambda s: 4)
+    strategies.check_paths_for_hosts(strategy, {"--data": "gs://b/records",
+                                                "--output": "gs://b/run",
+                                                "--init_checkpoint": None})
+    with pytest.raises(TrainingError, match=r"--output /tmp/run is a local path, but "
+                                            r"this run spans 4 hosts"):
+        strategies.check_paths_for_hosts(strategy, {"--data": "gs://b/records",
+                                                    "--output": "/tmp/run"})
 
 
 def test_hosts_of_a_multi_worker_cluster():
     """Workers on one machine are one host (local paths work); on two, two."""
-    from pretrain import train
+    from pretrain.strategy import num_hosts
 
     class Resolver(object):
         def __init__(self, workers):
@@ -127,5 +129,5 @@ def test_hosts_of_a_multi_worker_cluster():
         def cluster_resolver(self):
             return self._resolver
 
-    assert train.num_hosts(Strategy(["127.0.0.1:1", "127.0.0.1:2"])) == 1
-    assert train.num_hosts(Strategy(["node0:1", "node1:1"])) == 2
+    assert num_hosts(Strategy(["127.0.0.1:1", "127.0.0.1:2"])) == 1
+    assert num_hosts(Strategy(["node0:1", "node1:1"])) == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pretrain import export, models, simbert
+from pretrain import export, inputs, models, simbert, simbert_data, simbert_eval, tasks
 from pretrain.config import bert4keras_config, load_config
 from tests.conftest import REPO_ROOT, shared_path
 
@@ -43,8 +43,8 @@ def _bundle(model):
 
 def test_reader_joins_the_four_wrapped_records_of_the_upstream_sample():
     path = shared_path("similarity", "simbert_data_sample.json")
-    stats = simbert.GroupStats()
-    groups = list(simbert.read_groups(path, stats))
+    stats = simbert_data.GroupStats()
+    groups = list(simbert_data.read_groups(path, stats))
     assert len(groups) == stats.groups == 14
     assert [w.rsplit(":", 1)[1] for w in stats.broken] == ["2-3", "13-14", "15-16", "17-18"]
     assert stats.bad == [] and stats.too_small == 0
@@ -71,8 +71,8 @@ def test_reader_counts_small_groups_and_reports_bad_lines(tmp_path):
         json.dumps(["a", "b"]),                         # 8: JSON but not a record
         '{"text": "尾巴", "synonyms": ["截断'])           # 9: file ends inside it
                     + "\n", encoding="utf-8")
-    stats = simbert.GroupStats()
-    groups = list(simbert.read_groups(str(path), stats))
+    stats = simbert_data.GroupStats()
+    groups = list(simbert_data.read_groups(str(path), stats))
     assert [g.sentences for g in groups] == [["今天天气怎么样", "今天天气如何"],
                                              ["明天下雨吗", "明天会下雨吗"]]
     assert [g.where.rsplit(":", 1)[1] for g in groups] == ["1", "3-4"]
@@ -83,9 +83,9 @@ def test_reader_counts_small_groups_and_reports_bad_lines(tmp_path):
 
 def test_split_is_by_group_and_stable():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
-    groups = list(simbert.read_groups(path))
-    splits = [simbert.group_split(g, 0.05) for g in groups]
-    assert splits == [simbert.group_split(g, 0.05) for g in simbert.read_groups(path)]
+    groups = list(simbert_data.read_groups(path))
+    splits = [simbert_data.group_split(g, 0.05) for g in groups]
+    assert splits == [simbert_data.group_split(g, 0.05) for g in simbert_data.read_groups(path)]
     share = splits.count("validation") / len(splits)
     assert 0.03 < share < 0.07, share
     by_text = collections.defaultdict(set)
@@ -94,13 +94,26 @@ def test_split_is_by_group_and_stable():
     assert all(len(s) == 1 for s in by_text.values())  # duplicates never straddle
 
 
+def test_groups_are_held_out_by_the_rule_preprocessing_holds_out_documents_by():
+    import zlib
+    path = shared_path("similarity", "bert4torch_data_similarity.json")
+    texts = [g.sentences[0] for g in simbert_data.read_groups(path)]
+    for fraction in (0.0, 0.05, 0.5):  # the documented rule: crc32 of the text below a share
+        want = ["validation" if zlib.crc32(t.encode("utf-8")) < fraction * 2 ** 32 else "train"
+                for t in texts]
+        got = [simbert_data.group_split(simbert_data.Group("", [t, "x"]), fraction)
+               for t in texts]
+        assert got == want
+    assert 0 < want.count("validation") < len(want)
+
+
 # ---------------------------------------------------------------- batches
 
 
 def test_pair_rows_layout():
     cfg = tiny_cfg(maxlen=8)
-    tok = simbert.config_tokenizer(cfg)
-    token_ids, segment_ids = simbert.pair_rows(tok, "今天天气怎么样啊朋友们", "天气好吗", 8, 16)
+    tok = simbert_data.config_tokenizer(cfg)
+    token_ids, segment_ids = simbert_data.pair_rows(tok, "今天天气怎么样啊朋友们", "天气好吗", 8, 16)
     a = tok.encode("今天天气怎么样啊朋友们", maxlen=8)[0]  # cut to [CLS] + 6 + [SEP]
     b = tok.encode("天气好吗")[0]
     assert len(a) == 8 and a[-1] == b[-1] == tok._token_end_id
@@ -120,21 +133,21 @@ def _batches(ds, n):
 def test_dataset_static_partners_deterministic_resumable_and_sharded():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
-    tok = simbert.config_tokenizer(cfg)
-    ds = simbert.make_dataset(cfg, path, 8, seed=3)
+    tok = simbert_data.config_tokenizer(cfg)
+    ds = inputs.simbert_dataset(cfg, path, 8, seed=3)
     assert ds.element_spec["token_ids"].shape == (8, 32)
     assert ds.element_spec["segment_ids"].shape == (8, 32)
     first = _batches(ds, 4)
-    again = _batches(simbert.make_dataset(cfg, path, 8, seed=3), 4)
+    again = _batches(inputs.simbert_dataset(cfg, path, 8, seed=3), 4)
     for x, y in zip(first, again):
         np.testing.assert_array_equal(x["token_ids"], y["token_ids"])
-    resumed = _batches(simbert.make_dataset(cfg, path, 8, seed=3, skip_batches=3), 1)[0]
+    resumed = _batches(inputs.simbert_dataset(cfg, path, 8, seed=3, skip_batches=3), 1)[0]
     np.testing.assert_array_equal(resumed["token_ids"], first[3]["token_ids"])
-    other = _batches(simbert.make_dataset(cfg, path, 8, seed=4), 1)[0]
+    other = _batches(inputs.simbert_dataset(cfg, path, 8, seed=4), 1)[0]
     assert not np.array_equal(other["token_ids"], first[0]["token_ids"])
 
     groups = collections.defaultdict(set)  # a sentence's ids (as cut to maxlen) -> groups
-    for g in simbert.read_groups(path):
+    for g in simbert_data.read_groups(path):
         for s in g.sentences:
             groups[tuple(tok.encode(s, maxlen=16)[0][1:-1])].add(g.where)
     t, s = first[0]["token_ids"], first[0]["segment_ids"]
@@ -152,7 +165,7 @@ def test_dataset_static_partners_deterministic_resumable_and_sharded():
     for i in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
                                          num_replicas_in_sync=2)
-        shards.append(_batches(simbert.make_dataset(cfg, path, 8, seed=3,
+        shards.append(_batches(inputs.simbert_dataset(cfg, path, 8, seed=3,
                                                     input_context=ctx), 1)[0])
     assert shards[0]["token_ids"].shape == (4, 32)
     np.testing.assert_array_equal(shards[0]["token_ids"][:2], first[0]["token_ids"][:2])
@@ -162,13 +175,13 @@ def test_dataset_static_partners_deterministic_resumable_and_sharded():
 def test_validation_split_one_pass_is_finite_and_disjoint():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
-    val = list(simbert.make_dataset(cfg, path, 16, split="validation", repeat=False))
-    n_groups = sum(1 for _ in simbert.split_groups(path, "validation", 0.05))
+    val = list(inputs.simbert_dataset(cfg, path, 16, split="validation", repeat=False))
+    n_groups = sum(1 for _ in simbert_data.split_groups(path, "validation", 0.05))
     assert len(val) == n_groups * 2 // 16
     with pytest.raises(ValueError, match="even"):
-        simbert.make_dataset(cfg, path, 7)
+        inputs.simbert_dataset(cfg, path, 7)
     with pytest.raises(ValueError, match="seq_len >= 63"):
-        simbert.make_dataset(tiny_cfg(maxlen=32), path, 8, seq_len=32)
+        inputs.simbert_dataset(tiny_cfg(maxlen=32), path, 8, seq_len=32)
 
 
 # ---------------------------------------------------------------- losses
@@ -199,8 +212,8 @@ def test_forward_loss_matches_numpy_on_bert4keras_outputs():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
     model = b4k_model(cfg)
-    batch = next(iter(simbert.make_dataset(cfg, path, 8)))
-    loss, metrics = simbert.forward_loss(_bundle(model), batch, training=False)
+    batch = next(iter(inputs.simbert_dataset(cfg, path, 8)))
+    loss, metrics = tasks.forward_loss(_bundle(model), batch, training=False)
     pooled, probs = model.predict([batch["token_ids"], batch["segment_ids"]], verbose=0)
     s2s, sim, acc = _numpy_losses(pooled, probs, batch["token_ids"].numpy(),
                                   batch["segment_ids"].numpy())
@@ -215,10 +228,10 @@ def test_rank_metrics_match_scipy():
     rng = np.random.RandomState(0)
     scores = np.round(rng.rand(200), 2)  # rounding makes ties
     labels = (scores + rng.rand(200) * 0.8 > 0.9).astype(int)
-    assert simbert.spearman(scores, labels) == pytest.approx(
+    assert simbert_eval.spearman(scores, labels) == pytest.approx(
         stats.spearmanr(scores, labels).correlation, abs=1e-12)
-    acc, threshold = simbert.best_threshold_accuracy(scores, labels)
-    assert simbert.pair_metrics(scores, labels)["accuracy"] == acc
+    acc, threshold = simbert_eval.best_threshold_accuracy(scores, labels)
+    assert simbert_eval.pair_metrics(scores, labels)["accuracy"] == acc
     brute = max(np.mean((scores >= t) == labels) for t in np.append(scores, 2.0))
     assert acc == pytest.approx(brute)
     assert np.mean((scores >= threshold) == labels) == pytest.approx(acc)
@@ -236,7 +249,7 @@ def _train(bundle, batches, lr=3e-3):
     @tf.function
     def step(batch):
         with tf.GradientTape() as tape:
-            loss, metrics = simbert.forward_loss(bundle, batch, training=True)
+            loss, metrics = tasks.forward_loss(bundle, batch, training=True)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return metrics
@@ -250,9 +263,9 @@ def test_heldout_seq2seq_loss_falls(tmp_path):
     path = os.path.join(REPO_ROOT, "data", "sample", "similarity_groups.json")
     cfg = tiny_cfg()
     bundle = models.build_model(cfg)
-    before = simbert.heldout_losses(cfg, bundle.encoder, path, "validation", 32)
-    _train(bundle, simbert.make_dataset(cfg, path, 32, seed=0).take(60))
-    after = simbert.heldout_losses(cfg, bundle.encoder, path, "validation", 32)
+    before = simbert_eval.heldout_losses(cfg, bundle.encoder, path, "validation", 32)
+    _train(bundle, inputs.simbert_dataset(cfg, path, 32, seed=0).take(60))
+    after = simbert_eval.heldout_losses(cfg, bundle.encoder, path, "validation", 32)
     assert after["seq2seq_loss"] < before["seq2seq_loss"] - 1.0, (before, after)
 
 
@@ -263,17 +276,17 @@ def test_tiny_model_overfits_a_handful_of_groups(tmp_path):
     cfg["data"]["validation_fraction"] = 0.0
     bundle = models.build_model(cfg)  # what the trainer trains
     model = bundle.encoder
-    ds = simbert.make_dataset(cfg, path, 28, seed=0)  # 14 groups: one epoch per batch
+    ds = inputs.simbert_dataset(cfg, path, 28, seed=0)  # 14 groups: one epoch per batch
     history = _train(bundle, ds.take(40))
     for key in ("seq2seq_loss", "similarity_loss"):
         start = np.mean([h[key] for h in history[:3]])
         end = np.mean([h[key] for h in history[-3:]])
         assert end < 0.7 * start, (key, start, end)
-    groups = list(simbert.read_groups(path))
-    sim = simbert.SimBERT(model, simbert.config_tokenizer(cfg), 24)
-    top1 = simbert.retrieval_top1(simbert.cosine_matrix(sim.encode), groups)
+    groups = list(simbert_data.read_groups(path))
+    sim = simbert.SimBERT(model, simbert_data.config_tokenizer(cfg), 24)
+    top1 = simbert_eval.retrieval_top1(simbert_eval.cosine_matrix(sim.encode), groups)
     assert top1["retrieval_top1"] >= 0.9, top1
-    held = simbert.heldout_losses(cfg, model, path, "all", 28)
+    held = simbert_eval.heldout_losses(cfg, model, path, "all", 28)
     assert held["similarity_acc"] >= 0.9, held
 
 
@@ -287,17 +300,17 @@ def test_export_reloads_to_the_same_vectors_and_the_eval_cli_runs(tmp_path):
     bundle = models.build_model(cfg)
     out = str(tmp_path / "export")
     export.export_bert4keras(cfg, bundle, out)
-    live = simbert.SimBERT(bundle.encoder, simbert.config_tokenizer(cfg), 16)
+    live = simbert.SimBERT(bundle.encoder, simbert_data.config_tokenizer(cfg), 16)
     loaded = simbert.SimBERT.load(out, 16)  # bert4keras build_transformer_model
-    pairs = simbert.read_pairs(pairs_path, limit=200)
+    pairs = simbert_data.read_pairs(pairs_path, limit=200)
     texts = pairs[0][:32] + pairs[1][:32]
     vecs = loaded.encode(texts)
     np.testing.assert_allclose(vecs, live.encode(texts), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
-    batch = next(iter(simbert.make_dataset(cfg, groups_path, 8, split="all")))
+    batch = next(iter(inputs.simbert_dataset(cfg, groups_path, 8, split="all")))
     np.testing.assert_allclose(
-        simbert.forward_loss(_bundle(loaded.model), batch, False)[0],
-        simbert.forward_loss(bundle, batch, False)[0], rtol=1e-5)
+        tasks.forward_loss(_bundle(loaded.model), batch, False)[0],
+        tasks.forward_loss(bundle, batch, False)[0], rtol=1e-5)
 
     hits = loaded.search(["他的数学不怎么好"], texts, k=3)[0]
     assert [s for _, s in hits] == sorted([s for _, s in hits], reverse=True)
@@ -310,7 +323,7 @@ def test_export_reloads_to_the_same_vectors_and_the_eval_cli_runs(tmp_path):
            "--groups_split", "all", "--batch_size", "8", "--maxlen", "16"]
     run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    expected = simbert.pair_metrics(simbert.cosine_scores(loaded.encode, *pairs[:2]), pairs[2])
+    expected = simbert_eval.pair_metrics(simbert_eval.cosine_scores(loaded.encode, *pairs[:2]), pairs[2])
     value = float(re.search(r"spearman: (-?[0-9.]+)", run.stdout).group(1))
     assert value == pytest.approx(expected["spearman"], abs=1e-4)
     assert re.search(r"groups: 14 .*retrieval_top1: [0-9.]+ seq2seq_loss: [0-9.]+ "
@@ -319,15 +332,15 @@ def test_export_reloads_to_the_same_vectors_and_the_eval_cli_runs(tmp_path):
 
 def test_jaccard_baseline_matches_set_arithmetic():
     texts = ["今天天气好", "今天天气不好", "明天见", "今天"]
-    m = simbert.jaccard_matrix(texts)
+    m = simbert_eval.jaccard_matrix(texts)
     for i, a in enumerate(texts):
         for j, b in enumerate(texts):
             assert m[i, j] == pytest.approx(len(set(a) & set(b)) / len(set(a) | set(b)))
-    np.testing.assert_allclose(simbert.jaccard_scores(texts, texts[::-1]),
+    np.testing.assert_allclose(simbert_eval.jaccard_scores(texts, texts[::-1]),
                                [m[i, len(texts) - 1 - i] for i in range(len(texts))])
-    groups = [simbert.Group("x:1", texts[:2]), simbert.Group("x:2", texts[2:])]
+    groups = [simbert_data.Group("x:1", texts[:2]), simbert_data.Group("x:2", texts[2:])]
     # "今天" is nearest to "今天天气好" (2/4), which is in the other group
-    assert simbert.retrieval_top1(simbert.jaccard_matrix, groups)["retrieval_top1"] == 0.75
+    assert simbert_eval.retrieval_top1(simbert_eval.jaccard_matrix, groups)["retrieval_top1"] == 0.75
 
 
 # ---------------------------------------------------------------- trainer data checks

@@ -1,6 +1,6 @@
 """SimBERT's similarity loss under MirroredStrategy over 2 logical CPUs: every
 row's candidates are the whole global batch, so loss and gradients equal one
-device's on that batch (pretrain/simbert.py similarity_loss)."""
+device's on that batch (pretrain/tasks.py similarity_loss)."""
 import json
 import subprocess
 import sys
@@ -14,7 +14,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import pretrain
-from pretrain import simbert
+from pretrain import tasks
 
 rng = np.random.RandomState(0)
 x = tf.constant(rng.randn(8, 6), tf.float32)  # 4 partner pairs; 4 rows per replica
@@ -22,7 +22,7 @@ w0 = rng.randn(6, 16).astype(np.float32) * 0.3
 
 def loss_and_grad(w, rows):
     with tf.GradientTape() as tape:
-        loss, acc = simbert.similarity_loss(tf.matmul(rows, w))
+        loss, acc = tasks.similarity_loss(tf.matmul(rows, w))
     return loss, acc, tape.gradient(loss, w)
 
 w = tf.Variable(w0)
@@ -42,7 +42,7 @@ def step():
     return strategy.experimental_local_results(strategy.run(replica))[0]
 
 two = step()
-local = simbert.similarity_loss(tf.matmul(x[:4], w0))  # replica 0's batch alone
+local = tasks.similarity_loss(tf.matmul(x[:4], w0))  # replica 0's batch alone
 print("RESULT", json.dumps({k: [float(v) for v in vals] for k, vals in
       (("one", one[:2]), ("two", two[:2]), ("local", local))}))
 print("GRADS", json.dumps({"one": one[2].numpy().tolist(), "two": two[2].numpy().tolist()}))

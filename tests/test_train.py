@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pretrain import compat, dropout, train
+from pretrain import compat, dropout, tasks, train
 from pretrain.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,15 +58,15 @@ def records_dir(tmp_path_factory):
 
 
 def _stack(records_dir, cfg, seq_len, batch, accum):
-    from pretrain import records
-    ds = records.make_dataset(records_dir, cfg, seq_len, batch, split="train")
+    from pretrain import inputs
+    ds = inputs.mlm_dataset(records_dir, cfg, seq_len, batch, split="train")
     return next(iter(ds.batch(accum)))
 
 
 def _one_update(cfg, stack):
     from pretrain import models, optim
     bundle = models.build_model(cfg)
-    task = train.MlmTask(cfg, bundle, None)
+    task = tasks.MlmTask(cfg, bundle, None)
     variables = task.model.trainable_variables
     optimizer = optim.make_optimizer(cfg, cfg["train"]["phases"][0])
     step = train.make_replica_step(task, optimizer, variables)

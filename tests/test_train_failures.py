@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from pretrain import train
+from pretrain.strategy import make_strategy
 from test_train import (ROOT, _train, make_records,
                         records_dir,  # noqa: F401  (the module fixture)
                         tiny_config)
@@ -81,7 +82,7 @@ def test_manifest_mismatch_stops_before_the_first_step(tmp_path, records_dir):
 
 def test_tpu_flag_without_a_tpu_fails_fast_and_clearly():
     with pytest.raises(train.TrainingError, match="--tpu local"):
-        train.make_strategy("local", timeout_s=60)
+        make_strategy("local", timeout_s=60)
 
 
 def _no_checkpoints(run):
