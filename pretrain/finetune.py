@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from pretrain import (checkpoints, dropout, export, export_check, finetune_baselines,
-                      finetune_data, inputs, models, optim, tasks, train)
+                      finetune_data, fs, inputs, models, optim, tasks, train)
 from pretrain.strategy import make_strategy, use_xla
 from pretrain.config import ConfigError
 
@@ -81,14 +81,14 @@ def load_finetuned(model_dir):
 def save_finetuned(bert, model, source, out_dir, info):
     """OUTPUT/model: the export layout plus the classifier (see module doc)."""
     staging = out_dir + ".partial"
-    if tf.io.gfile.exists(staging):
-        tf.io.gfile.rmtree(staging)
-    tf.io.gfile.makedirs(staging)
+    if fs.exists(staging):
+        fs.rmtree(staging)
+    fs.makedirs(staging)
     kernel, bias = model.get_layer("Classifier").get_weights()
     checkpoints.save_checkpoint(bert, staging,
                                 {"classifier/kernel": kernel, "classifier/bias": bias})
     for name in (checkpoints.CONFIG_NAME, "vocab.txt"):
-        tf.io.gfile.copy(os.path.join(source, name), os.path.join(staging, name))
+        fs.copy(os.path.join(source, name), os.path.join(staging, name))
     base = export.read_info(source) or {}
     kwargs = {k: v for k, v in base.get("build_transformer_model", {}).items()
               if k not in ("with_mlm", "with_pool", "application")}
@@ -258,7 +258,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
 
 def write_predictions(path, examples, labels, probs):
     """One row per example: where, gold, predicted, then p(label) per label."""
-    with tf.io.gfile.GFile(path, "w") as f:
+    with fs.open(path, "w") as f:
         f.write("\t".join(["where", "label", "prediction"] + ["p_" + l for l in labels]) + "\n")
         for e, p in zip(examples, probs):
             f.write("\t".join([e.where, e.label, labels[int(np.argmax(p))]]
@@ -268,13 +268,13 @@ def write_predictions(path, examples, labels, probs):
 def load_data(args, log=print):
     """Read and encode the splits (see `fit` for the layout)."""
     for split in ("train", "dev", "test"):
-        if args.get(split) and not tf.io.gfile.exists(args[split]):
+        if args.get(split) and not fs.exists(args[split]):
             raise finetune_data.DataError("--%s %s: no such file" % (split, args[split]))
     info = export.read_info(args["model"])
     if info is None:
         raise ConfigError("--model %s: not an export (no %s there; make one with "
                           "`python -m pretrain.export`)" % (args["model"], checkpoints.INFO_NAME))
-    with tf.io.gfile.GFile(os.path.join(args["model"], checkpoints.CONFIG_NAME)) as f:
+    with fs.open(os.path.join(args["model"], checkpoints.CONFIG_NAME)) as f:
         positions = json.load(f).get("max_position_embeddings")
     if positions and args["maxlen"] > positions:
         raise ConfigError("--maxlen %d is longer than the model's max_position_embeddings %d"
@@ -303,13 +303,13 @@ def run(args, strategy=None, log=print):
     data = load_data(args, log)
     strategy = strategy or tf.distribute.get_strategy()
     out = args["output"]
-    tf.io.gfile.makedirs(out)
+    fs.makedirs(out)
     result = {"settings": args, "labels": data["labels"],
               "examples": {s: len(data[s]["labels"]) for s in ("train", "dev", "test") if s in data},
               "model": fit(args, strategy, data, args["model"], out, log=log)}
     if args.get("baselines"):
         result["baselines"] = run_baselines(args, strategy, data, log)
-    with tf.io.gfile.GFile(os.path.join(out, "metrics.json"), "w") as f:
+    with fs.open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2, ensure_ascii=False)
     report(result, log)
     return result

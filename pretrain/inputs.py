@@ -193,7 +193,7 @@ def simbert_dataset(cfg, path, batch_size, split="train", seed=0, skip_batches=0
     """
     seq_len = simbert_data.pair_seq_len(cfg, seq_len)
     path = resolve_path(path)
-    if not tf.io.gfile.glob(path):
+    if not fs.glob(path):
         raise FileNotFoundError("SimBERT data %r not found" % path)
     batch_size, pipes, pipe, skip = pipeline_share(batch_size, skip_batches, input_context)
     if batch_size % 2:

@@ -16,10 +16,9 @@ import json
 import os
 import sys
 
-import tensorflow as tf
 from absl import flags, logging
 
-from pretrain import export, export_check
+from pretrain import export, export_check, fs
 from pretrain.errors import TrainingError
 
 # The sections of a config that define what a run directory holds; a resume
@@ -42,8 +41,8 @@ def check_output_dir(cfg, output_dir, allow_train_changes=False, write=True):
     identity = {k: cfg[k] for k in _RUN_IDENTITY}
     identity["smoke"] = cfg.get("smoke", False)
     path = os.path.join(output_dir, "run_config.json")
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
+    if fs.exists(path):
+        with fs.open(path) as f:
             previous = json.load(f)
         if {k: previous.get(k) for k in identity} != identity:
             diff = sorted(k for k in identity if previous.get(k) != identity[k])
@@ -62,8 +61,8 @@ def check_output_dir(cfg, output_dir, allow_train_changes=False, write=True):
                                  allow_train_changes)
     if not write:
         return
-    tf.io.gfile.makedirs(output_dir)
-    with tf.io.gfile.GFile(path, "w") as f:
+    fs.makedirs(output_dir)
+    with fs.open(path, "w") as f:
         json.dump(dict(identity, train=cfg["train"]), f, indent=2, ensure_ascii=False)
 
 
@@ -125,8 +124,8 @@ def run_record(cfg):
 
 
 def write_run_record(output_dir, record):
-    tf.io.gfile.makedirs(output_dir)
-    with tf.io.gfile.GFile(os.path.join(output_dir, RUN_RECORD), "w") as f:
+    fs.makedirs(output_dir)
+    with fs.open(os.path.join(output_dir, RUN_RECORD), "w") as f:
         json.dump(record, f, indent=2, ensure_ascii=False, default=str)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from pretrain import checkpoints, cli, config, export, export_check, models, simbert_eval, tasks
+from pretrain import checkpoints, cli, config, export, export_check, fs, models, simbert_eval, tasks
 from pretrain.errors import PretrainError
 from pretrain.simbert_data import make_tokenizer, read_pairs, split_groups
 from pretrain.tokenization import read_vocab_file
@@ -58,7 +58,7 @@ class SimBERT(object):
         ckpt = os.path.join(export_dir, checkpoints.CKPT_NAME)
         info = export.read_info(export_dir)
         if info is None:
-            with tf.io.gfile.GFile(config_path) as f:
+            with fs.open(config_path) as f:
                 model = build_unilm(json.load(f), ckpt)
         else:
             model = models.build_transformer(config_path, ckpt,
@@ -156,7 +156,7 @@ def define_flags():
 
 
 def _lines(path):
-    with tf.io.gfile.GFile(path) as f:
+    with fs.open(path) as f:
         return [line.strip() for line in f if line.strip()]
 
 
@@ -164,7 +164,7 @@ def _model_problem(path):
     """Why `path` is no SimBERT export (None when it is one)."""
     want = ("give a SimBERT export dir (RUN/export/PHASE of a simbert_* run, or "
             "`python -m pretrain.export --config simbert_tiny ...`)")
-    if not tf.io.gfile.exists(os.path.join(path, "bert_config.json")):
+    if not fs.exists(os.path.join(path, "bert_config.json")):
         return "no bert_config.json there; %s" % want
     try:
         names = {n for n, _ in tf.train.list_variables(os.path.join(path, "bert_model.ckpt"))}
@@ -199,7 +199,7 @@ def main(argv):
     if command == "encode":
         vecs = sim.encode(texts)
         if FLAGS.output:
-            with tf.io.gfile.GFile(FLAGS.output, "wb") as f:
+            with fs.open(FLAGS.output, "wb") as f:
                 np.save(f, vecs)
             print("wrote %s: %d x %d" % (FLAGS.output, vecs.shape[0], vecs.shape[1]))
         else:

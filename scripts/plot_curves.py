@@ -17,6 +17,8 @@ if _ROOT not in sys.path:
 import pretrain  # noqa: E402,F401
 from absl import app, flags  # noqa: E402
 
+from pretrain import fs  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Run directory (the trainer's --output).")
 flags.DEFINE_string("out", None, "PNG to write (default RUN/curves.png).")
@@ -30,9 +32,9 @@ def read_scalars(event_dir):
     from tensorflow.core.util import event_pb2
 
     out = {}
-    if not tf.io.gfile.isdir(event_dir):
+    if not fs.isdir(event_dir):
         return out
-    for name in sorted(tf.io.gfile.listdir(event_dir)):
+    for name in sorted(fs.listdir(event_dir)):
         if "tfevents" not in name:
             continue
         for record in tf.data.TFRecordDataset(os.path.join(event_dir, name)):
