@@ -50,7 +50,6 @@ def tf_status():
     # would otherwise fight it for the chips.
     os.environ.setdefault("TPU_LOAD_LIBRARY", "0")
     try:
-        import pretrain  # noqa: F401  (tf_keras before TensorFlow loads)
         import tensorflow as tf  # lazy: the report must work without TF
     except Exception as e:  # a broken install is what the doctor is for
         status["error"] = "%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0][:200])
@@ -157,7 +156,7 @@ def report(hw, tf, disk_path="."):
 
 
 def main(argv):
-    from absl import flags  # flags only for the CLI: install.sh imports nothing else
+    from absl import flags  # lazy: install.sh imports this module before absl is installed
     FLAGS = flags.FLAGS
     del argv
     hw = hardware.detect_hardware(FLAGS.sysroot)
@@ -169,7 +168,7 @@ def main(argv):
         print(line)
     status = 0
     if FLAGS.gcs:
-        from pretrain import gcs
+        from pretrain import gcs  # lazy: google-cloud-storage, only for --gcs
         try:
             gcs.preflight(FLAGS.gcs)
             print("gcs:          %s is readable and writable" % FLAGS.gcs)
@@ -189,7 +188,7 @@ def main(argv):
 
 
 def define_flags():
-    from absl import flags
+    from absl import flags  # lazy: as in main
     flags.DEFINE_string("gcs", None, "Also check that this gs:// path is readable and writable "
                         "with the current credentials (writes, reads and deletes one object).")
     flags.DEFINE_bool("detect", False, "Only print the accelerator kind present: tpu, gpu or cpu.")

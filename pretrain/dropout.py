@@ -15,6 +15,8 @@ exported checkpoints are unaffected.
 """
 import contextlib
 
+import bert4keras.layers
+import bert4keras.models
 import tensorflow as tf
 
 _state = {"seed": None, "calls": 0, "alg": "philox"}
@@ -71,8 +73,6 @@ def rng_alg(compiled):
 
 def install():
     """Make bert4keras (and code that imports Dropout from it) use StepSeededDropout."""
-    import bert4keras.layers
-    import bert4keras.models
     bert4keras.layers.Dropout = StepSeededDropout
     bert4keras.models.Dropout = StepSeededDropout
 

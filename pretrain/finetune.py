@@ -28,6 +28,8 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from absl import flags
+from bert4keras.backend import keras
 
 from pretrain import (checkpoints, dropout, export, export_check, finetune_baselines,
                       finetune_data, fs, inputs, models, optim, tasks, train)
@@ -47,7 +49,6 @@ def build_classifier(model_dir, num_labels, dropout_rate=0.1, seed=0, random_ini
     model_dir: an export or a fine-tuned OUTPUT/model; with random_init the
     same architecture freshly initialised (seeded) instead of its weights.
     """
-    from bert4keras.backend import keras
     kwargs = {k: v for k, v in export_check.load_kwargs(model_dir).items()
               if k not in ("with_mlm", "with_pool", "application")}  # a plain encoder
     config = os.path.join(model_dir, checkpoints.CONFIG_NAME)
@@ -357,7 +358,6 @@ def report(result, log=print):
 
 def define_flags(flag_values=None):
     """The command's flags, on absl's global FLAGS unless `flag_values` is given."""
-    from absl import flags
     fv = {"flag_values": flags.FLAGS if flag_values is None else flag_values}
     flags.DEFINE_string("model", None, "Export dir to fine-tune (bert_config.json, vocab.txt, "
                         "bert_model.ckpt, pretrain_export.json), as `pretrain.export` or a "
@@ -398,8 +398,6 @@ def define_flags(flag_values=None):
 
 def main(argv):
     del argv
-    from absl import flags
-    from pretrain import fs
     f = flags.FLAGS
     args = {k: f[k].value for k in ("model", "task", "train", "dev", "test", "output", "epochs",
                                     "batch_size", "learning_rate", "warmup_proportion",

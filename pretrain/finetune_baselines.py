@@ -16,7 +16,7 @@ C_GRID = (0.3, 1.0, 3.0, 10.0)
 
 def scores(labels, predictions):
     """{"accuracy", "macro_f1"} of integer label arrays."""
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score  # lazy: scikit-learn only for the scores
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     return {"accuracy": float(np.mean(labels == predictions)),
             "macro_f1": float(f1_score(labels, predictions, average="macro"))}
@@ -32,7 +32,7 @@ def majority(train_labels, splits):
 
 
 def _features(vectorizer, examples):
-    import scipy.sparse as sp
+    import scipy.sparse as sp  # lazy: only the n-gram baseline needs SciPy
     a = vectorizer.transform([e.text_a for e in examples])
     if examples[0].text_b is None:
         return a
@@ -46,6 +46,7 @@ def tfidf_lr(train, train_labels, splits, seed=0):
     train / splits[name][0]: lists of finetune_data.Example; splits[name][1]:
     their integer labels.
     """
+    # lazy: only the n-gram baseline needs scikit-learn
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     texts = [e.text_a for e in train] + [e.text_b for e in train if e.text_b is not None]

@@ -16,6 +16,7 @@ strings; dev and test labels must occur in train.
 """
 import collections
 import json
+import os
 
 import numpy as np
 
@@ -126,8 +127,7 @@ def label_list(examples):
 
 def make_tokenizer(export_dir, do_lower_case):
     """bert4keras's own Tokenizer on the export's vocab.txt, as users load it."""
-    import os
-    from bert4keras.tokenizers import Tokenizer
+    from bert4keras.tokenizers import Tokenizer  # lazy: it loads TensorFlow
     vocab = os.path.join(export_dir, "vocab.txt")
     if not fs.exists(vocab):
         raise DataError("%s has no vocab.txt (a SentencePiece export is not supported by "

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
+from bert4keras.snippets import AutoRegressiveDecoder
 
 from pretrain import checkpoints, cli, config, export, export_check, fs, models, simbert_eval, tasks
 from pretrain.errors import PretrainError
@@ -91,7 +92,6 @@ class SimBERT(object):
 
     def sample(self, text, n, topk=None, topp=None, temperature=1.0, seed=None):
         """n decodings of the UniLM head given `text` as the first segment."""
-        from bert4keras.snippets import AutoRegressiveDecoder
         step, tok = self._step, self.tokenizer
         banned = [tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[MASK]")]
 

@@ -168,7 +168,7 @@ def check_splits(cfg, path, splits=("train", "validation")):
 
 def make_tokenizer(tokens, do_lower_case=True):
     """bert4keras's Tokenizer over a token list in id order."""
-    from bert4keras.tokenizers import Tokenizer
+    from bert4keras.tokenizers import Tokenizer  # lazy: it loads TensorFlow
     return Tokenizer({t: i for i, t in enumerate(tokens)}, do_lower_case=do_lower_case)
 
 

@@ -19,9 +19,14 @@ SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
 HEAVY = {"tensorflow", "torch", "transformers", "safetensors", "sklearn", "scipy"}
 # TensorFlow-free at import: preprocessing (and its spawned workers), config
 # loading and the command plumbing.
-TF_FREE = {"corpus", "records", "tokenization", "masking", "preprocess", "config", "fs",
+TF_FREE = {"corpus", "records", "tokenization", "masking", "preprocess", "preprocess_pool",
+           "preprocess_state", "preprocess_worker", "simbert_data", "finetune_data",
+           "finetune_baselines", "config", "fs", "run",
            "errors", "cli"}
 TF_LIBS = {"tensorflow", "tf_keras", "bert4keras"}
+# Standard library only at import: scripts/install.sh imports them before it has
+# installed anything else.
+STDLIB_ONLY = {"doctor", "hardware"}
 
 
 def _modules():
@@ -191,6 +196,8 @@ def _loads_tf_at_import(module, seen=None):
 
 
 def _allowed_lazily(module, kind, target):
+    if module in STDLIB_ONLY:
+        return True  # anything beyond the standard library waits, with its reason
     if kind == "lib":
         return target in HEAVY or (target == "bert4keras" and module in TF_FREE)
     # A TF-free module may defer a package module that loads TensorFlow.
@@ -212,6 +219,14 @@ def test_function_level_imports_are_heavy_and_say_why():
                 bad.append("%s imports %s inside a function without a `# lazy: <reason>` "
                            "comment" % (where, names))
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("module", sorted(STDLIB_ONLY))
+def test_modules_install_sh_imports_need_only_the_standard_library(module):
+    for imp in IMPORTS[module]:
+        assert imp.lazy or all(k == "pretrain" and t in STDLIB_ONLY | {"errors", "__init__"}
+                               or k == "lib" and t in sys.stdlib_module_names
+                               for k, t in imp.targets), (module, imp.line, imp.targets)
 
 
 @pytest.mark.parametrize("module", sorted(TF_FREE))
