@@ -35,7 +35,8 @@ def variable_pairs(bert):
     """[(checkpoint name, keras weight)] in `variable_mapping()` order.
 
     Unlike bert4keras's zip(), a layer whose weight count differs from its
-    list of names is an error (the gated-FFN trap in COMPAT.md).
+    list of names is an error: zip() would silently drop the extra kernel of a
+    gated FFN mapped with BERT's four names.
     """
     pairs = []
     for layer_name, names in bert.variable_mapping().items():

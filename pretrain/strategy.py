@@ -147,7 +147,7 @@ def choose_precision(requested, strategy):
 
 def use_xla(strategy):
     """Whether the replica step compiles with XLA on this strategy's devices."""
-    # XLA cannot compile MirroredStrategy over logical CPU devices (COMPAT.md);
+    # XLA cannot compile MirroredStrategy over logical CPU devices (TF 2.21);
     # TPUs compile the whole step with XLA anyway.
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return False

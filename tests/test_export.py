@@ -94,7 +94,7 @@ def test_simbert_export_has_pool_and_unilm(exported):
 
 
 def test_variable_mapping_weight_count_is_checked():
-    # COMPAT.md trap: a gated FFN under BERT's 4-name mapping is an error, not a
+    # A gated FFN under BERT's 4-name mapping is an error, not a
     # silent truncation.
     with warnings.catch_warnings():  # bert4keras's shared initializer, see models.py
         warnings.simplefilter("ignore")

@@ -107,7 +107,7 @@ def test_vocab_size_must_match_tokenizer():
 def test_summary_counts_and_flops():
     cfg = load_config("roberta_tiny")
     s = model_summary.summary(cfg)
-    # COMPAT.md: 4x312, embedding 128 with the linear MLM head -> 7,560,864.
+    # 4x312, embedding 128 with the linear MLM head -> 7,560,864, as bert4keras counts it.
     assert s["params"] == 7560864 and s["published_MB"] == 27
     # The written checkpoint is the parameters in float32 plus a small index;
     # deflate takes ~8% off (published sizes are zip downloads).
