@@ -24,7 +24,7 @@ it. A task has:
 Export is the same for every task: the trainer writes `bundle.bert` in
 bert4keras's layout, and `pretrain_export.json` records the
 build_transformer_model kwargs (`models.model_kwargs`: e.g. SimBERT's
-with_pool='linear', application='unilm'), which `export.load_kwargs` reads.
+with_pool='linear', application='unilm'), which `export_check.load_kwargs` reads.
 
 `MlmTask`: masked LM on the records of `pretrain.preprocess`.
 `SimbertTask`: SimBERT's UniLM seq2seq loss plus the in-batch similarity
