@@ -217,3 +217,19 @@ def simbert_dataset(cfg, path, batch_size, split="train", seed=0, skip_batches=0
     ds = ds.map(lambda t, s: {"token_ids": tf.reshape(t, (batch_size, seq_len)),
                               "segment_ids": tf.reshape(s, (batch_size, seq_len))})
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_dataset(strategy, task, phase, cfg, split, start_step, accum):
+    """Per-replica stacks of `accum` micro-batches, resuming after start_step updates.
+
+    With accum=None the elements are plain batches (eval).
+    """
+    batch_size = cfg["train"]["batch_size"]
+    seed = cfg["train"]["seed"]
+
+    def dataset_fn(input_context):
+        # the task's datasets take the global batch and count global batches
+        return task.dataset(phase["seq_len"], batch_size, split, seed,
+                            start_step * (accum or 1), input_context)
+
+    return distribute(strategy, dataset_fn, accum)

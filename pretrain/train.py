@@ -23,11 +23,10 @@ import tempfile
 import threading
 import time
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from pretrain import checkpoints, compat, dropout, inputs, models, optim, run_dir, tasks
+from pretrain import checkpoints, compat, dropout, inputs, models, monitor, optim, run_dir, tasks
 from pretrain.errors import TrainingError
 from pretrain.strategy import use_xla
 
@@ -148,57 +147,6 @@ def make_eval_fn(strategy, task, xla):
 # --------------------------------------------------------------------------
 # Data per phase
 # --------------------------------------------------------------------------
-def distributed_dataset(strategy, task, phase, cfg, split, start_step, accum):
-    """Per-replica stacks of `accum` micro-batches, resuming after start_step updates.
-
-    With accum=None the elements are plain batches (eval).
-    """
-    batch_size = cfg["train"]["batch_size"]
-    seed = cfg["train"]["seed"]
-
-    def dataset_fn(input_context):
-        # the task's datasets take the global batch and count global batches
-        return task.dataset(phase["seq_len"], batch_size, split, seed,
-                            start_step * (accum or 1), input_context)
-
-    return inputs.distribute(strategy, dataset_fn, accum)
-
-
-def _non_finite_names(variables):
-    """A function returning the names of the float `variables` holding a NaN or inf.
-
-    One compiled pass over the weights per host call: an update with a finite
-    loss and gradient norm (as with a learning rate of inf) can still leave
-    non-finite weights, which no checkpoint may hold.
-    """
-    floats = [v for v in variables if v.dtype.is_floating]
-
-    @tf.function
-    def flags():
-        return tf.stack([tf.logical_not(tf.reduce_all(tf.math.is_finite(v))) for v in floats])
-
-    return lambda: [v.name for v, bad in zip(floats, flags().numpy()) if bad]
-
-
-class _Window(object):
-    """Training metrics summed over the host calls between two log lines."""
-
-    def __init__(self):
-        self.steps, self.seconds, self.sums = 0, 0.0, {}
-
-    def add(self, n, seconds, losses, norms, metric_sums):
-        self.steps += n
-        self.seconds += seconds
-        values = dict(metric_sums, loss=float(losses.sum()), grad_norm=float(norms.sum()))
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
-
-    def scalars(self, seqs_per_update):
-        out = {k: v / self.steps for k, v in self.sums.items()}
-        out["seqs_per_sec"] = self.steps * seqs_per_update / max(self.seconds, 1e-9)
-        return out
-
-
 # --------------------------------------------------------------------------
 # The loop over phases
 # --------------------------------------------------------------------------
@@ -371,24 +319,24 @@ class Trainer(object):
         train = self.cfg["train"]
         phase, accum = train["phases"][index], train["grad_accum_steps"]
         offset = sum(p["steps"] for p in train["phases"][:index])
-        iterator = iter(distributed_dataset(self.strategy, self.task, phase, self.cfg, "train",
+        iterator = iter(inputs.distributed_dataset(self.strategy, self.task, phase, self.cfg, "train",
                                             start, accum))
         eval_fn = make_eval_fn(self.strategy, self.task, self.xla)
-        non_finite = _non_finite_names(self.bundle.encoder.weights + optimizer.weights)
+        non_finite = monitor.non_finite_names(self.bundle.encoder.weights + optimizer.weights)
         evals = train["eval_steps"] > 0
         logging.info("phase %s: steps %d..%d, seq_len %d, batch %d x accum %d, xla=%s, "
                      "replicas=%d%s", phase["name"], start, end, phase["seq_len"],
                      train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
                      "" if evals else ", no eval (train.eval_steps is 0)")
-        step, window = start, _Window()  # metrics since the last log line
+        step, window = start, monitor.Window()  # metrics since the last log line
         while step < end:
             self._stop_if_signalled(manager, phase, step, offset)
             n = self._loop_length(step, end)
             t0 = time.time()
             losses, norms, metric_sums, lr = loop(iterator, tf.constant(n))
             losses, norms = losses.numpy(), norms.numpy()
-            self._check_finite(losses, norms, non_finite, step, phase, offset,
-                               manager.latest_checkpoint)
+            monitor.check_finite(losses, norms, non_finite, step, phase, offset,
+                                 manager.latest_checkpoint)
             step += n
             phase_step.assign(step)
             self.history.extend((offset + step - n + i + 1, phase["name"], float(l))
@@ -401,38 +349,13 @@ class Trainer(object):
                 self._write("train", offset + step, scalars)
                 logging.info("%s step %d/%d  %s", phase["name"], step, phase["steps"],
                              "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())))
-                window = _Window()
+                window = monitor.Window()
             if step % train["save_every"] == 0 or done:
                 self._save(manager, phase, step)
             if evals and (step % train["eval_every"] == 0 or done):
                 self.evaluate(phase, eval_fn, offset + step)
         self._stop_if_signalled(manager, phase, step, offset)
         return step
-
-    @staticmethod
-    def _check_finite(losses, norms, non_finite, step, phase, offset, last_good):
-        """Stop, saving nothing, at the first update with a NaN/inf loss or gradient
-        norm, or if this host call left NaN/inf weights."""
-        where = "The last good checkpoint is %s." % last_good if last_good else (
-            "No checkpoint of this phase was saved before it.")
-        bad = np.flatnonzero(~(np.isfinite(losses) & np.isfinite(norms)))
-        if bad.size:
-            k = bad[0]
-            what, value = (("loss", losses[k]) if not np.isfinite(losses[k])
-                           else ("gradient norm", norms[k]))
-            raise TrainingError("%s became %s at step %d of phase %s (global step %d); stopped "
-                                "without saving. %s" % (what, value, step + k + 1, phase["name"],
-                                                        offset + step + k + 1, where))
-        names = non_finite()
-        if names:
-            n = len(losses)
-            raise TrainingError(
-                "the weights became non-finite at step %d of phase %s (global step %d%s): %d "
-                "tensors hold NaN/inf (%s), though loss and gradient norm were finite (is the "
-                "learning rate too high?); stopped without saving. %s" % (
-                    step + n, phase["name"], offset + step + n,
-                    ", or earlier in that host call of steps %d..%d" % (step + 1, step + n)
-                    if n > 1 else "", len(names), ", ".join(names[:3]), where))
 
     def _loop_length(self, step, end):
         """Updates in the next host call: stop at log/save/eval boundaries."""
@@ -445,7 +368,7 @@ class Trainer(object):
     def evaluate(self, phase, eval_fn=None, global_step=None):
         """Held-out loss/metrics over `eval_steps` batches from the start of the split."""
         eval_fn = eval_fn or make_eval_fn(self.strategy, self.task, self.xla)
-        ds = distributed_dataset(self.strategy, self.task, phase, self.cfg, "eval", 0, None)
+        ds = inputs.distributed_dataset(self.strategy, self.task, phase, self.cfg, "eval", 0, None)
         values = eval_fn(iter(ds), tf.constant(self.cfg["train"]["eval_steps"]))
         result = {"loss": float(values[0])}
         result.update({k: float(v) for k, v in zip(self.task.metrics, values[1:])})
