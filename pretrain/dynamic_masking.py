@@ -67,17 +67,10 @@ class DynamicMasker(object):
         position_hash = _mix(_u32(np.arange(self.seq_len) * 0x632BE5AB + 1))  # a constant
         return _mix(tf.bitwise.bitwise_xor(_hash(key, _u32(stream))[:, None], position_hash[None]))
 
-    def mask_batch(self, batch, epoch):
-        """{input_ids, segment_ids, word_starts, example_id} -> the trainer's features."""
+    def _choose_words(self, ids, starts, key):
+        """[B, L] bool: the tokens of the whole words chosen for masking."""
         L, P = self.seq_len, self.max_predictions
-        ids = tf.cast(batch["input_ids"], tf.int32)
-        starts = tf.cast(batch["word_starts"], tf.int32)
         n_batch = tf.shape(ids)[0]
-        seed_lo, seed_hi = _split64(self.seed)
-        ex_lo, ex_hi = _split64(tf.reshape(batch["example_id"], [-1]))
-        epoch_lo, _ = _split64(epoch)
-        key = _hash(seed_lo, seed_hi, epoch_lo, ex_lo, ex_hi)  # [B]
-
         pos = tf.range(L, dtype=tf.int32)
         length = tf.reduce_sum(tf.cast(tf.not_equal(ids, self.pad_id), tf.int32), 1)  # with [CLS], [SEP]
         is_tok = (pos[None] >= 1) & (pos[None] < length[:, None] - 1)
@@ -121,6 +114,20 @@ class DynamicMasker(object):
         where_word = tf.stack([tf.broadcast_to(rows, [n_batch, k]), order[:, :k]], -1)
         word_taken = tf.scatter_nd(where_word, tf.cast(taken, tf.int32), [n_batch, L])
         chosen = (tf.gather(word_taken, word, batch_dims=1) > 0) & is_tok
+        return chosen
+
+    def mask_batch(self, batch, epoch):
+        """{input_ids, segment_ids, word_starts, example_id} -> the trainer's features."""
+        L, P = self.seq_len, self.max_predictions
+        ids = tf.cast(batch["input_ids"], tf.int32)
+        starts = tf.cast(batch["word_starts"], tf.int32)
+        seed_lo, seed_hi = _split64(self.seed)
+        ex_lo, ex_hi = _split64(tf.reshape(batch["example_id"], [-1]))
+        epoch_lo, _ = _split64(epoch)
+        key = _hash(seed_lo, seed_hi, epoch_lo, ex_lo, ex_hi)  # [B]
+
+        chosen = self._choose_words(ids, starts, key)
+        pos = tf.range(L, dtype=tf.int32)
 
         # 80% [MASK], 10% a random non-special token, 10% unchanged
         # u < p for u = h / 2**32 uniform in [0, 1), as integers: h < ceil(p * 2**32)
