@@ -13,6 +13,7 @@
   word that would overshoot; then 80% [MASK], 10% a random non-special
   token, 10% unchanged. It works on many sequences at once with NumPy.
 """
+import bisect
 import importlib.util
 import re
 
@@ -128,22 +129,19 @@ def prepare_documents(texts, tokenizer, segmenter=None):
             for a, b, c, e in bounds]
 
 
-def pack(sentence_ends, max_tokens):
-    """[(start, end)) token ranges: sentences packed greedily, long ones cut."""
-    out, start, prev = [], 0, 0
-    for end in sentence_ends.tolist():
-        if end <= prev:
-            continue
-        if end - start > max_tokens:
-            if prev > start:
-                out.append((start, prev))
-                start = prev
-            while end - start > max_tokens:
-                out.append((start, start + max_tokens))
-                start += max_tokens
-        prev = end
-    if prev > start:
-        out.append((start, prev))
+def pack(sentence_ends, max_tokens, offset=0):
+    """[(start, end)) token ranges: sentences packed greedily, long ones cut
+    (shifted by `offset`). One step per range, not per sentence: bisect finds
+    the last sentence end that fits."""
+    ends = sentence_ends.tolist()
+    out, start, last = [], 0, ends[-1] if ends else 0
+    while start < last:
+        i = bisect.bisect_right(ends, start + max_tokens)
+        fit = ends[i - 1] if i else 0
+        if fit <= start:  # the next sentence alone is too long: cut it
+            fit = start + max_tokens
+        out.append((start + offset, fit + offset))
+        start = fit
     return out
 
 

@@ -150,7 +150,7 @@ def _add_documents(items, splits, counts, stats, where):
             if n <= L - 2:  # the whole document is one sequence (what pack gives)
                 ranges.append((at, at + n))
             else:
-                ranges.extend((a + at, b + at) for a, b in masking.pack(ends, L - 2))
+                ranges.extend(masking.pack(ends, L - 2, at))
         part["n"] += n
     return added
 

@@ -283,11 +283,9 @@ def _framed(rows):
     uniq, inverse = np.unique(length, return_inverse=True)  # few distinct lengths
     length_crc = np.array([google_crc32c.value(struct.pack("<Q", x)) for x in uniq.tolist()],
                           np.uint64)[inverse]
-    blob, crc = data.tobytes(), google_crc32c.value
     ends = np.cumsum(length)
-    starts = (ends - length).tolist()
-    data_crc = np.fromiter((crc(blob[a:b]) for a, b in zip(starts, ends.tolist())),
-                           np.uint64, n)
+    records = map(data.tobytes().__getitem__, map(slice, (ends - length).tolist(), ends.tolist()))
+    data_crc = np.fromiter(map(google_crc32c.value, records), np.uint64, n)  # C calls only
     frame = np.concatenate([length.astype("<u8").view(np.uint8).reshape(n, 8),
                             _mask(length_crc).astype("<u4").view(np.uint8).reshape(n, 4),
                             _mask(data_crc).astype("<u4").view(np.uint8).reshape(n, 4)], axis=1)
