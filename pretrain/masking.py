@@ -220,25 +220,26 @@ class Masker(object):
         replaced[chosen[to_random]] = self.random_ids[
             rng.integers(0, len(self.random_ids), int(to_random.sum()))]
 
-        input_ids, col = self._layout(replaced, lens, offsets, seq_of)
+        input_ids, _ = self._layout(replaced, lens)
         chosen_seq = seq_of[chosen]
         counts = np.bincount(chosen_seq, minlength=n)
         rank = np.arange(len(chosen)) - np.repeat(np.cumsum(counts) - counts, counts)
         positions = np.zeros((n, P), np.int32)
         label_arr = np.zeros((n, P), np.int32)
-        positions[chosen_seq, rank] = col[chosen]
+        positions[chosen_seq, rank] = chosen - offsets[chosen_seq] + 1  # column after [CLS]
         label_arr[chosen_seq, rank] = labels
         return input_ids, lens + 2, positions, label_arr, counts
 
-    def _layout(self, flat_ids, lens, offsets, seq_of):
-        """[n, L] rows `[CLS] ids [SEP] [PAD]...` and each flat token's column."""
+    def _layout(self, flat_ids, lens):
+        """[n, L] rows `[CLS] ids [SEP] [PAD]...` and the [n, L] mask of the ids' cells."""
         n = len(lens)
         input_ids = np.full((n, self.seq_len), self.pad_id, np.int32)
         input_ids[:, 0] = self.cls_id
-        col = np.arange(len(flat_ids)) - np.repeat(offsets, lens) + 1  # position after [CLS]
-        input_ids[seq_of, col] = flat_ids
+        column = np.arange(self.seq_len)
+        inside = (column >= 1) & (column <= lens[:, None])  # row-major: the flat order
+        input_ids[inside] = flat_ids
         input_ids[np.arange(n), lens + 1] = self.sep_id
-        return input_ids, col
+        return input_ids, inside
 
     def unmasked(self, ranges, ids, words):
         """Dynamic-masking rows for `ranges`: (input_ids [n, L], lengths [n],
@@ -246,9 +247,9 @@ class Masker(object):
         (every token without whole-word masking), 0 at [CLS]/[SEP]/[PAD]."""
         lens, offsets, tok, seq_of, new_group = gather_ranges(
             ranges, ids, words if self.whole_word else None)
-        input_ids, col = self._layout(tok, lens, offsets, seq_of)
+        input_ids, inside = self._layout(tok, lens)
         starts = np.zeros_like(input_ids)
-        starts[seq_of, col] = new_group
+        starts[inside] = new_group
         return input_ids, lens + 2, starts
 
 

@@ -86,14 +86,18 @@ def _field(tag, payload):
 def _varint_part(matrix):
     """Each row of a non-negative int matrix [n, m] as packed protobuf varints (a part)."""
     v = np.asarray(matrix)
-    v = v.reshape(len(v), -1).astype(np.int64, copy=False)  # ids come as int32
+    v = v.reshape(len(v), -1)
+    if v.dtype.kind != "i" or v.dtype.itemsize not in (4, 8):  # ids come as int32
+        v = v.astype(np.int64)
     if v.size and v.min() < 0:
         raise ValueError("ids must be non-negative")
     width = max(1, (int(v.max(initial=0)).bit_length() + 6) // 7)  # bytes of the largest
     if width == 1:  # all below 128: the values are the bytes
         return v.astype(np.uint8), np.ones(v.shape, bool)
-    if width <= 4:  # ids: 32-bit arithmetic is faster
-        v = v.astype(np.uint32)
+    if width <= 4:  # ids: 32-bit arithmetic is faster (non-negative: a view of int32)
+        v = v.view(np.uint32) if v.dtype.itemsize == 4 else v.astype(np.uint32)
+    else:
+        v = v.astype(np.int64, copy=False)
     data = np.empty(v.shape + (width,), np.uint8)
     valid = np.empty(v.shape + (width,), bool)
     for k in range(width):  # byte k: 7 bits, and the continuation bit if a byte follows
