@@ -135,7 +135,8 @@ def _join(parts):
     """Rows (flat uint8 buffer, byte length of each row) of parts side by side."""
     data = np.concatenate([d for d, _ in parts], axis=1)
     valid = np.concatenate([v for _, v in parts], axis=1)
-    return data[valid], valid.sum(axis=1)
+    # the same bytes as data[valid], faster in one dimension
+    return np.compress(valid.ravel(), data.ravel()), valid.sum(axis=1)
 
 
 def _split_rows(rows):
@@ -294,12 +295,13 @@ def _framed(rows):
                             _mask(length_crc).astype("<u4").view(np.uint8).reshape(n, 4),
                             _mask(data_crc).astype("<u4").view(np.uint8).reshape(n, 4)], axis=1)
     out = np.empty(len(data) + 16 * n, np.uint8)
-    is_frame = np.zeros(len(out), bool)
     at = ends - length + 16 * np.arange(n)  # where each framed record starts
-    is_frame[(at[:, None] + np.arange(12)).ravel()] = True
-    is_frame[(at + 12 + length)[:, None] + np.arange(4)] = True
-    out[is_frame] = frame.ravel()
-    out[~is_frame] = data
+    where = np.concatenate([at[:, None] + np.arange(12), (at + 12 + length)[:, None]
+                            + np.arange(4)], axis=1)  # of the frame bytes
+    out[where] = frame
+    is_data = np.ones(len(out), bool)
+    is_data[where] = False
+    out[is_data] = data
     return out
 
 
