@@ -22,7 +22,11 @@ import numpy as np
 from pretrain.tokenization import normalize
 
 # A sentence ends after a run of these, plus any closing quotes/brackets.
-SENTENCE_END = re.compile("([。！？；!?;…\n]+[”’\"'」』）)》]*)")  # a group: see _sentence_breaks
+_END, _CLOSE = "。！？；!?;…\n", "”’\"'」』）)》"
+SENTENCE_END = re.compile("[%s]+[%s]*" % (_END, _CLOSE))  # the rule _sentence_breaks follows
+_KIND = np.zeros(0x10000, np.uint8)  # 1: ends a sentence, 2: closes one (all in the BMP)
+_KIND[[ord(c) for c in _END]] = 1
+_KIND[[ord(c) for c in _CLOSE]] = 2
 
 
 def default_backend():
@@ -86,11 +90,17 @@ def prepare_document(text, tokenizer, segmenter=None):
 
 
 def _sentence_breaks(text):
-    """Where each sentence ends in `text` (int64 character offsets)."""
-    # split() keeps the matched ends (the group), and runs in C: the ends of
-    # the odd pieces, from the cumulated piece lengths, are the breaks
-    pieces = SENTENCE_END.split(text)
-    return np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))[1::2]
+    """Where each sentence ends in `text` (int64 character offsets): the ends
+    of SENTENCE_END's matches, by NumPy on the code points."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    kind = _KIND[np.minimum(codes, len(_KIND) - 1)]  # U+FFFF and above: neither
+    end, close = kind == 1, kind == 2
+    # a closing mark is matched when the last other character before it ends a sentence
+    last_other = np.maximum.accumulate(np.where(close, -1, np.arange(len(kind))))
+    matched = end | (close & end[last_other] & (last_other >= 0))
+    # a match goes on with a closing mark, or with an end right after an end
+    goes_on = np.append(close[1:], False) | (end & np.append(end[1:], False))
+    return np.flatnonzero(matched & ~goes_on) + 1
 
 
 def prepare_documents(texts, tokenizer, segmenter=None):

@@ -112,6 +112,15 @@ def test_sentence_breaks_equal_the_ends_of_each_match():
     assert masking._sentence_breaks("").tolist() == []
 
 
+def test_sentence_breaks_of_random_and_real_text_equal_the_regex(docs):
+    rng = np.random.default_rng(4)
+    alphabet = list("。！？；!?;…\n”’\"'」』）)》a中 \uffff😀")
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(2000)] + docs
+    for text in texts:
+        assert masking._sentence_breaks(text).tolist() == [
+            m.end() for m in masking.SENTENCE_END.finditer(text)], text
+
+
 def test_prepare_document_words_and_sentences(tok):
     seg = masking.Segmenter(backend="jieba")
     ids, words, ends = masking.prepare_document("我爱北京天安门。今天天气很好！Hello world", tok, seg)
