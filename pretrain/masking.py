@@ -82,11 +82,16 @@ def prepare_document(text, tokenizer, segmenter=None):
     norm, ids, starts = tokenizer.encode_with_offsets(text)
     words = None
     if segmenter is not None and len(ids):
-        pieces = segmenter.cut(norm)
-        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
-        words = np.searchsorted(ends, starts, side="right").astype(np.int32)
+        words = _word_numbers(segmenter.cut(norm), starts, len(norm))
     sentence_ends = np.searchsorted(starts, _sentence_breaks(norm))
     return ids, words, np.append(sentence_ends, len(ids))
+
+
+def _word_numbers(pieces, starts, size):
+    """The word of each token start: how many words (`pieces` of a text of
+    `size` characters) end at or before it (a count per character, not a search)."""
+    ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
+    return np.cumsum(np.bincount(ends, minlength=size + 1), dtype=np.int32)[starts]
 
 
 def _sentence_breaks(text):
@@ -120,9 +125,7 @@ def prepare_documents(texts, tokenizer, segmenter=None):
     ids, starts = tokenizer.encode_normalized(joined)
     words = None
     if segmenter is not None and len(ids):
-        pieces = segmenter.cut(joined)
-        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
-        words = np.searchsorted(ends, starts, side="right").astype(np.int32)
+        words = _word_numbers(segmenter.cut(joined), starts, len(joined))
     breaks = _sentence_breaks(joined)
     tok_start = np.searchsorted(starts, doc_start)
     tok_end = np.searchsorted(starts, doc_start + lens)
