@@ -131,12 +131,12 @@ def _part_lengths(parts):
     return np.sum([valid.sum(axis=1) for _, valid in parts], axis=0)
 
 
-def _join(parts):
-    """Rows (flat uint8 buffer, byte length of each row) of parts side by side."""
+def _join(parts, lengths):
+    """Rows (flat uint8 buffer, byte length of each row: `lengths`) of parts side by side."""
     data = np.concatenate([d for d, _ in parts], axis=1)
     valid = np.concatenate([v for _, v in parts], axis=1)
     # the same bytes as data[valid], faster in one dimension
-    return np.compress(valid.ravel(), data.ravel()), valid.sum(axis=1)
+    return np.compress(valid.ravel(), data.ravel()), lengths
 
 
 def _split_rows(rows):
@@ -259,8 +259,9 @@ class _Cache(dict):
 def _examples(features):
     """Rows of Example messages around features (parts): field 1, varint length, bytes."""
     n = len(features[0][0])
-    return _join([_const_part(n, b"\x0a"), _varint_part(_part_lengths(features)[:, None])]
-                 + features)
+    size = _part_lengths(features)
+    head = _varint_part(size[:, None])
+    return _join([_const_part(n, b"\x0a"), head] + features, 1 + _part_lengths([head]) + size)
 
 
 def _int_head(name, n):
