@@ -283,7 +283,7 @@ def gather_ranges(ranges, ids, words):
     or at every token when `words` is None).
     """
     n = len(ranges)
-    bounds = np.array(ranges, np.int64).reshape(n, 2)
+    bounds = np.asarray(ranges, np.int64).reshape(n, 2)
     lens = bounds[:, 1] - bounds[:, 0]
     offsets = np.cumsum(lens) - lens
     flat = np.repeat(bounds[:, 0] - offsets, lens) + np.arange(lens.sum())
