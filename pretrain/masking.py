@@ -13,6 +13,7 @@
   word that would overshoot; then 80% [MASK], 10% a random non-special
   token, 10% unchanged. It works on many sequences at once with NumPy.
 """
+import bisect
 import importlib.util
 import re
 
@@ -21,7 +22,11 @@ import numpy as np
 from pretrain.tokenization import normalize
 
 # A sentence ends after a run of these, plus any closing quotes/brackets.
-SENTENCE_END = re.compile("([。！？；!?;…\n]+[”’\"'」』）)》]*)")  # a group: see _sentence_breaks
+_END, _CLOSE = "。！？；!?;…\n", "”’\"'」』）)》"
+SENTENCE_END = re.compile("[%s]+[%s]*" % (_END, _CLOSE))  # the rule _sentence_breaks follows
+_KIND = np.zeros(0x10000, np.uint8)  # 1: ends a sentence, 2: closes one (all in the BMP)
+_KIND[[ord(c) for c in _END]] = 1
+_KIND[[ord(c) for c in _CLOSE]] = 2
 
 
 def default_backend():
@@ -77,19 +82,30 @@ def prepare_document(text, tokenizer, segmenter=None):
     norm, ids, starts = tokenizer.encode_with_offsets(text)
     words = None
     if segmenter is not None and len(ids):
-        pieces = segmenter.cut(norm)
-        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
-        words = np.searchsorted(ends, starts, side="right").astype(np.int32)
+        words = _word_numbers(segmenter.cut(norm), starts, len(norm))
     sentence_ends = np.searchsorted(starts, _sentence_breaks(norm))
     return ids, words, np.append(sentence_ends, len(ids))
 
 
+def _word_numbers(pieces, starts, size):
+    """The word of each token start: how many words (`pieces` of a text of
+    `size` characters) end at or before it (a count per character, not a search)."""
+    ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
+    return np.cumsum(np.bincount(ends, minlength=size + 1), dtype=np.int32)[starts]
+
+
 def _sentence_breaks(text):
-    """Where each sentence ends in `text` (int64 character offsets)."""
-    # split() keeps the matched ends (the group), and runs in C: the ends of
-    # the odd pieces, from the cumulated piece lengths, are the breaks
-    pieces = SENTENCE_END.split(text)
-    return np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))[1::2]
+    """Where each sentence ends in `text` (int64 character offsets): the ends
+    of SENTENCE_END's matches, by NumPy on the code points."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    kind = _KIND[np.minimum(codes, len(_KIND) - 1)]  # U+FFFF and above: neither
+    end, close = kind == 1, kind == 2
+    # a closing mark is matched when the last other character before it ends a sentence
+    last_other = np.maximum.accumulate(np.where(close, -1, np.arange(len(kind))))
+    matched = end | (close & end[last_other] & (last_other >= 0))
+    # a match goes on with a closing mark, or with an end right after an end
+    goes_on = np.append(close[1:], False) | (end & np.append(end[1:], False))
+    return np.flatnonzero(matched & ~goes_on) + 1
 
 
 def prepare_documents(texts, tokenizer, segmenter=None):
@@ -109,9 +125,7 @@ def prepare_documents(texts, tokenizer, segmenter=None):
     ids, starts = tokenizer.encode_normalized(joined)
     words = None
     if segmenter is not None and len(ids):
-        pieces = segmenter.cut(joined)
-        ends = np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))
-        words = np.searchsorted(ends, starts, side="right").astype(np.int32)
+        words = _word_numbers(segmenter.cut(joined), starts, len(joined))
     breaks = _sentence_breaks(joined)
     tok_start = np.searchsorted(starts, doc_start)
     tok_end = np.searchsorted(starts, doc_start + lens)
@@ -128,22 +142,19 @@ def prepare_documents(texts, tokenizer, segmenter=None):
             for a, b, c, e in bounds]
 
 
-def pack(sentence_ends, max_tokens):
-    """[(start, end)) token ranges: sentences packed greedily, long ones cut."""
-    out, start, prev = [], 0, 0
-    for end in sentence_ends.tolist():
-        if end <= prev:
-            continue
-        if end - start > max_tokens:
-            if prev > start:
-                out.append((start, prev))
-                start = prev
-            while end - start > max_tokens:
-                out.append((start, start + max_tokens))
-                start += max_tokens
-        prev = end
-    if prev > start:
-        out.append((start, prev))
+def pack(sentence_ends, max_tokens, offset=0):
+    """[(start, end)) token ranges: sentences packed greedily, long ones cut
+    (shifted by `offset`). One step per range, not per sentence: bisect finds
+    the last sentence end that fits."""
+    ends = sentence_ends.tolist()
+    out, start, last = [], 0, ends[-1] if ends else 0
+    while start < last:
+        i = bisect.bisect_right(ends, start + max_tokens)
+        fit = ends[i - 1] if i else 0
+        if fit <= start:  # the next sentence alone is too long: cut it
+            fit = start + max_tokens
+        out.append((start + offset, fit + offset))
+        start = fit
     return out
 
 
@@ -222,25 +233,26 @@ class Masker(object):
         replaced[chosen[to_random]] = self.random_ids[
             rng.integers(0, len(self.random_ids), int(to_random.sum()))]
 
-        input_ids, col = self._layout(replaced, lens, offsets, seq_of)
+        input_ids, _ = self._layout(replaced, lens)
         chosen_seq = seq_of[chosen]
         counts = np.bincount(chosen_seq, minlength=n)
         rank = np.arange(len(chosen)) - np.repeat(np.cumsum(counts) - counts, counts)
         positions = np.zeros((n, P), np.int32)
         label_arr = np.zeros((n, P), np.int32)
-        positions[chosen_seq, rank] = col[chosen]
+        positions[chosen_seq, rank] = chosen - offsets[chosen_seq] + 1  # column after [CLS]
         label_arr[chosen_seq, rank] = labels
         return input_ids, lens + 2, positions, label_arr, counts
 
-    def _layout(self, flat_ids, lens, offsets, seq_of):
-        """[n, L] rows `[CLS] ids [SEP] [PAD]...` and each flat token's column."""
+    def _layout(self, flat_ids, lens):
+        """[n, L] rows `[CLS] ids [SEP] [PAD]...` and the [n, L] mask of the ids' cells."""
         n = len(lens)
         input_ids = np.full((n, self.seq_len), self.pad_id, np.int32)
         input_ids[:, 0] = self.cls_id
-        col = np.arange(len(flat_ids)) - np.repeat(offsets, lens) + 1  # position after [CLS]
-        input_ids[seq_of, col] = flat_ids
+        column = np.arange(self.seq_len)
+        inside = (column >= 1) & (column <= lens[:, None])  # row-major: the flat order
+        input_ids[inside] = flat_ids
         input_ids[np.arange(n), lens + 1] = self.sep_id
-        return input_ids, col
+        return input_ids, inside
 
     def unmasked(self, ranges, ids, words):
         """Dynamic-masking rows for `ranges`: (input_ids [n, L], lengths [n],
@@ -248,9 +260,9 @@ class Masker(object):
         (every token without whole-word masking), 0 at [CLS]/[SEP]/[PAD]."""
         lens, offsets, tok, seq_of, new_group = gather_ranges(
             ranges, ids, words if self.whole_word else None)
-        input_ids, col = self._layout(tok, lens, offsets, seq_of)
+        input_ids, inside = self._layout(tok, lens)
         starts = np.zeros_like(input_ids)
-        starts[seq_of, col] = new_group
+        starts[inside] = new_group
         return input_ids, lens + 2, starts
 
 
@@ -271,7 +283,7 @@ def gather_ranges(ranges, ids, words):
     or at every token when `words` is None).
     """
     n = len(ranges)
-    bounds = np.array(ranges, np.int64).reshape(n, 2)
+    bounds = np.asarray(ranges, np.int64).reshape(n, 2)
     lens = bounds[:, 1] - bounds[:, 0]
     offsets = np.cumsum(lens) - lens
     flat = np.repeat(bounds[:, 0] - offsets, lens) + np.arange(lens.sum())

@@ -142,7 +142,7 @@ def _add_documents(items, splits, counts, stats, where):
             if n <= L - 2:  # the whole document is one sequence (what pack gives)
                 ranges.append((at, at + n))
             else:
-                ranges.extend((a + at, b + at) for a, b in masking.pack(ends, L - 2))
+                ranges.extend(masking.pack(ends, L - 2, at))
         part["n"] += n
     return added
 
@@ -167,7 +167,8 @@ def _write_chunk(chunk, splits, stats):
                 part = splits[split]
                 writer = records.ShardWriter(paths[split], job["compress"])
                 writers.append(writer)
-                ids, words, ranges = part["ids"], part["words"], part["ranges"][L]
+                ids, words = part["ids"], part["words"]
+                ranges = np.array(part["ranges"][L], np.int64).reshape(-1, 2)  # [m, 2]
                 masked = 0
                 if job["masking"] == "dynamic":
                     _write_unmasked(writer, masker, encoder, ranges, ids, words,
@@ -176,11 +177,10 @@ def _write_chunk(chunk, splits, stats):
                 copies = job["dupe_factor"] if split == "train" else 1
                 for copy in range(copies if job["masking"] == "static" else 0):
                     rng = np.random.default_rng([job["seed"], chunk.index, L, copy, split_flag])
-                    order = rng.permutation(len(ranges)).tolist()
+                    order = rng.permutation(len(ranges))
                     size = max(1, BATCH_TOKENS // L)
                     for b in range(0, len(order), size):
-                        batch = [ranges[k] for k in order[b:b + size]]
-                        arrays = masker.mask(batch, ids, words, rng)
+                        arrays = masker.mask(ranges[order[b:b + size]], ids, words, rng)
                         masked += int(arrays[4].sum())
                         writer.write_rows(encoder.masked_rows(*arrays))
                 stats["lengths"][str(L)][split] = {"name": os.path.basename(paths[split]),
@@ -198,10 +198,10 @@ def _write_chunk(chunk, splits, stats):
 def _write_unmasked(writer, masker, encoder, ranges, ids, words, seed, first_id):
     """Dynamic masking: each sequence once, unmasked, in a seeded random order,
     with ids first_id, first_id + 1, ... (the reader's mask seeds)."""
-    order = np.random.default_rng(seed).permutation(len(ranges)).tolist()
+    order = np.random.default_rng(seed).permutation(len(ranges))
     size = max(1, BATCH_TOKENS // masker.seq_len)
     for b in range(0, len(order), size):
-        input_ids, _, starts = masker.unmasked([ranges[k] for k in order[b:b + size]], ids, words)
+        input_ids, _, starts = masker.unmasked(ranges[order[b:b + size]], ids, words)
         writer.write_rows(encoder.unmasked_rows(
             input_ids, starts, first_id + writer.count + np.arange(len(input_ids))))
 

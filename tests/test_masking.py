@@ -38,6 +38,38 @@ def test_pack_is_greedy_keeps_every_token_and_cuts_long_sentences():
                 assert b in ends or b - a == max_tokens
 
 
+def _pack_sentence_by_sentence(ends, max_tokens):
+    """The greedy packing, one sentence at a time."""
+    out, start, prev = [], 0, 0
+    for end in ends.tolist():
+        if end <= prev:
+            continue
+        if end - start > max_tokens:
+            if prev > start:
+                out.append((start, prev))
+                start = prev
+            while end - start > max_tokens:
+                out.append((start, start + max_tokens))
+                start += max_tokens
+        prev = end
+    if prev > start:
+        out.append((start, prev))
+    return out
+
+
+def test_pack_equals_packing_sentence_by_sentence():
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        lens = rng.integers(0, rng.choice([8, 40, 300]), rng.integers(0, 60))
+        lens[rng.random(len(lens)) < 0.2] = 0  # empty sentences (repeated ends)
+        ends = np.cumsum(lens)
+        for max_tokens in (1, 5, 126, 510):
+            expected = _pack_sentence_by_sentence(ends, max_tokens)
+            assert masking.pack(ends, max_tokens) == expected
+            assert masking.pack(ends, max_tokens, 1000) == [(a + 1000, b + 1000)
+                                                          for a, b in expected]
+
+
 def _google_select(g_len, g_seq, budgets):
     """create_pretraining_data.py's loop, word by word."""
     take = np.zeros(len(g_len), bool)
@@ -78,6 +110,15 @@ def test_sentence_breaks_equal_the_ends_of_each_match():
     assert masking._sentence_breaks(text).tolist() == [
         m.end() for m in masking.SENTENCE_END.finditer(text)]
     assert masking._sentence_breaks("").tolist() == []
+
+
+def test_sentence_breaks_of_random_and_real_text_equal_the_regex(docs):
+    rng = np.random.default_rng(4)
+    alphabet = list("。！？；!?;…\n”’\"'」』）)》a中 \uffff😀")
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(2000)] + docs
+    for text in texts:
+        assert masking._sentence_breaks(text).tolist() == [
+            m.end() for m in masking.SENTENCE_END.finditer(text)], text
 
 
 def test_prepare_document_words_and_sentences(tok):
