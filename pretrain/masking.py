@@ -42,14 +42,14 @@ class Segmenter(object):
         self.backend = backend
         entries = parse_user_dict(user_dict_text) if user_dict_text else []
         if backend == "rjieba":
-            import rjieba
+            import rjieba  # lazy: optional (jieba is the fallback); only this backend needs it
             self._jieba = rjieba.Jieba()
             for word, freq, tag in entries:
                 # freq None: jieba-rs picks one that makes it a word, as jieba does
                 self._jieba.add_word(word, freq, tag)
             self.cut = self._jieba.cut
         elif backend == "jieba":
-            import jieba
+            import jieba  # lazy: only the jieba backend pays its import
             jieba.setLogLevel(60)
             self._jieba = jieba.Tokenizer()
             self._jieba.initialize()

@@ -32,7 +32,11 @@ import time
 
 import numpy as np
 
-from pretrain import corpus, fs, masking, preprocess_pool, preprocess_state, records, tokenization
+from absl import flags, logging
+
+from pretrain import (cli, corpus, fs, masking, preprocess_pool, preprocess_state, records,
+                      tokenization)
+from pretrain.config import MASKING_MODES, load_config, max_predictions_for, resolve_path
 from pretrain.errors import PretrainError
 
 
@@ -41,7 +45,6 @@ class PreprocessError(PretrainError, RuntimeError):
 
 
 def _job(cfg, inputs, output_dir, mode, **kw):
-    from pretrain.config import MASKING_MODES, max_predictions_for, resolve_path
     data = cfg["data"]
     vocab = tokenization.load_vocab(cfg)
     files = corpus.expand_inputs(inputs)
@@ -105,7 +108,6 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
     PreprocessError on an empty corpus or too much bad input, ValueError on a
     vocab without the special tokens.
     """
-    from absl import logging
     job, vocab, files = _job(cfg, inputs, output_dir, "records", seq_lens=seq_lens,
                              dupe_factor=dupe_factor, seed=seed, text_field=text_field,
                              user_dict=user_dict, eval_fraction=eval_fraction,
@@ -151,7 +153,6 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
 
 def _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
                 max_bad_fraction, inputs):
-    from absl import logging
     done = preprocess_state.done_chunks(job, chunks)
     job["done"] = set(done)
     todo = [t for t in tasks if any(c.index not in done for c in t)]
@@ -205,7 +206,6 @@ def run_vocab(cfg, inputs, output_dir, workers=1, min_count=1, text_field=None,
     Writes OUTPUT/vocab.txt, OUTPUT/keep_tokens.json (indices into the config's
     vocab file: set it as tokenizer.keep_tokens) and OUTPUT/token_counts.json.
     """
-    from absl import logging
     if cfg["tokenizer"]["keep_tokens"] or cfg["tokenizer"]["simplified"]:
         raise PreprocessError("the vocab command shrinks a full vocab: use a config without "
                               "tokenizer.keep_tokens/simplified")
@@ -239,8 +239,6 @@ def run_vocab(cfg, inputs, output_dir, workers=1, min_count=1, text_field=None,
 # ---------------------------------------------------------------- CLI
 
 def define_flags():
-    from absl import flags
-    from pretrain import cli
     flags.DEFINE_string("config", None, "Model config: a name in configs/ or a path.")
     cli.define_set_flag()
     flags.DEFINE_list("input", None, "Corpus files, globs (** works) or dirs; local or gs://.")
@@ -278,8 +276,6 @@ def _exit_on_sigterm(signum, frame):
 
 
 def main(argv):
-    from absl import flags
-    from pretrain.config import load_config
     FLAGS = flags.FLAGS
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if len(argv) > 2 or (len(argv) == 2 and argv[1] != "vocab"):
@@ -314,5 +310,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from pretrain import cli
     cli.start(main, define_flags)

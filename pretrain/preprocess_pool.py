@@ -11,6 +11,9 @@ import sys
 import threading
 import time
 
+from absl import logging
+from tqdm import tqdm
+
 from pretrain import preprocess_worker
 
 
@@ -39,7 +42,6 @@ def run_tasks(job, tasks, workers, total_bytes, progress):
             preprocess_worker.STATE.clear()
             bar.close()
         return
-    from absl import logging
     ctx = _context()
     logging.info("preprocess: %d worker processes, started by %s", min(workers, len(tasks)),
                  ctx.get_start_method())
@@ -80,7 +82,6 @@ class _Progress(object):
     """A tqdm bar of input bytes, with documents per second."""
 
     def __init__(self, total_bytes, progress):
-        from tqdm import tqdm
         self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                         disable=not progress, smoothing=0.1, mininterval=1.0)
         self.t0, self.docs = time.time(), 0

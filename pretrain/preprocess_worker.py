@@ -7,6 +7,7 @@ length, masks them (static) or keeps word starts (dynamic), writes one shard
 per split and length, and then the chunk's marker (preprocess_state.py).
 Progress goes to the driver through a queue (or a callback in-process).
 """
+import ctypes
 import json
 import multiprocessing
 import os
@@ -29,7 +30,6 @@ def _end_with_parent():
     terminate the pool, so a worker ends itself when its parent is gone."""
     parent = os.getppid()
     try:  # Linux: the kernel kills this process the moment its parent dies
-        import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

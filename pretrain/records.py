@@ -22,6 +22,8 @@ import google_crc32c
 import numpy as np
 
 from pretrain import fs
+from pretrain.config import max_predictions_for
+from pretrain.tokenization import load_vocab
 from pretrain.errors import PretrainError
 
 # name -> (length key, kind). Lengths are L (seq_len) or P (max_predictions).
@@ -415,8 +417,6 @@ def read_manifest(data_dir, seq_len):
 
 def check_manifest(manifest, cfg, seq_len):
     """Raise ManifestError unless the records fit the model config `cfg`."""
-    from pretrain.config import max_predictions_for
-    from pretrain.tokenization import load_vocab
 
     where = manifest.get("path", "manifest")
     want_p = max_predictions_for(cfg, seq_len)
