@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from pretrain import corpus, fs, masking, preprocess_state, records, tokenization
+from pretrain import corpus, fs, masking, preprocess_state, record_writer, records, tokenization
 
 BATCH_TOKENS = 1 << 19  # tokens masked at once: 4096 sequences of 128 (bounds memory)
 MAX_REPORTED = 10  # bad-input lines reported per chunk (all are counted)
@@ -61,7 +61,7 @@ def init_worker(job, progress_queue):
             STATE["maskers"][L] = masking.Masker(
                 tok, L, P, job["masked_lm_prob"], job["whole_word_mask"],
                 job["mask_token_prob"], job["random_token_prob"])
-            STATE["encoders"][L] = records.ExampleEncoder(L, P, tok.pad_id)
+            STATE["encoders"][L] = record_writer.ExampleEncoder(L, P, tok.pad_id)
 
 
 def _report(nbytes, docs):
@@ -165,7 +165,7 @@ def _write_chunk(chunk, splits, stats):
             masker, encoder = STATE["maskers"][L], STATE["encoders"][L]
             for split_flag, split in enumerate(("train", "eval")):
                 part = splits[split]
-                writer = records.ShardWriter(paths[split], job["compress"])
+                writer = record_writer.ShardWriter(paths[split], job["compress"])
                 writers.append(writer)
                 ids, words = part["ids"], part["words"]
                 ranges = np.array(part["ranges"][L], np.int64).reshape(-1, 2)  # [m, 2]

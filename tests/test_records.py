@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pretrain  # noqa: F401
-from pretrain import config, inputs, preprocess, records
+from pretrain import config, inputs, preprocess, record_writer, records
 
 import tensorflow as tf  # noqa: E402  (after pretrain set tf_keras)
 
@@ -33,7 +33,7 @@ def data_dir(tmp_path_factory, cfg):
 
 
 def test_example_bytes_parse_in_tensorflow():
-    enc = records.ExampleEncoder(8, 3)
+    enc = record_writer.ExampleEncoder(8, 3)
     data = enc.encode([101, 2769, 103, 21127, 102], [2, 3], [4263, 300])
     spec = inputs.feature_spec(8, 3)
     parsed = tf.io.parse_single_example(data, spec)
@@ -58,7 +58,7 @@ def test_batch_of_examples_parses_in_tensorflow_row_by_row():
     ids = np.where(np.arange(L) < lengths[:, None], rng.integers(0, 1 << 20, (n, L)), 0)
     positions = np.where(np.arange(P) < counts[:, None], rng.integers(0, L, (n, P)), 0)
     labels = np.where(np.arange(P) < counts[:, None], rng.integers(0, 300, (n, P)), 0)
-    data = records.ExampleEncoder(L, P).encode_batch(ids, lengths, positions, labels, counts)
+    data = record_writer.ExampleEncoder(L, P).encode_batch(ids, lengths, positions, labels, counts)
     parsed = tf.io.parse_example(data, inputs.feature_spec(L, P))
     assert (parsed["input_ids"].numpy() == ids).all()
     assert (parsed["input_mask"].numpy() == (np.arange(L) < lengths[:, None])).all()
@@ -69,7 +69,7 @@ def test_batch_of_examples_parses_in_tensorflow_row_by_row():
 
 
 def test_too_long_example_is_an_error():
-    enc = records.ExampleEncoder(4, 1)
+    enc = record_writer.ExampleEncoder(4, 1)
     with pytest.raises(ValueError):
         enc.encode([1, 2, 3, 4, 5], [1], [2])
 
@@ -78,7 +78,7 @@ def test_too_long_example_is_an_error():
 def test_shard_writer_is_read_by_tfrecorddataset(tmp_path, compress):
     path = str(tmp_path / ("a.tfrecord" + (".gz" if compress else "")))
     payloads = [os.urandom(n) for n in (0, 1, 100, 5000)]
-    writer = records.ShardWriter(path, compress)
+    writer = record_writer.ShardWriter(path, compress)
     for p in payloads:
         writer.write(p)
     assert not os.path.exists(path)  # only the temporary name until commit
@@ -91,7 +91,7 @@ def test_shard_writer_is_read_by_tfrecorddataset(tmp_path, compress):
         with open(path, "rb") as f:
             assert gzip.decompress(f.read())
         again = str(tmp_path / "b.tfrecord.gz")
-        w = records.ShardWriter(again, True)
+        w = record_writer.ShardWriter(again, True)
         for p in payloads:
             w.write(p)
         w.commit()
@@ -100,7 +100,7 @@ def test_shard_writer_is_read_by_tfrecorddataset(tmp_path, compress):
 
 def test_corrupt_record_is_detected(tmp_path):
     path = str(tmp_path / "c.tfrecord")
-    w = records.ShardWriter(path, False)
+    w = record_writer.ShardWriter(path, False)
     w.write(b"hello world")
     w.commit()
     raw = bytearray(open(path, "rb").read())

@@ -6,7 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
-from pretrain import config, inputs, records
+from pretrain import config, inputs, record_writer, records
 from pretrain.tokenization import load_vocab
 
 
@@ -23,11 +23,11 @@ def write_records(root, cfg, counts):
     root = str(root)
     base = records.seq_dir(root, 128)
     os.makedirs(base)
-    encoder = records.ExampleEncoder(128, 20)
+    encoder = record_writer.ExampleEncoder(128, 20)
     shards, i = [], 0
     for k, count in enumerate(counts):
         name = records.shard_name("train", k, len(counts), False)
-        writer = records.ShardWriter(os.path.join(base, name), False)
+        writer = record_writer.ShardWriter(os.path.join(base, name), False)
         for _ in range(count):
             writer.write(encoder.encode([101, 1000 + i, 102], [1], [1000 + i]))
             i += 1
