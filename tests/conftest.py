@@ -56,3 +56,17 @@ def export_with_cli(tmp_path, config_path, model, checkpoint):
                     "--checkpoint", checkpoint, "--output", out],
                    check=True, cwd=REPO_ROOT, capture_output=True)
     return out
+
+
+# The longest files first: with `-n auto --dist loadfile` each file runs on one
+# worker, and a long file started last keeps the run going on one core alone.
+LONGEST_FIRST = ("test_train.py", "test_train_failures.py", "test_simbert.py", "test_export.py",
+                 "test_precision.py", "test_multiworker.py", "test_finetune.py", "test_t5s.py",
+                 "test_notebook.py", "test_run_dir.py", "test_dynamic_masking.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the order within a file stays
