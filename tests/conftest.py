@@ -58,11 +58,13 @@ def export_with_cli(tmp_path, config_path, model, checkpoint):
     return out
 
 
-# The longest files first: with `-n auto --dist loadfile` each file runs on one
-# worker, and a long file started last keeps the run going on one core alone.
-LONGEST_FIRST = ("test_train.py", "test_train_failures.py", "test_simbert.py", "test_export.py",
-                 "test_precision.py", "test_multiworker.py", "test_finetune.py", "test_t5s.py",
-                 "test_notebook.py", "test_run_dir.py", "test_dynamic_masking.py")
+# The longest files first (their summed test times, measured): with `-n auto
+# --dist loadfile --no-loadscope-reorder` each file runs on one worker, in this
+# order, so a long file never starts last and keeps the run going on one core.
+LONGEST_FIRST = ("test_train.py", "test_export.py", "test_train_failures.py",
+                 "test_precision.py", "test_notebook.py", "test_simbert.py",
+                 "test_multiworker.py", "test_finetune.py", "test_install.py",
+                 "test_sharding.py", "test_t5s.py", "test_run_dir.py", "test_doctor.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -229,6 +229,7 @@ def test_a_signal_saves_the_step_reached_and_the_rerun_resumes_exactly(
     step = tf.train.load_checkpoint(ckpt).get_tensor("phase_step/.ATTRIBUTES/VARIABLE_VALUE")
     assert step == reached
     if signum == signal.SIGTERM:  # the rerun continues exactly where it stopped
-        resumed = _train(cfg, records_dir, out)
-        full = _train(cfg, records_dir, str(tmp_path / "full"))
+        resumed = _train(cfg, records_dir, out, max_steps=4)
+        full = _train(cfg, records_dir, str(tmp_path / "full"), max_steps=reached + 4)
+        assert [s for s, _, _ in resumed] == list(range(reached + 1, reached + 5))
         assert resumed == full[reached:]
