@@ -5,11 +5,17 @@ The features are `records.FEATURES` (static masking) or
 `records.DYNAMIC_FEATURES`; the bytes equal what `tf.train.Example` and
 `tf.io.TFRecordWriter` write for the same values.
 """
-import gzip
 import struct
 
 import google_crc32c
 import numpy as np
+
+try:  # ISA-L's gzip: the same format, 4-6x less CPU than zlib (installed by default)
+    from isal import igzip as gzip
+    GZIP_LEVEL = 2  # of 0-3; its files are smaller than zlib's at level 1
+except ImportError:  # no wheel for this platform
+    import gzip
+    GZIP_LEVEL = 1  # zlib's fastest: 3% larger files than level 3, a third less CPU
 
 from pretrain import fs
 from pretrain.records import mask_crc
@@ -272,7 +278,7 @@ class ShardWriter(object):
         self.size = None  # bytes on disk, known at commit; the manifest records it
         self._raw = fs.open(self.tmp_path, "wb")
         self._out = (gzip.GzipFile(filename="", mode="wb", fileobj=self._raw,
-                                   compresslevel=3, mtime=0)  # mtime=0: reproducible bytes
+                                   compresslevel=GZIP_LEVEL, mtime=0)  # mtime=0: reproducible bytes
                      if compress else self._raw)
         self._buffer = []
         self._buffered = 0

@@ -35,7 +35,7 @@ def test_dry_run_resolves_one_tensorflow(dry_runs, device, tensorflow, also):
     for prefix in also:
         assert any(w.startswith(prefix) for w in would), (prefix, would)
     names = {w.split("==")[0].lower().replace("_", "-") for w in would}
-    assert {"jieba", "rjieba", "matplotlib", "scikit-learn", "absl-py", "sentencepiece",
+    assert {"jieba", "rjieba", "isal", "matplotlib", "scikit-learn", "absl-py", "sentencepiece",
             "google-cloud-storage", "pretrain"} <= names  # by default, not as extras
     # the two --no-deps packages, whose metadata would pull the CPU build back in
     keras = "tf-keras==2.20.1" if device == "tpu" else "tf-keras==2.21.0"

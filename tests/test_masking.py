@@ -196,6 +196,8 @@ def test_user_dict_works_with_both_segmenters(backend):
     assert seg.backend == backend
     assert "蓝莓芝士蛋糕" in seg.cut(text)
     assert "蓝莓芝士蛋糕" in masking.Segmenter("蓝莓芝士蛋糕\n", backend=backend).cut(text)
+    # a user's words stay in its segmenter (rjieba's shared default has none)
+    assert masking.Segmenter(backend=backend).cut(text) == plain
 
 
 def test_segmenters_cover_the_text_exactly(docs):
@@ -205,3 +207,29 @@ def test_segmenters_cover_the_text_exactly(docs):
         seg = masking.Segmenter(backend=backend)
         for d in docs[:50] + ["a\r\n b\u3000c\t😀 d\x00e"]:
             assert "".join(seg.cut(d)) == d
+
+
+@pytest.mark.parametrize("backend", ["jieba", "rjieba"])
+def test_words_of_text_cut_at_sentence_breaks_equal_one_cut(backend, docs, monkeypatch):
+    """_word_numbers hands the segmenter pieces of text that end at sentence
+    breaks; the words must be those of one call on the whole text."""
+    if backend == "rjieba":
+        pytest.importorskip("rjieba")
+    import json
+    from conftest import shared_path
+    with open(shared_path("corpus", "modern_translations.jsonl"), encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for _, line in zip(range(30), f)]
+    with open(shared_path("corpus", "albert_zh_news_zh_1.txt"), encoding="utf-8") as f:
+        texts.append(f.read(200000))
+    rng = np.random.default_rng(7)
+    alphabet = list("。！？；!?;…\n\r”’\"'」』）)》中国人民银行 ab.C-9+#&_% \t\u3000😀，、")
+    texts += ["".join(rng.choice(alphabet, rng.integers(1, 300))) for _ in range(300)] + docs
+    seg = masking.Segmenter(backend=backend)
+    for cut_chars in (1, 7, 4000):  # a piece per sentence; a few sentences; the default
+        monkeypatch.setattr(masking, "CUT_CHARS", cut_chars)
+        for text in texts:
+            ends = np.cumsum([len(w) for w in seg.cut(text)])
+            one_cut = np.searchsorted(ends, np.arange(len(text)), side="right")  # word of each char
+            got = masking._word_numbers(seg, text, masking._sentence_breaks(text),
+                                        np.arange(len(text)))
+            assert got.tolist() == one_cut.tolist(), (cut_chars, text[:60])

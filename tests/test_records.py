@@ -74,11 +74,19 @@ def test_too_long_example_is_an_error():
         enc.encode([1, 2, 3, 4, 5], [1], [2])
 
 
-@pytest.mark.parametrize("compress", [False, True])
-def test_shard_writer_is_read_by_tfrecorddataset(tmp_path, compress):
+@pytest.mark.parametrize("compress", [False, "isal", "zlib"])
+def test_shard_writer_is_read_by_tfrecorddataset(tmp_path, compress, monkeypatch):
+    """Plain, and gzipped by ISA-L (installed by default) or zlib (the fallback)."""
+    if compress == "zlib":
+        monkeypatch.setattr(record_writer, "gzip", gzip)
+        monkeypatch.setattr(record_writer, "GZIP_LEVEL", 1)
+    elif compress == "isal":
+        assert record_writer.gzip.__name__ == "isal.igzip"
     path = str(tmp_path / ("a.tfrecord" + (".gz" if compress else "")))
-    payloads = [os.urandom(n) for n in (0, 1, 100, 5000)]
-    writer = record_writer.ShardWriter(path, compress)
+    with open(os.path.join(REPO, "data", "sample", "clue_small.txt"), "rb") as f:
+        text = f.read(300000)  # compressible, as records are
+    payloads = [os.urandom(n) for n in (0, 1, 100, 5000)] + [text[:n] for n in (7, 70000, 300000)]
+    writer = record_writer.ShardWriter(path, bool(compress))
     for p in payloads:
         writer.write(p)
     assert not os.path.exists(path)  # only the temporary name until commit
