@@ -9,7 +9,8 @@ Takes the first `--mb` MB of `--input` (whole lines) into a temporary file,
 runs `python -m pretrain.preprocess` on it as a separate process, and prints
 wall time, MB/s, CPU-seconds per MB (all processes: driver + workers), and
 peak RSS, both of the largest single process and of the whole process tree
-summed (sampled from /proc every 0.1 s).
+summed (sampled from /proc every 0.1 s). `--repeat N` runs it N times and
+prints the median, as CPU time varies from run to run on a shared machine.
 
 `--components` instead times, on the same text in this process, the pieces
 one document goes through: bert4keras's Tokenizer.encode against
@@ -103,6 +104,8 @@ def main():
     parser.add_argument("--dupe_factor", type=int, default=1)
     parser.add_argument("--compress", default="true", choices=["true", "false"])
     parser.add_argument("--extra", default="", help="more flags for pretrain.preprocess")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of the same command; more than one prints their median")
     parser.add_argument("--components", action="store_true",
                         help="time tokenizers and segmenters instead of the whole CLI")
     args = parser.parse_args()
@@ -120,43 +123,56 @@ def main():
                     break
                 dst.write(line)
                 size += len(line)
-        cmd = [sys.executable, "-m", "pretrain.preprocess", "--config", args.config,
-               "--input", corpus_path, "--output", os.path.join(tmp, "out"),
-               "--seq_lens", args.seq_lens, "--dupe_factor", str(args.dupe_factor),
-               "--workers", str(args.workers), "--compress=%s" % args.compress,
-               "--progress=false"] + args.extra.split()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.time()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-        peaks = {"tree": 0, "single": 0}
-        stderr = []
-        reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()))
-        reader.start()
-        while proc.poll() is None:
-            rss = _tree_rss_kb(proc.pid)
-            peaks["tree"] = max(peaks["tree"], sum(rss.values()))
-            peaks["single"] = max([peaks["single"]] + list(rss.values()))
-            time.sleep(0.1)
-        reader.join()
-        wall = time.time() - t0
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if proc.returncode:
-            sys.stderr.write(stderr[0].decode("utf-8", "replace")[-3000:])
-            raise SystemExit("preprocess failed (exit %d)" % proc.returncode)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         mb = size / 1e6
-        out_mb = sum(os.path.getsize(os.path.join(d, f))
-                     for d, _, fs in os.walk(os.path.join(tmp, "out")) for f in fs) / 1e6
-        print("input %.1f MB (%s), seq_lens %s, dupe_factor %d, workers %d, compress %s"
+        print("input %.1f MB (%s), seq_lens %s, dupe_factor %d, workers %d, compress %s %s"
               % (mb, os.path.basename(args.input), args.seq_lens, args.dupe_factor,
-                 args.workers, args.compress))
-        print("wall %.1f s  |  %.2f MB/s  |  CPU %.1f s = %.3f CPU-s/MB  |  peak RSS: largest "
-              "process %.0f MB, all processes %.0f MB (ru_maxrss %.0f MB)  |  output %.1f MB"
-              % (wall, mb / wall, cpu, cpu / mb, peaks["single"] / 1024.0,
-                 peaks["tree"] / 1024.0, after.ru_maxrss / 1024.0, out_mb))
+                 args.workers, args.compress, args.extra))
+        rates = []
+        for _ in range(args.repeat):
+            out = os.path.join(tmp, "out")
+            shutil.rmtree(out, ignore_errors=True)
+            rates.append(run_once(args, corpus_path, out, mb))
+        if args.repeat > 1:
+            rates.sort()
+            print("%d runs: median %.3f CPU-s/MB (min %.3f, max %.3f)"
+                  % (len(rates), rates[len(rates) // 2], rates[0], rates[-1]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_once(args, corpus_path, out, mb):
+    """One `pretrain.preprocess` process: prints its figures, returns CPU-s/MB."""
+    cmd = [sys.executable, "-m", "pretrain.preprocess", "--config", args.config,
+           "--input", corpus_path, "--output", out,
+           "--seq_lens", args.seq_lens, "--dupe_factor", str(args.dupe_factor),
+           "--workers", str(args.workers), "--compress=%s" % args.compress,
+           "--progress=false"] + args.extra.split()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peaks = {"tree": 0, "single": 0}
+    stderr = []
+    reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()))
+    reader.start()
+    while proc.poll() is None:
+        rss = _tree_rss_kb(proc.pid)
+        peaks["tree"] = max(peaks["tree"], sum(rss.values()))
+        peaks["single"] = max([peaks["single"]] + list(rss.values()))
+        time.sleep(0.1)
+    reader.join()
+    wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        sys.stderr.write(stderr[0].decode("utf-8", "replace")[-3000:])
+        raise SystemExit("preprocess failed (exit %d)" % proc.returncode)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out_mb = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out)
+                 for f in fs) / 1e6
+    print("wall %.1f s  |  %.2f MB/s  |  CPU %.1f s = %.3f CPU-s/MB  |  peak RSS: largest "
+          "process %.0f MB, all processes %.0f MB (ru_maxrss %.0f MB)  |  output %.1f MB"
+          % (wall, mb / wall, cpu, cpu / mb, peaks["single"] / 1024.0,
+             peaks["tree"] / 1024.0, after.ru_maxrss / 1024.0, out_mb), flush=True)
+    return cpu / mb
 
 
 if __name__ == "__main__":
