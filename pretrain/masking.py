@@ -43,13 +43,15 @@ class Segmenter(object):
         entries = parse_user_dict(user_dict_text) if user_dict_text else []
         if backend == "rjieba":
             import rjieba  # lazy: optional (jieba is the fallback); only this backend needs it
-            # The import already built rjieba.cut's dictionary (0.15 s): a
-            # second one only for user words, which must not reach rjieba.cut.
-            self._jieba = rjieba.Jieba() if entries else None
-            for word, freq, tag in entries:
-                # freq None: jieba-rs picks one that makes it a word, as jieba does
-                self._jieba.add_word(word, freq, tag)
-            self.cut = self._jieba.cut if entries else rjieba.cut
+            # The import already built rjieba.cut's dictionary: a second one
+            # only for user words, which must not reach rjieba.cut.
+            self.cut = rjieba.cut
+            if entries:
+                self._jieba = rjieba.Jieba()
+                for word, freq, tag in entries:
+                    # freq None: jieba-rs picks one that makes it a word, as jieba does
+                    self._jieba.add_word(word, freq, tag)
+                self.cut = self._jieba.cut
         elif backend == "jieba":
             import jieba  # lazy: only the jieba backend pays its import
             jieba.setLogLevel(60)

@@ -1,9 +1,11 @@
 """masking.py: sentence packing, Google-style whole-word selection, 80/10/10, segmenters."""
+import json
 import os
 
 import numpy as np
 import pytest
 
+from conftest import shared_path
 from pretrain import masking, tokenization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,8 +217,6 @@ def test_words_of_text_cut_at_sentence_breaks_equal_one_cut(backend, docs, monke
     breaks; the words must be those of one call on the whole text."""
     if backend == "rjieba":
         pytest.importorskip("rjieba")
-    import json
-    from conftest import shared_path
     with open(shared_path("corpus", "modern_translations.jsonl"), encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for _, line in zip(range(30), f)]
     with open(shared_path("corpus", "albert_zh_news_zh_1.txt"), encoding="utf-8") as f:
