@@ -14,8 +14,10 @@ prints the median, as CPU time varies from run to run on a shared machine.
 
 `--components` instead times, on the same text in this process, the pieces
 one document goes through: bert4keras's Tokenizer.encode against
-tokenization.WordPieceTokenizer (checking the ids are identical), and jieba
-against rjieba (counting the documents they segment differently).
+tokenization.WordPieceTokenizer (checking the ids are identical), jieba
+against rjieba (counting the documents they segment differently), rjieba on
+one long text against the pieces preprocessing gives it; then it gzips the
+input's uncompressed records with ISA-L and zlib.
 """
 import argparse
 import os
@@ -92,6 +94,50 @@ def components(args):
     same_words = sum(a == b for a, b in zip(results["jieba.lcut"], results["rjieba.cut"]))
     print("identical token ids: %d of %d documents" % (same_ids, len(docs)))
     print("identical jieba/rjieba segmentation: %d of %d documents" % (same_words, len(docs)))
+    _segmenting(docs, mb, fast)
+    _compressing(args)
+
+
+def _segmenting(docs, mb, tokenizer):
+    """rjieba's words of the documents joined (as preprocessing joins them):
+    one call on the whole text against masking._word_numbers' pieces."""
+    import numpy as np
+    from pretrain import masking, tokenization
+    text = " ".join(tokenization.normalize(d) for d in docs)
+    seg = masking.Segmenter(backend="rjieba")
+    breaks = masking._sentence_breaks(text)
+    chars = np.arange(len(text))
+    for name, fn in (("one cut, its word lengths", lambda: np.cumsum(np.fromiter(
+                         map(len, seg.cut(text)), np.int64))),
+                     ("cut in pieces (_word_numbers)",
+                      lambda: masking._word_numbers(seg, text, breaks, chars))):
+        t0 = time.process_time()
+        fn()
+        print("%-38s %.3f CPU-s/MB" % ("rjieba, " + name, (time.process_time() - t0) / mb))
+
+
+def _compressing(args):
+    """gzip of the uncompressed dynamic records of the input (128+512): ISA-L
+    (the default writer) against zlib at the fallback's level 1 and at 3."""
+    import zlib
+    from isal import isal_zlib
+    tmp = tempfile.mkdtemp(prefix="bench_gzip_")
+    try:
+        subprocess.run([sys.executable, "-m", "pretrain.preprocess", "--config", args.config,
+                        "--input", args.input, "--output", tmp, "--seq_lens", "128,512",
+                        "--workers", str(args.workers), "--compress=false", "--progress=false",
+                        "--masking", "dynamic"], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        data = b"".join(open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(tmp)
+                        for f in sorted(fs) if f.endswith(".tfrecord"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("gzip of %.1f MB of records (all of --input):" % (len(data) / 1e6))
+    for name, module, level in (("ISA-L level 2", isal_zlib, 2), ("zlib level 1", zlib, 1),
+                                ("zlib level 3", zlib, 3)):
+        t0 = time.process_time()
+        out = module.compress(data, level)
+        print("  %-14s %.2f CPU-s, %.1f MB" % (name, time.process_time() - t0, len(out) / 1e6))
 
 
 def main():
@@ -107,7 +153,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of the same command; more than one prints their median")
     parser.add_argument("--components", action="store_true",
-                        help="time tokenizers and segmenters instead of the whole CLI")
+                        help="time tokenizers, segmenters and gzip instead of the whole CLI")
     args = parser.parse_args()
     if args.components:
         return components(args)

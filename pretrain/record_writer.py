@@ -15,7 +15,7 @@ try:  # ISA-L's gzip: the same format, 1/4 the CPU of zlib level 1 (installed by
     GZIP_LEVEL = 2  # of 0-3; its files are smaller than zlib's at level 1
 except ImportError:  # no wheel for this platform
     import gzip
-    GZIP_LEVEL = 1  # zlib's fastest: 3% larger files than level 3, a third less CPU
+    GZIP_LEVEL = 1  # zlib's fastest: 3% larger files than level 3, a quarter less CPU
 
 from pretrain import fs
 from pretrain.records import mask_crc
