@@ -57,7 +57,7 @@ def small_config(tmp_dir, seq_len, batch_size, steps, eval_every, eval_steps,
 
 def make_records(cfg, corpus, docs, out_dir):
     """Records from the first `docs` documents of a JSONL corpus."""
-    from pretrain import preprocess
+    from pretrain.data import preprocess
     sliced = os.path.join(out_dir, "corpus.jsonl")
     with open(corpus, encoding="utf-8") as f, open(sliced, "w", encoding="utf-8") as g:
         g.write("".join(f.readline() for _ in range(docs)))
@@ -74,7 +74,7 @@ def run_curves(cfg, records, out_dir, runs):
     import copy
 
     import plot_curves
-    from pretrain import train
+    from pretrain.training import trainer as train
     out = {}
     for label, precision, seed in runs:
         run_cfg = copy.deepcopy(cfg)

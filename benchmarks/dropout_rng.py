@@ -3,7 +3,7 @@
     python benchmarks/dropout_rng.py --shape 32,12,128,128
 
 The attention-probability mask of roberta_tiny at batch 32 x 128 is the
-default shape. `pretrain.dropout.rng_alg` picks the generator from these
+default shape. `pretrain.models.dropout.rng_alg` picks the generator from these
 figures and from the whole step (benchmarks/train_step.py): under XLA on CPU
 ThreeFry is the fastest (`auto_select`, TF's default, is far slower here in
 isolation than inside the step); TF's own CPU kernels implement Philox only.

@@ -21,7 +21,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pretrain import dropout, export, finetune, models, optim, train  # noqa: E402
+from pretrain.models import dropout  # noqa: E402
+from pretrain.export import writer as export
+from pretrain.finetune import classifier as finetune
+from pretrain.models import build as models
+from pretrain.training import optim
+from pretrain.training import trainer as train
 from pretrain.config import load_config  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -21,7 +21,11 @@ import pretrain  # noqa: E402,F401  (tf_keras env before TensorFlow)
 
 def main(run_dirs):
     import tensorflow as tf
-    from pretrain import checkpoints, config, inputs, models, tasks
+    from pretrain import config
+    from pretrain.export import checkpoints
+    from pretrain.training import inputs
+    from pretrain.models import build as models
+    from pretrain.training import tasks
 
     cfgs = [config.load_config(os.path.join(d, "config.json")) for d in run_dirs]
     phase = cfgs[0]["train"]["phases"][0]

@@ -68,7 +68,8 @@ def components(args):
     import pretrain  # noqa: F401  (tf_keras env before bert4keras)
     import jieba
     from bert4keras.tokenizers import Tokenizer
-    from pretrain import masking, tokenization
+    from pretrain.data import masking
+    from pretrain.data import tokenization
 
     docs, mb = _documents(args.input, int(args.mb * 1e6))
     vocab = os.path.join(REPO, "data", "vocab.txt")
@@ -102,7 +103,8 @@ def _segmenting(docs, mb, tokenizer):
     """rjieba's words of the documents joined (as preprocessing joins them):
     one call on the whole text against masking._word_numbers' pieces."""
     import numpy as np
-    from pretrain import masking, tokenization
+    from pretrain.data import masking
+    from pretrain.data import tokenization
     text = " ".join(tokenization.normalize(d) for d in docs)
     seg = masking.Segmenter(backend="rjieba")
     breaks = masking._sentence_breaks(text)

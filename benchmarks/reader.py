@@ -32,7 +32,9 @@ def main():
     parser.add_argument("--batches", type=int, default=40)
     args = parser.parse_args()
 
-    from pretrain import config, inputs, preprocess
+    from pretrain import config
+    from pretrain.training import inputs
+    from pretrain.data import preprocess
     seq_lens = [int(x) for x in args.seq_lens.split(",")]
     tmp = tempfile.mkdtemp(prefix="bench_reader_")
     try:

@@ -11,7 +11,7 @@ import time
 import pretrain  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from absl import app, flags
 
-from pretrain import inputs
+from pretrain.training import inputs
 from pretrain.config import load_config
 
 flags.DEFINE_string("config", "simbert_base", "config name or path")

@@ -5,7 +5,7 @@
 
 Runs, in one process on this machine:
   1. the TF fp32 matmul peak (GFLOP/s at 2048^2, the MFU denominator);
-  2. the trainer's own step (pretrain/train.py, XLA, LAMB): MLM logits only at
+  2. the trainer's own step (pretrain/training/trainer.py, XLA, LAMB): MLM logits only at
      the P masked positions;
   3. the dense baseline: the same model and optimizer, but the loss is taken
      from bert4keras's full-sequence MLM output [B, L, V] (`with_mlm`), as
@@ -26,7 +26,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from pretrain import dropout, model_summary, models, optim, tasks, train  # noqa: E402
+from pretrain.models import dropout  # noqa: E402
+from pretrain import model_summary
+from pretrain.models import build as models
+from pretrain.training import optim
+from pretrain.training import tasks
+from pretrain.training import trainer as train
 from pretrain.config import load_config, max_predictions_for  # noqa: E402
 
 FLAGS = flags.FLAGS

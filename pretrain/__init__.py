@@ -18,7 +18,7 @@ os.environ.setdefault("TF_KERAS", "1")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pretrain.hardware import tpu_chips  # noqa: E402  (stdlib only: cheap, imports no TF)
+from pretrain.runtime.hardware import tpu_chips  # noqa: E402  (stdlib only: cheap, imports no TF)
 
 _chips = tpu_chips()[0]
 if "TPU_LOAD_LIBRARY" not in os.environ and not _chips:

@@ -60,4 +60,9 @@ def start(main, define_flags=None):
     """Define the command's flags, parse them, run `main`, exit with its status."""
     if define_flags is not None:
         define_flags()
+        # The flags belong to the module `python -m` ran (a thin entry, maybe):
+        # its --help lists them.
+        flags.adopt_module_key_flags(sys.modules[define_flags.__module__])
+    # --help opens with the docstring of the module that holds `main`.
+    sys.modules["__main__"].__doc__ = sys.modules[main.__module__].__doc__
     app.run(guarded(main), flags_parser=parse_flags)

@@ -14,7 +14,9 @@ import zlib
 import numpy as np
 from absl import app, flags
 
-from pretrain import cli, export, models
+from pretrain import cli
+from pretrain.export import writer as export
+from pretrain.models import build as models
 from pretrain.config import load_config
 
 # The published checkpoint sizes to compare with (MB as printed on the

@@ -24,7 +24,9 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_ROOT, "pretrain"):
 import pretrain  # noqa: E402,F401  (selects tf_keras before TensorFlow loads)
 from absl import app, flags  # noqa: E402
 
-from pretrain import cli, fs, gcs, preprocess  # noqa: E402
+from pretrain import cli, fs  # noqa: E402
+from pretrain.cloud import gcs
+from pretrain.data import preprocess
 from pretrain.config import load_config  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -106,8 +108,8 @@ def main(argv):
 def run(cfg):
     """Config and flags → data → trainer; returns (exports, data, output)."""
     # lazy: TensorFlow loads only after the config and flags are checked
-    from pretrain import train
-    from pretrain.strategy import check_paths_for_hosts, choose_precision, make_strategy
+    from pretrain.training import trainer as train
+    from pretrain.runtime.strategy import check_paths_for_hosts, choose_precision, make_strategy
 
     output = FLAGS.output or (os.path.join("runs", cfg["name"] + "-smoke") if FLAGS.smoke
                               else None)

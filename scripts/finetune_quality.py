@@ -15,7 +15,7 @@ Tasks (written under OUTPUT/data, the same files for every model):
   characters, at most --per_chapter of them (the first ones), all go to one
   split, chosen by the CRC32 of the chapter title: < 70% train, < 85% dev,
   the rest test, so no chapter is in two splits.
-Each run is `pretrain.finetune.run` with --baselines; the table printed at the
+Each run is `pretrain.finetune.classifier.run` with --baselines; the table printed at the
 end is the one in the README.
 """
 import json
@@ -88,7 +88,7 @@ def books_data(out):
 
 
 def run_task(task, data):
-    from pretrain import finetune
+    from pretrain.finetune import classifier as finetune
     base = dict(model=FLAGS.export, task="pair" if task == "lcqmc" else "classification",
                 epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, warmup_proportion=0.1,
                 maxlen=MAXLEN[task], seed=0, dropout=0.1, max_bad_fraction=0.05,

@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
 done
 if [ "$device" = auto ]; then
   # stdlib only: works before anything is installed
-  device=$("$PY" -c 'from pretrain.hardware import detect_hardware; print(detect_hardware().device)')
+  device=$("$PY" -c 'from pretrain.runtime.hardware import detect_hardware; print(detect_hardware().device)')
   echo "install.sh: detected device: $device"
 fi
 
@@ -64,7 +64,7 @@ if [ "$dry" = 1 ]; then
     "$tf_req" "${reqs[@]}" -e ".${extras}"
   "$PY" - "$report" "$keras_req" <<'EOF'
 import json, sys
-from pretrain.doctor import TF_DISTRIBUTIONS
+from pretrain.runtime.doctor import TF_DISTRIBUTIONS
 names = sorted("%s==%s" % (i["metadata"]["name"], i["metadata"]["version"])
                for i in json.load(open(sys.argv[1]))["install"])
 for n in names:
@@ -81,7 +81,7 @@ fi
 # Remove every other TensorFlow build. They share files, so the chosen one is
 # then reinstalled in full (--force-reinstall restores what the uninstall took).
 force=()
-for other in $("$PY" -c 'from pretrain.doctor import TF_DISTRIBUTIONS; print(*TF_DISTRIBUTIONS)'); do
+for other in $("$PY" -c 'from pretrain.runtime.doctor import TF_DISTRIBUTIONS; print(*TF_DISTRIBUTIONS)'); do
   if [ "$other" != "$tf_dist" ] && "${PIP[@]}" show -q "$other" >/dev/null 2>&1; then
     echo "install.sh: removing $other (it shares the tensorflow/ directory with $tf_dist)"
     "${PIP[@]}" uninstall -y "$other"

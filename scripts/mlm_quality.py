@@ -63,7 +63,8 @@ def quality_config():
 
 def main(argv):
     del argv
-    from pretrain import preprocess, train
+    from pretrain.data import preprocess
+    from pretrain.training import trainer as train
     sys.path.insert(0, os.path.join(_ROOT, "scripts"))
     import plot_curves
 

@@ -32,7 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pretrain  # noqa: F401,E402  (selects tf_keras before TensorFlow loads)
 from absl import flags  # noqa: E402
 
-from pretrain import checkpoints, models, simbert, simbert_data, simbert_eval, tasks  # noqa: E402
+from pretrain.export import checkpoints  # noqa: E402
+from pretrain.models import build as models
+from pretrain.simbert import use as simbert
+from pretrain.simbert import data as simbert_data
+from pretrain.simbert import evaluate as simbert_eval
+from pretrain.training import tasks
 from pretrain.config import REPO_ROOT, as_overrides, load_config  # noqa: E402
 
 RUN_PY = os.path.join(REPO_ROOT, "pretrain", "run.py")

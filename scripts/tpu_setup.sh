@@ -30,7 +30,7 @@ fi
 "$HOME/$VENV/bin/python" - <<'PY'
 import pretrain  # selects tf_keras before TensorFlow loads
 import tensorflow as tf
-from pretrain.strategy import make_strategy
+from pretrain.runtime.strategy import make_strategy
 strategy = make_strategy("local")
 print("TensorFlow", tf.__version__, "- TPU replicas:", strategy.num_replicas_in_sync)
 PY

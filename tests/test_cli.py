@@ -48,7 +48,10 @@ _HELP_ALL = textwrap.dedent("""
                 code = e.code
         # the command's own flags: those its __main__ defined (absl names that
         # module by its file); a library's import-time flags are not its
-        path = importlib.util.find_spec(module).origin
+        spec = importlib.util.find_spec(module)
+        if spec.submodule_search_locations:  # a package: python -m runs its __main__
+            spec = importlib.util.find_spec(module + ".__main__")
+        path = spec.origin
         own = FLAGS.get_key_flags_for_module(path)
         out[module] = {"code": code, "usage": text.getvalue(),
                        "flags": {f.name: f.help for f in own}}

@@ -129,7 +129,7 @@ def test_layer_norm_eps_is_not_a_setting(tmp_path):
 
 
 def test_pad_must_be_id_0(tmp_path):
-    from pretrain.tokenization import load_vocab
+    from pretrain.data.tokenization import load_vocab
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("[UNK]\n[PAD]\n[CLS]\n[SEP]\n[MASK]\n我\n", encoding="utf-8")
     raw = _base()

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import shared_path
-from pretrain import corpus
+from pretrain.data import corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")

@@ -8,7 +8,9 @@ import sys
 import pytest
 import tensorflow as tf
 
-from pretrain import compat, doctor, hardware
+from pretrain.runtime import compat
+from pretrain.runtime import doctor
+from pretrain.runtime import hardware
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +87,7 @@ def test_this_machines_tensorflow_as_the_doctor_sees_it():
     assert status["distributions"] == {TF_DIST: _installed(TF_DIST)}
     assert status["tpu_build"] == (TF_DIST == "tensorflow-tpu")
     assert status["libtpu"] == _installed("libtpu")
-    # the one behaviour that differs between the builds (pretrain/compat.py)
+    # the one behaviour that differs between the builds (pretrain/runtime/compat.py)
     assert compat.cpu_xla() == (TF_DIST != "tensorflow-tpu")
     assert "CPU:0" in status["devices"]
     assert not any(d.startswith("GPU") for d in status["devices"])
@@ -185,7 +187,7 @@ def test_gpu_box_whose_tensorflow_sees_no_gpu_stops_unless_allow_cpu(tmp_path):
 
 
 def test_precision_auto_is_fp32_on_this_cpu_and_bf16_is_kept_with_a_warning(caplog):
-    from pretrain.strategy import choose_precision
+    from pretrain.runtime.strategy import choose_precision
     strategy = tf.distribute.get_strategy()
     assert choose_precision("auto", strategy) == "fp32"
     assert choose_precision("fp32", strategy) == "fp32"

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from pretrain import config, inputs, masking, preprocess, records, tokenization
+from pretrain import config
+from pretrain.training import inputs
+from pretrain.data import masking
+from pretrain.data import preprocess
+from pretrain.data import records
+from pretrain.data import tokenization
 
 import tensorflow as tf  # noqa: E402  (after pretrain set tf_keras)
 

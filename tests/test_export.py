@@ -12,9 +12,12 @@ import tensorflow as tf
 from bert4keras.backend import K
 from bert4keras.models import build_transformer_model
 
-from pretrain import checkpoints, export, export_check, models
+from pretrain.export import checkpoints
+from pretrain.export import writer as export
+from pretrain.export import check as export_check
+from pretrain.models import build as models
 from pretrain.config import REPO_ROOT, load_config
-from pretrain.tokenization import load_vocab
+from pretrain.data.tokenization import load_vocab
 from conftest import export_with_cli
 from test_models import randomize, small_cfg
 
@@ -216,7 +219,7 @@ def _model_weights(bundle):
 
 
 def _run_phase(tmp_path, records_dir, steps, out):
-    from pretrain import train
+    from pretrain.training import trainer as train
     cfg = tiny_config(tmp_path, phases=((128, steps),))
     # Growing the phase on resume is a train-section change the run must be told of.
     trainer = train.Trainer(cfg, records_dir, out, steps_per_loop=3, xla=False,
@@ -252,7 +255,7 @@ def test_trainer_export_is_rewritten_when_half_written_or_stale(tmp_path, record
 
 def test_a_reload_that_differs_fails_the_run_and_keeps_the_last_good_export(
         tmp_path, records_dir, monkeypatch):
-    from pretrain import train
+    from pretrain.training import trainer as train
     out = str(tmp_path / "run")
     _, path = _run_phase(tmp_path, records_dir, 3, out)
     before = _export_weights(path)
@@ -395,7 +398,8 @@ def _google_layout_checkpoint(prefix, seed=11):
 
 @pytest.mark.parametrize("name", ["roberta_tiny", "simbert_tiny"])
 def test_warm_start_from_googles_layout(tmp_path, name):
-    from pretrain import run, train
+    from pretrain import run
+    from pretrain.training import trainer as train
     prefix = str(tmp_path / "chinese_L-2_H-64_A-4" / "bert_model.ckpt")
     values = _google_layout_checkpoint(prefix)
     names = {n for n, _ in tf.train.list_variables(prefix)}

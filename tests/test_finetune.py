@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, shared_path
-from pretrain import checkpoints, export, finetune, finetune_data, models
+from pretrain.export import checkpoints
+from pretrain.export import writer as export
+from pretrain.finetune import classifier as finetune
+from pretrain.finetune import data as finetune_data
+from pretrain.models import build as models
 from pretrain.config import as_overrides, load_config, override
 
 BOOKS = ("黄帝内经", "徐霞客游记", "战国策")  # medicine, travel, politics

@@ -19,7 +19,7 @@ import google_crc32c
 import pytest
 
 from conftest import read_tree
-from pretrain import gcs
+from pretrain.cloud import gcs
 
 pytest.importorskip("gcp_storage_emulator", reason="pip install gcp-storage-emulator (extras dev)")
 
@@ -304,7 +304,7 @@ def test_tpu_fetch_script_downloads_the_export(emulator, bucket, tmp_path):
 
 _KILL_AFTER_CHUNKS = """
 import os, signal, sys
-from pretrain import gcs
+from pretrain.cloud import gcs
 chunks = []
 def progress(name, nbytes):
     chunks.append(nbytes)

@@ -5,7 +5,9 @@ import pytest
 pytest.importorskip("torch", reason="HF export is the optional extra 'hf' (torch)")
 pytest.importorskip("transformers", reason="HF export is the optional extra 'hf'")
 
-from pretrain import export_check, hf_export, models  # noqa: E402
+from pretrain.export import check as export_check  # noqa: E402
+from pretrain.export import hf as hf_export
+from pretrain.models import build as models
 from pretrain.config import load_config  # noqa: E402
 from test_models import randomize, small_cfg  # noqa: E402
 

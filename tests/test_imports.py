@@ -18,30 +18,63 @@ SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
 # Third-party packages worth deferring to the function that needs them.
 HEAVY = {"tensorflow", "torch", "transformers", "safetensors", "sklearn", "scipy",
          "jieba", "rjieba"}  # the segmenters: one of the two is used, rjieba is optional
-# TensorFlow-free at import: preprocessing (and its spawned workers), config
-# loading and the command plumbing.
-TF_FREE = {"corpus", "records", "tokenization", "masking", "preprocess", "preprocess_pool",
-           "preprocess_state", "preprocess_worker", "simbert_data", "finetune_data",
-           "finetune_baselines", "config", "fs", "run",
-           "errors", "cli"}
 TF_LIBS = {"tensorflow", "tf_keras", "bert4keras"}
+# The floors, lowest first: a module imports only from its own floor and the
+# ones below. The top-level modules are the shared seams (errors, fs, config,
+# cli) and the commands' entries; a subpackage's `__main__` is an entry too.
+SEAMS = {"__init__", "errors", "fs", "config", "cli"}
+FLOORS = ["cloud", "runtime", "data", "models", "export", "training", "simbert", "finetune"]
+# TensorFlow-free at import: preprocessing (and its spawned workers), config
+# loading, the command plumbing and the data side of the tasks.
+TF_FREE_FOLDERS = {"data"}
+TF_FREE_MODULES = {"simbert.data", "finetune.data", "finetune.baselines", "run", "preprocess"}
 # Standard library only at import: scripts/install.sh imports them before it has
 # installed anything else.
-STDLIB_ONLY = {"doctor", "hardware"}
+STDLIB_ONLY = {"runtime.doctor", "runtime.hardware"}
 
 
 def _modules():
-    return sorted(os.path.splitext(os.path.basename(p))[0]
-                  for p in glob.glob(os.path.join(PACKAGE, "*.py")))
+    """Dotted names under pretrain/: "cli", "data.corpus", "data" (its __init__)."""
+    out = []
+    for path in glob.glob(os.path.join(PACKAGE, "**", "*.py"), recursive=True):
+        name = os.path.relpath(path, PACKAGE)[:-3].replace(os.sep, ".")
+        if name.endswith(".__init__"):
+            name = name[:-len(".__init__")]
+        out.append(name)
+    return sorted(out)
 
 
 MODULES = set(_modules())
+TF_FREE = ({m for m in MODULES if m.split(".")[0] in TF_FREE_FOLDERS} | TF_FREE_MODULES
+           | (SEAMS - {"__init__"}))
+
+
+def _path(module):
+    parts = module.split(".")
+    if module == "__init__" or module not in MODULES or os.path.isdir(os.path.join(PACKAGE, *parts)):
+        return os.path.join(PACKAGE, *(parts if module != "__init__" else []), "__init__.py")
+    return os.path.join(PACKAGE, *parts) + ".py"
+
+
+def floor(module):
+    """The floor's index: -1 for the seams, len(FLOORS) for the entries."""
+    top = module.split(".")[0]
+    if module in SEAMS:
+        return -1
+    if top in FLOORS and not module.endswith("__main__"):
+        return FLOORS.index(top)
+    return len(FLOORS)
 
 
 class _Import(object):
     def __init__(self, module, line, targets, lazy, comment):
         self.module, self.line, self.lazy, self.comment = module, line, lazy, comment
-        self.targets = targets  # [("pretrain", "records") or ("lib", "tensorflow")]
+        self.targets = targets  # [("pretrain", "data.records") or ("lib", "tensorflow")]
+
+
+def _resolve(dotted):
+    """The package module a dotted name under pretrain imports."""
+    return dotted if dotted in MODULES else "__init__"
 
 
 def _targets(node):
@@ -51,18 +84,20 @@ def _targets(node):
         for alias in node.names:
             parts = alias.name.split(".")
             if parts[0] == "pretrain":
-                out.append(("pretrain", parts[1] if len(parts) > 1 else "__init__"))
+                out.append(("pretrain", _resolve(".".join(parts[1:])) if len(parts) > 1
+                            else "__init__"))
             else:
                 out.append(("lib", parts[0]))
         return out
-    if node.level:  # relative imports are not used in this package
-        return [("pretrain", node.module or "__init__")]
+    assert not node.level, "relative imports are not used in this package"
     parts = (node.module or "").split(".")
     if parts[0] != "pretrain":
         return [("lib", parts[0])]
-    if len(parts) > 1:
-        return [("pretrain", parts[1])]
-    return [("pretrain", a.name if a.name in MODULES else "__init__") for a in node.names]
+    base = ".".join(parts[1:])
+    for alias in node.names:
+        name = (base + "." if base else "") + alias.name
+        out.append(("pretrain", name if name in MODULES else _resolve(base) if base else "__init__"))
+    return out
 
 
 def _lazy_comment(lines, node):
@@ -83,7 +118,7 @@ def _lazy_comment(lines, node):
 
 
 def _imports(module):
-    path = os.path.join(PACKAGE, module + ".py")
+    path = _path(module)
     with open(path, encoding="utf-8") as f:
         source = f.read()
     lines = source.split("\n")
@@ -211,7 +246,7 @@ def test_function_level_imports_are_heavy_and_say_why():
         for imp in IMPORTS[module]:
             if not imp.lazy:
                 continue
-            where = "pretrain/%s.py:%d" % (module, imp.line)
+            where = "%s:%d" % (os.path.relpath(_path(module), REPO), imp.line)
             names = ", ".join("pretrain." + t if k == "pretrain" else t for k, t in imp.targets)
             if not all(_allowed_lazily(module, k, t) for k, t in imp.targets):
                 bad.append("%s imports %s inside a function: not a heavy optional "
@@ -224,7 +259,7 @@ def test_function_level_imports_are_heavy_and_say_why():
 
 @pytest.mark.parametrize("module", sorted(STDLIB_ONLY))
 def test_modules_install_sh_imports_need_only_the_standard_library(module):
-    with open(os.path.join(PACKAGE, module + ".py"), encoding="utf-8") as f:
+    with open(_path(module), encoding="utf-8") as f:
         tree = ast.parse(f.read())
     # what runs only as a command (`if __name__ == "__main__":`) is not imported
     commands = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
@@ -233,6 +268,27 @@ def test_modules_install_sh_imports_need_only_the_standard_library(module):
         assert imp.lazy or imp.line > start or all(k == "pretrain" and t in STDLIB_ONLY | {"errors", "__init__"}
                                or k == "lib" and t in sys.stdlib_module_names
                                for k, t in imp.targets), (module, imp.line, imp.targets)
+
+
+def test_no_import_runs_up_a_floor():
+    """Folders by pipeline stage, lowest first: data never imports models,
+    models never import training, training names no task of its own."""
+    up = ["%s:%d imports pretrain.%s" % (os.path.relpath(_path(m), REPO), i.line, t)
+          for m in sorted(MODULES) for i in IMPORTS[m] for k, t in i.targets
+          if k == "pretrain" and t != m and floor(t) > floor(m)
+          and not (m == "__init__" and t in STDLIB_ONLY)]  # the package's start: stdlib only
+    assert not up, "imports that run up a floor (%s):\n%s" % (" < ".join(FLOORS), "\n".join(up))
+
+
+def test_every_module_is_on_a_floor_and_short():
+    assert {m.split(".")[0] for m in MODULES if "." in m} <= set(FLOORS)
+    long = []
+    for m in sorted(MODULES):
+        with open(_path(m), encoding="utf-8") as f:
+            n = sum(1 for _ in f)
+        if n > 450:
+            long.append("%s: %d lines" % (os.path.relpath(_path(m), REPO), n))
+    assert not long, "modules over 450 lines: " + ", ".join(long)
 
 
 @pytest.mark.parametrize("module", sorted(TF_FREE))
@@ -299,7 +355,8 @@ def test_preprocessing_workers_never_import_tensorflow(tmp_path, start):
         corpus.write_text("".join(f.readlines()[:120]), encoding="utf-8")
     code = textwrap.dedent('''
         import threading
-        from pretrain import config, preprocess
+        from pretrain import config
+        from pretrain.data import preprocess
         if __name__ == "__main__":
             if %r == "spawn":
                 threading.Thread(target=threading.Event().wait, daemon=True).start()

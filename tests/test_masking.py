@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from pretrain import masking, tokenization
+from pretrain.data import masking
+from pretrain.data import tokenization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")

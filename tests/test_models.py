@@ -6,7 +6,9 @@ import pytest
 import tensorflow as tf
 from bert4keras.backend import K
 
-from pretrain import checkpoints, model_summary, models
+from pretrain.export import checkpoints
+from pretrain import model_summary
+from pretrain.models import build as models
 from pretrain.config import load_config
 
 

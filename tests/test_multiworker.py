@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from pretrain import tasks, train
+from pretrain.training import tasks
+from pretrain.training import trainer as train
 from test_train import make_records, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,9 +25,9 @@ import plot_curves  # noqa: E402
 KILLED_AFTER_5 = r"""
 import json, os, signal, sys
 import pretrain
-from pretrain import train
+from pretrain.training import trainer as train
 from pretrain.config import load_config
-from pretrain.strategy import make_strategy
+from pretrain.runtime.strategy import make_strategy
 strategy = make_strategy()  # TF_CONFIG -> MultiWorkerMirroredStrategy
 cfg = load_config(sys.argv[1])
 trainer = train.Trainer(cfg, sys.argv[2], sys.argv[3], strategy=strategy)

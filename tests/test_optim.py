@@ -1,4 +1,4 @@
-"""pretrain/optim.py against NumPy references written here from the papers and the schedule spec.
+"""pretrain/training/optim.py against NumPy references written here from the papers and the schedule spec.
 
 LAMB: You et al. 2019, Algorithm 2. AdamW: Loshchilov & Hutter 2019, with the decay scaled by
 the learning rate, as Google BERT and bert4keras do. The schedule is checked against np.interp
@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from pretrain import config, optim
+from pretrain import config
+from pretrain.training import optim
 
 import tensorflow as tf  # noqa: E402  (after pretrain: tf_keras mode)
 
@@ -289,7 +290,7 @@ import pretrain
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from pretrain import optim
+from pretrain.training import optim
 from tests.test_optim import NAMES, PHASE, make_cfg, make_data
 init, grads = make_data(seed=5, steps=3, replicas=2)
 strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])

@@ -1,4 +1,4 @@
-"""Mixed bfloat16 (pretrain/precision.py): the fragile ops against NumPy
+"""Mixed bfloat16 (pretrain/models/precision.py): the fragile ops against NumPy
 float32 references, bert4keras's own bf16 versions failing them, the policy
 kept inside the Trainer, and bf16 training and export against float32."""
 import os
@@ -11,7 +11,9 @@ import tensorflow as tf
 from bert4keras import backend as bert4keras_backend
 from bert4keras import layers as bert4keras_layers
 
-from pretrain import models, precision, train  # noqa: F401  (models installs precision)
+from pretrain.models import build as models  # noqa: F401  (models installs precision)
+from pretrain.models import precision
+from pretrain.training import trainer as train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -120,7 +122,7 @@ def test_mlm_and_simbert_losses_are_float32_under_bf16():
     to bf16 would be off by up to 0.03 (its ulp there is 0.0625); the bf16
     logits' own rounding averages out in the cross-entropy (SimBERT: 2e-4)."""
     import copy
-    from pretrain import tasks
+    from pretrain.training import tasks
     from pretrain.config import load_config
     rng = np.random.RandomState(0)
     for name in ("roberta_tiny", "simbert_tiny"):
@@ -229,7 +231,7 @@ def test_bf16_run_saves_float32_state_and_exports_what_bert4keras_reloads(curves
     not the bf16 computation) and by less than 8 bf16 roundings of the largest
     logit: the bf16 forward rounds the output of every layer on the way (2
     layers of several matmuls; measured: 0.011)."""
-    from pretrain import export_check
+    from pretrain.export import check as export_check
     cfg, out = curves
     trainer = out["bf16"][2]
     run = trainer.output_dir

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import read_tree, shared_path
-from pretrain import config, inputs, preprocess, preprocess_state, records, tokenization
+from pretrain import config
+from pretrain.training import inputs
+from pretrain.data import preprocess
+from pretrain.data import state as preprocess_state
+from pretrain.data import records
+from pretrain.data import tokenization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
@@ -57,7 +62,7 @@ def test_forked_and_spawned_workers_write_the_same_bytes(reference, small_corpus
     """The CLI (no TensorFlow loaded) forks workers that share the driver's tokenizer and
     segmenter; a process that loaded TensorFlow spawns fresh ones. Both equal one worker."""
     import tensorflow  # noqa: F401  (loaded here: this process must spawn)
-    from pretrain import preprocess_pool
+    from pretrain.data import pool as preprocess_pool
     ref_dir, _ = reference
     assert preprocess_pool._context().get_start_method() == "spawn"
     spawned = str(tmp_path / "spawned")
@@ -378,7 +383,7 @@ def test_documents_tokenized_together_equal_one_by_one(cfg):
     """masking.prepare_documents (one tokenizer and segmenter call on many documents)
     gives each document what prepare_document gives it alone: ids, sentence ends and
     word boundaries, on real short and long documents and on edge cases."""
-    from pretrain import masking
+    from pretrain.data import masking
     with open(shared_path("corpus", "uer_CLUECorpusSmall_sampled.txt"), encoding="utf-8") as f:
         texts = [line.strip() for _, line in zip(range(300), f)]
     with open(shared_path("corpus", "wiki_cmrc2018_zh_hans.jsonl"), encoding="utf-8") as f:

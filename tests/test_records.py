@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 import pretrain  # noqa: F401
-from pretrain import config, inputs, preprocess, record_writer, records
+from pretrain import config
+from pretrain.training import inputs
+from pretrain.data import preprocess
+from pretrain.data import record_writer
+from pretrain.data import records
 
 import tensorflow as tf  # noqa: E402  (after pretrain set tf_keras)
 

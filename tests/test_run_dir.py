@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from pretrain import export
+from pretrain.export import writer as export
 from test_train import ROOT, make_records, tiny_config
 
 

@@ -6,8 +6,11 @@ import os
 import pytest
 import tensorflow as tf
 
-from pretrain import config, inputs, record_writer, records
-from pretrain.tokenization import load_vocab
+from pretrain import config
+from pretrain.training import inputs
+from pretrain.data import record_writer
+from pretrain.data import records
+from pretrain.data.tokenization import load_vocab
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,7 @@ def test_one_shard_three_pipelines_638_examples(tmp_path, cfg):
 
 
 def test_a_run_over_several_hosts_refuses_local_paths(monkeypatch):
-    from pretrain import strategy as strategies
+    from pretrain.runtime import strategy as strategies
     from pretrain.errors import TrainingError
     strategy = tf.distribute.get_strategy()
     strategies.check_paths_for_hosts(strategy, {"--output": "/tmp/run"})  # one host: fine
@@ -112,7 +115,7 @@ def test_a_run_over_several_hosts_refuses_local_paths(monkeypatch):
 
 def test_hosts_of_a_multi_worker_cluster():
     """Workers on one machine are one host (local paths work); on two, two."""
-    from pretrain.strategy import num_hosts
+    from pretrain.runtime.strategy import num_hosts
 
     class Resolver(object):
         def __init__(self, workers):

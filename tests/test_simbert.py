@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pretrain import export, inputs, models, simbert, simbert_data, simbert_eval, tasks
+from pretrain.export import writer as export
+from pretrain.training import inputs
+from pretrain.models import build as models
+from pretrain.simbert import use as simbert
+from pretrain.simbert import data as simbert_data
+from pretrain.simbert import evaluate as simbert_eval
+from pretrain.training import tasks
 from pretrain.config import bert4keras_config, load_config
 from tests.conftest import REPO_ROOT, shared_path
 
@@ -241,7 +247,7 @@ def test_rank_metrics_match_scipy():
 
 
 def _train(bundle, batches, lr=3e-3):
-    """Adam on forward_loss: a stand-in for pretrain/train.py, which runs
+    """Adam on forward_loss: a stand-in for pretrain/training/trainer.py, which runs
     forward_loss the same way inside its compiled step. Per-step metrics."""
     model = bundle.encoder
     optimizer = tf.keras.optimizers.Adam(lr)
@@ -347,7 +353,7 @@ def test_jaccard_baseline_matches_set_arithmetic():
 
 
 def test_trainer_refuses_an_empty_validation_split_before_the_first_step(tmp_path):
-    from pretrain import train
+    from pretrain.training import trainer as train
     path = os.path.join(REPO_ROOT, "data", "sample", "similarity_groups.json")
     cfg = tiny_cfg()
     cfg["data"]["validation_fraction"] = 0.0

@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pretrain import checkpoints, export, h5_weights, model_summary, models, train
+from pretrain.export import checkpoints
+from pretrain.export import writer as export
+from pretrain.export import h5_weights
+from pretrain import model_summary
+from pretrain.models import build as models
+from pretrain.training import trainer as train
 from pretrain.config import REPO_ROOT, load_config
-from pretrain.tokenization import load_vocab, read_vocab_file
+from pretrain.data.tokenization import load_vocab, read_vocab_file
 from conftest import export_with_cli
 from test_models import randomize, real_ids, small_cfg
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from pretrain import config, tokenization
+from pretrain import config
+from pretrain.data import tokenization
 
 from bert4keras.tokenizers import SpTokenizer, Tokenizer  # noqa: E402  (after pretrain)
 

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pretrain import compat, dropout, tasks, train
+from pretrain.runtime import compat
+from pretrain.models import dropout
+from pretrain.training import tasks
+from pretrain.training import trainer as train
 from pretrain.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +44,7 @@ def tiny_config(tmp_path, name="tiny", phases=((128, 6), (512, 2)), dropout=0.0,
 
 def make_records(tmp, cfg, seq_lens=(128, 512), eval_fraction=0.1, docs=400):
     """Real records of `cfg` from the first `docs` documents of the shipped sample."""
-    from pretrain import preprocess
+    from pretrain.data import preprocess
     corpus = tmp / "corpus.txt"
     with open(os.path.join(ROOT, "data", "sample", "clue_small.txt"), encoding="utf-8") as f:
         corpus.write_text("".join(f.readline() for _ in range(docs)), encoding="utf-8")
@@ -58,13 +61,14 @@ def records_dir(tmp_path_factory):
 
 
 def _stack(records_dir, cfg, seq_len, batch, accum):
-    from pretrain import inputs
+    from pretrain.training import inputs
     ds = inputs.mlm_dataset(records_dir, cfg, seq_len, batch, split="train")
     return next(iter(ds.batch(accum)))
 
 
 def _one_update(cfg, stack):
-    from pretrain import models, optim
+    from pretrain.models import build as models
+    from pretrain.training import optim
     bundle = models.build_model(cfg)
     task = tasks.MlmTask(cfg, bundle, None)
     variables = task.model.trainable_variables
@@ -133,7 +137,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import pretrain
-from pretrain import train
+from pretrain.training import trainer as train
 from pretrain.config import load_config
 cfg = load_config(sys.argv[1])
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -185,8 +189,8 @@ def test_step_seeded_dropout_rate_scale_and_replay(compiled):
 
 T5S_RESUME = r"""
 import json, sys
-import pretrain.models  # first, as benchmarks/train_step.py and pytest's collection may
-from pretrain import train
+import pretrain.models.build  # first, as benchmarks/train_step.py and pytest's collection may
+from pretrain.training import trainer as train
 from pretrain.config import load_config
 cfg = load_config(sys.argv[1])
 

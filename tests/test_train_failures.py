@@ -13,8 +13,8 @@ import pytest
 import numpy as np
 import tensorflow as tf
 
-from pretrain import train
-from pretrain.strategy import make_strategy
+from pretrain.training import trainer as train
+from pretrain.runtime.strategy import make_strategy
 from test_train import (ROOT, _train, make_records,
                         records_dir,  # noqa: F401  (the module fixture)
                         tiny_config)
@@ -71,7 +71,7 @@ def test_output_dir_of_another_config_is_refused(tmp_path, records_dir):
 
 
 def test_manifest_mismatch_stops_before_the_first_step(tmp_path, records_dir):
-    from pretrain import records
+    from pretrain.data import records
     cfg = tiny_config(tmp_path, phases=((128, 2),))
     cfg["data"]["max_predictions"] = [21, 80]
     trainer = train.Trainer(cfg, records_dir, str(tmp_path / "run"))
@@ -99,7 +99,7 @@ def no_eval_records(tmp_path_factory):
 
 
 def test_an_empty_eval_split_stops_before_the_first_step(tmp_path, no_eval_records):
-    from pretrain import records
+    from pretrain.data import records
     cfg = tiny_config(tmp_path, phases=((128, 4),))
     run = str(tmp_path / "run")
     trainer = train.Trainer(cfg, no_eval_records, run)
@@ -131,7 +131,7 @@ def _train_shard(data, seq_len=128):
 
 
 def test_a_missing_or_truncated_shard_stops_before_the_first_step(tmp_path, records_dir):
-    from pretrain import records
+    from pretrain.data import records
     cfg = tiny_config(tmp_path, phases=((128, 2),))
     data = _copy_records(records_dir, tmp_path)
     manifest, shard = _train_shard(data)
@@ -158,7 +158,7 @@ def test_a_missing_or_truncated_shard_stops_before_the_first_step(tmp_path, reco
 
 
 def test_a_later_phase_records_are_checked_before_the_first_step(tmp_path, records_dir):
-    from pretrain import records
+    from pretrain.data import records
     cfg = tiny_config(tmp_path, phases=((128, 2), (512, 2)))
     data = _copy_records(records_dir, tmp_path)
     os.remove(os.path.join(data, "seq512", "manifest.json"))

@@ -1,0 +1,1 @@
+"""Cloud Storage: moving records and exports to and from a bucket."""

@@ -1,0 +1,1 @@
+"""Corpus to records, without TensorFlow: reading, tokenizing, whole-word masking, writing TFRecords."""

@@ -1,0 +1,188 @@
+"""The one TFRecord feature spec of MLM examples, and a data dir's manifest.
+
+Layout of a preprocessed data dir (see preprocess.py):
+
+    DATA_DIR/seq{L}/part-{i:05d}-of-{n:05d}.tfrecord[.gz]   training examples
+    DATA_DIR/seq{L}/eval-{i:05d}-of-{n:05d}.tfrecord[.gz]   held-out documents
+    DATA_DIR/seq{L}/manifest.json                           counts, settings, checks
+
+Feature names are Google BERT's, so other tools read the files as they are.
+
+The writer (`record_writer.py`) encodes `tf.train.Example` protos and the
+TFRecord framing by hand: the preprocessing workers then never import TensorFlow, which costs
+about 3 CPU-seconds and 550 MB of memory per process. Tests check the bytes
+against TensorFlow's own parser. The tf.data reader is `pretrain/training/inputs.py`.
+"""
+import gzip
+import json
+import struct
+from concurrent import futures
+
+import google_crc32c
+
+from pretrain import fs
+from pretrain.config import max_predictions_for
+from pretrain.data.tokenization import load_vocab
+from pretrain.errors import PretrainError
+
+# name -> (length key, kind). Lengths are L (seq_len) or P (max_predictions).
+FEATURES = (
+    ("input_ids", "L", "int"),
+    ("input_mask", "L", "int"),
+    ("segment_ids", "L", "int"),
+    ("masked_lm_positions", "P", "int"),
+    ("masked_lm_ids", "P", "int"),
+    ("masked_lm_weights", "P", "float"),
+)
+# data.masking "dynamic": unmasked sequences that the reader masks (dynamic_masking.py)
+DYNAMIC_FEATURES = (
+    ("input_ids", "L", "int"),
+    ("segment_ids", "L", "int"),
+    ("word_starts", "L", "int"),
+    ("example_id", 1, "int"),
+)
+FORMAT = "pretrain-mlm-tfrecord"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ManifestError(PretrainError, ValueError):
+    """Records on disk do not match the model config (or are missing)."""
+
+
+def seq_dir(data_dir, seq_len):
+    return fs.join(data_dir, "seq%d" % seq_len)
+
+
+def shard_name(split, index, total, compress):
+    prefix = "part" if split == "train" else "eval"
+    return "%s-%05d-of-%05d.tfrecord%s" % (prefix, index, total, ".gz" if compress else "")
+
+
+def mask_crc(crc):
+    """TFRecord's masked CRC-32C (an int or a uint64 array)."""
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _masked_crc(data):
+    return struct.pack("<I", mask_crc(google_crc32c.value(data)))
+
+
+def iter_records(path):
+    """The serialized records of one shard, CRC-checked (plain Python reader)."""
+    with fs.open(path, "rb") as raw:
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise IOError("%s: truncated record header" % path)
+            length = header[:8]
+            if _masked_crc(length) != header[8:]:
+                raise IOError("%s: corrupt record length" % path)
+            (n,) = struct.unpack("<Q", length)
+            data = f.read(n)
+            if len(data) < n or _masked_crc(data) != f.read(4):
+                raise IOError("%s: truncated or corrupt record" % path)
+            yield data
+
+
+# ---------------------------------------------------------------- manifest
+
+def write_manifest(data_dir, seq_len, manifest):
+    path = fs.join(seq_dir(data_dir, seq_len), MANIFEST)
+    with fs.open(path + ".tmp", "w") as f:
+        json.dump(manifest, f, indent=1, ensure_ascii=False, sort_keys=True)
+        f.write("\n")
+    fs.rename(path + ".tmp", path)
+    return path
+
+
+def read_manifest(data_dir, seq_len):
+    path = fs.join(seq_dir(data_dir, seq_len), MANIFEST)
+    if not fs.exists(path):
+        raise ManifestError(
+            "no records for seq_len %d: %s does not exist. Run `python -m pretrain.preprocess "
+            "--config ... --output %s --seq_lens %d` first" % (seq_len, path, data_dir, seq_len))
+    with fs.open(path, "r") as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ManifestError("%s: not a %s v%d manifest (format=%r, version=%r)" % (
+            path, FORMAT, FORMAT_VERSION, manifest.get("format"), manifest.get("format_version")))
+    manifest["path"] = path
+    return manifest
+
+
+def check_manifest(manifest, cfg, seq_len):
+    """Raise ManifestError unless the records fit the model config `cfg`."""
+
+    where = manifest.get("path", "manifest")
+    want_p = max_predictions_for(cfg, seq_len)
+    problems = []
+    if manifest["seq_len"] != seq_len:
+        problems.append("seq_len is %d, the trainer asked for %d" % (manifest["seq_len"], seq_len))
+    if manifest["max_predictions"] != want_p:
+        problems.append("max_predictions is %d, config %s wants %d (data.max_predictions)"
+                        % (manifest["max_predictions"], cfg["name"], want_p))
+    if masking_mode(manifest) != cfg["data"]["masking"]:
+        problems.append("the records are %s-masked, config %s has data.masking %r" % (
+            masking_mode(manifest), cfg["name"], cfg["data"]["masking"]))
+    vocab = load_vocab(cfg)
+    if manifest["vocab"]["sha256"] != vocab.sha256 or manifest["vocab"]["size"] != len(vocab):
+        problems.append("vocab differs: records were made with %d tokens (sha256 %s..., from %s), "
+                        "config %s has %d tokens (sha256 %s..., from %s)" % (
+                            manifest["vocab"]["size"], manifest["vocab"]["sha256"][:12],
+                            manifest["vocab"].get("source"), cfg["name"], len(vocab),
+                            vocab.sha256[:12], vocab.source_path))
+    if len(vocab) > cfg["model"]["vocab_size"]:
+        problems.append("vocab has %d tokens but model.vocab_size is %d"
+                        % (len(vocab), cfg["model"]["vocab_size"]))
+    if problems:
+        raise ManifestError("%s does not match config %s:\n  - %s\nRe-run preprocessing with this "
+                            "config, or point the trainer at the right data dir." % (
+                                where, cfg["name"], "\n  - ".join(problems)))
+    return manifest
+
+
+def masking_mode(manifest):
+    """"static" (masks in the records) or "dynamic" (masked by the reader)."""
+    return manifest.get("masking", {}).get("mode", "static")
+
+
+def _size_or_none(path):
+    return fs.size(path) if fs.exists(path) else None
+
+
+def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
+    """What a run needs from the records of one length, checked before its first step.
+
+    The manifest fits `cfg`; every non-empty shard of `splits` exists, with the
+    size the manifest recorded (manifests written before sizes were recorded:
+    existence only); each split holds one global batch. Returns the manifest.
+    """
+    manifest = check_manifest(read_manifest(data_dir, seq_len), cfg, seq_len)
+    base = seq_dir(data_dir, seq_len)
+    problems = []
+    for split in splits:
+        examples = manifest[split]["examples"]
+        if examples < batch_size:
+            hint = (" (preprocess with --eval_fraction > 0, or set train.eval_steps to 0 to "
+                    "train without eval)" if split == "eval" else "")
+            problems.append("the %s split has %d examples, fewer than one batch of %d%s"
+                            % (split, examples, batch_size, hint))
+        shards = [s for s in manifest[split]["shards"] if s["count"] > 0]
+        paths = [fs.join(base, s["name"]) for s in shards]
+        with futures.ThreadPoolExecutor(16) as pool:  # one round trip per gs:// shard
+            sizes = list(pool.map(_size_or_none, paths))
+        for shard, path, size in zip(shards, paths, sizes):
+            if size is None:
+                problems.append("%s is missing" % path)
+            elif shard.get("bytes", size) != size:
+                problems.append("%s has %d bytes, the manifest recorded %d"
+                                % (path, size, shard["bytes"]))
+    if problems:
+        raise ManifestError("%s: the records cannot serve this run:\n  - %s\nRe-run "
+                            "preprocessing into this data dir, or point the trainer at a "
+                            "complete one." % (manifest["path"], "\n  - ".join(problems)))
+    return manifest

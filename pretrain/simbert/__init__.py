@@ -1,0 +1,1 @@
+"""SimBERT: similar-sentence data, its evaluation, and encoding, search and paraphrase with an export."""

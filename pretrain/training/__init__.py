@@ -1,0 +1,1 @@
+"""Training: the Task interface, tf.data readers, optimizers and the trainer's compiled step and loop."""

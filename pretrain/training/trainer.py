@@ -1,0 +1,411 @@
+"""The trainer: the compiled step with gradient accumulation, the loop over
+phases, checkpoints, eval and TensorBoard.
+
+What a batch is and how its loss is summed is the task's (`pretrain/training/tasks.py`);
+the devices are `pretrain/runtime/strategy.py`'s; the run directory's identity, record
+and exports are `pretrain/training/run_dir.py`'s.
+
+One code path serves a TPU, GPUs, a CPU and the CPU smoke run; only the
+numbers in the config differ. The data flow per optimizer update:
+
+    host pipeline ─► [accum, b, L] per replica ─► replica_step: accum
+    micro-batches summed into one gradient (no host round trip) ─► all-reduce
+    ─► global-norm clip ─► LAMB/AdamW update
+
+Losses are sums normalised by a *global* denominator (all replicas, all
+micro-batches), so 4 micro-batches of 8 give the update of one batch of 32.
+"""
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+
+import tensorflow as tf
+from absl import logging
+
+from pretrain.export import checkpoints
+from pretrain.runtime import compat
+from pretrain.models import dropout
+from pretrain.training import inputs
+from pretrain.models import build as models
+from pretrain.training import monitor
+from pretrain.training import optim
+from pretrain.training import run_dir
+from pretrain.training import tasks
+from pretrain.errors import TrainingError
+from pretrain.runtime.strategy import use_xla
+
+class Interrupted(TrainingError):
+    """SIGINT/SIGTERM stopped the run after saving; exit with `exit_code` (128 + signal)."""
+
+    def __init__(self, message, signum):
+        super(Interrupted, self).__init__(message)
+        self.exit_code = 128 + signum
+
+
+# --------------------------------------------------------------------------
+# The compiled step
+# --------------------------------------------------------------------------
+def _dense(g, v):
+    if g is None:
+        return tf.zeros_like(v)
+    return tf.convert_to_tensor(g)
+
+
+def make_replica_step(task, optimizer, variables, seed=0, rng_alg="philox"):
+    """One optimizer update from a stack of micro-batches [accum, b, ...].
+
+    rng_alg: the dropout generator (`dropout.rng_alg`); fixed for a run, as
+    the masks, hence resumed losses, depend on it.
+
+    Returns (loss, metrics, grad_norm), identical on every replica; metrics
+    include the learning rate the update used. The optimizer sums the
+    gradients over replicas and clips (pretrain/training/optim.py).
+    """
+
+    def replica_step(stack):
+        ctx = tf.distribute.get_replica_context()
+        accum = tf.shape(next(iter(stack.values())))[0]
+        denom = ctx.all_reduce("sum", task.denominator(stack))
+        denom = tf.maximum(denom, 1e-9)
+
+        def micro(i, grads, loss_sum, metric_sums):
+            batch = {k: v[i] for k, v in stack.items()}
+            # dropout masks derive from (update, micro-batch, replica): exact resume
+            mask_seed = dropout.step_seed(seed, optimizer.iterations, i)
+            with tf.GradientTape() as tape, dropout.seeded(mask_seed, rng_alg):
+                part, metrics = task.loss_sums(batch, training=True)
+                scaled = part / denom
+            new = tape.gradient(scaled, variables)
+            grads = [g + _dense(n, v) for g, n, v in zip(grads, new, variables)]
+            metric_sums = [m + metrics[k] for m, k in zip(metric_sums, task.metrics)]
+            return i + 1, grads, loss_sum + part, metric_sums
+
+        init = (tf.constant(0), [tf.zeros_like(v) for v in variables],
+                tf.constant(0.0), [tf.constant(0.0) for _ in task.metrics])
+        _, grads, loss_sum, metric_sums = tf.while_loop(
+            lambda i, *_: i < accum, micro, init)
+        grad_norm, lr = optimizer.apply_gradients_with_norm(grads, variables)
+        sums = ctx.all_reduce("sum", [loss_sum] + metric_sums)
+        metrics = {k: s / denom for k, s in zip(task.metrics, sums[1:])}
+        metrics["learning_rate"] = lr
+        return sums[0] / denom, metrics, grad_norm
+
+    return replica_step
+
+
+def make_train_loop(strategy, replica_step, metric_names, xla):
+    """`loop(iterator, n)`: n updates in one host call; per-update losses."""
+    # Only wrap for XLA: a nested tf.function around the optimizer's merge_call
+    # fails under MirroredStrategy.
+    step_fn = tf.function(replica_step, jit_compile=True) if xla else replica_step
+    if not xla:
+        compat.uncompiled_loops()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # its uncompiled loop of several updates meets the TmpVar collision of
+            # compat.uncompiled_loops on TF 2.21 too (AlreadyExistsError ... AddOpsRewrite)
+            tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
+
+    def first(x):
+        return strategy.experimental_local_results(x)[0]
+
+    @tf.function
+    def loop(iterator, n):
+        losses = tf.TensorArray(tf.float32, size=n)
+        norms = tf.TensorArray(tf.float32, size=n)
+        metric_sums = {k: tf.constant(0.0) for k in metric_names}
+        last_lr = tf.constant(0.0)
+        for i in tf.range(n):
+            loss, metrics, norm = strategy.run(step_fn, args=(next(iterator),))
+            losses = losses.write(i, first(loss))
+            norms = norms.write(i, first(norm))
+            metric_sums = {k: metric_sums[k] + first(metrics[k]) for k in metric_names}
+            last_lr = first(metrics["learning_rate"])
+        return losses.stack(), norms.stack(), metric_sums, last_lr
+
+    return loop
+
+
+def make_eval_fn(strategy, task, xla):
+    def replica_eval(batch):
+        ctx = tf.distribute.get_replica_context()
+        denom = ctx.all_reduce("sum", task.denominator(
+            {k: v[tf.newaxis] for k, v in batch.items()}))
+        loss, metrics = task.loss_sums(batch, training=False)
+        sums = ctx.all_reduce("sum", [loss] + [metrics[k] for k in task.metrics])
+        return [s / tf.maximum(denom, 1e-9) for s in sums]
+
+    step_fn = tf.function(replica_eval, jit_compile=True) if xla else replica_eval
+
+    @tf.function
+    def evaluate(iterator, n):
+        total = [tf.constant(0.0) for _ in range(len(task.metrics) + 1)]
+        for _ in tf.range(n):
+            out = strategy.run(step_fn, args=(next(iterator),))
+            total = [t + strategy.experimental_local_results(o)[0]
+                     for t, o in zip(total, out)]
+        return [t / tf.cast(n, tf.float32) for t in total]
+
+    return evaluate
+
+
+# --------------------------------------------------------------------------
+# Data per phase
+# --------------------------------------------------------------------------
+# --------------------------------------------------------------------------
+# The loop over phases
+# --------------------------------------------------------------------------
+class Trainer(object):
+    """Builds everything once, then runs the config's phases in order."""
+
+    def __init__(self, cfg, data, output_dir, strategy=None, init_checkpoint=None,
+                 steps_per_loop=100, precision="fp32", xla=None, allow_train_changes=False):
+        self.cfg, self.data, self.output_dir = cfg, data, output_dir
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.steps_per_loop = max(1, int(steps_per_loop))
+        self.xla = use_xla(self.strategy) if xla is None else xla
+        self.init_checkpoint = init_checkpoint
+        # Multi-worker: the chief writes the run dir; every worker saves checkpoints
+        # (TF's save is collective), the others to a scratch dir deleted at once.
+        self.is_chief = self.strategy.extended.should_checkpoint
+        run_dir.check_output_dir(cfg, output_dir, allow_train_changes, write=self.is_chief)
+        self.record = run_dir.run_record(cfg)
+        if self.is_chief:
+            run_dir.write_run_record(output_dir, self.record)
+        # No global seed: build_model draws weights from train.seed and dropout
+        # masks come from step seeds (a global seed of 0 also breaks tf.data's
+        # tensor-seeded shuffles). The precision policy is the model's alone:
+        # the global policy is unchanged afterwards.
+        with self.strategy.scope():
+            self.bundle = models.build_model(cfg, precision=precision)
+        self.task = tasks.make_task(cfg, self.bundle, data)
+        self.variables = self.task.model.trainable_variables
+        self.writers = {s: tf.summary.create_file_writer(
+            os.path.join(output_dir, "tensorboard", s)) if self.is_chief
+            else tf.summary.create_noop_writer() for s in ("train", "eval")}
+        self.history = []  # (global_step, phase name, loss) for tests and scripts
+        self._checked_from = None  # data of phases from this index on checked
+        self._signal = None  # SIGINT/SIGTERM seen; the loop stops at the next host call
+        self._handling_signals = False
+
+    # -- checkpoints ---------------------------------------------------------
+    def _checkpoint(self, optimizer, phase_step):
+        return tf.train.Checkpoint(model=self.bundle.encoder, optimizer=optimizer,
+                                   phase_step=phase_step)
+
+    def _phase_dir(self, phase):
+        return os.path.join(self.output_dir, "checkpoints", phase["name"])
+
+    def _save_dir(self, phase):
+        if self.is_chief:
+            return self._phase_dir(phase)
+        task = self.strategy.cluster_resolver.task_id
+        return os.path.join(tempfile.gettempdir(), "pretrain-worker%d-%d" % (task, os.getpid()),
+                            phase["name"])
+
+    def _save(self, manager, phase, step):
+        """Save at `step`; the path of the checkpoint the chief keeps."""
+        path = manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
+        return os.path.join(self._phase_dir(phase), os.path.basename(path))
+
+    def _start_weights(self, index):
+        """Weights for a phase with no checkpoint: the previous phase's, or a warm start."""
+        phases = self.cfg["train"]["phases"]
+        for prev in reversed(phases[:index]):
+            latest = tf.train.latest_checkpoint(self._phase_dir(prev))
+            if latest:
+                checkpoints.restore_training_checkpoint(self.bundle, latest)
+                logging.info("phase %s starts from %s", phases[index]["name"], latest)
+                return
+        if self.init_checkpoint:
+            checkpoints.load_pretrained(self.cfg, self.bundle, self.init_checkpoint,
+                                   allow_missing=self.task.warm_start_missing)
+            logging.info("warm start from %s", self.init_checkpoint)
+
+    # -- before the first step ------------------------------------------------
+    def check_data(self, start=0):
+        """The data of every phase from `start` on: a problem would otherwise
+        surface when its phase starts or at its first eval, after hours of training."""
+        if self._checked_from is not None and self._checked_from <= start:
+            return
+        train = self.cfg["train"]
+        splits = ("train", "eval") if train["eval_steps"] > 0 else ("train",)
+        seen = set()
+        for phase in train["phases"][start:]:
+            if phase["seq_len"] not in seen:
+                seen.add(phase["seq_len"])
+                self.task.check_data(phase, train["batch_size"], splits)
+        self._checked_from = start
+
+    # -- signals ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals_stop_the_loop(self):
+        """SIGINT (Ctrl-C) and SIGTERM (preemption) stop the run at the next host-call
+        boundary, with a checkpoint; a second signal acts at once."""
+        if self._handling_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+
+        def note(signum, frame):
+            self._signal = signum
+            signal.signal(signum, previous[signum])
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            previous[s] = signal.signal(s, note)
+            previous[s] = signal.SIG_DFL if previous[s] is None else previous[s]
+        self._handling_signals = True
+        try:
+            yield
+        finally:
+            self._handling_signals = False
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_if_signalled(self, manager, phase, step, offset):
+        if self._signal is None:
+            return
+        latest = manager.latest_checkpoint
+        if step > 0 and not (latest or "").endswith("-%d" % step):
+            latest = self._save(manager, phase, step)  # weights checked finite
+        raise Interrupted("%s: stopped at step %d of phase %s (global step %d), %s; rerun "
+                          "the same command to resume" % (
+                              signal.Signals(self._signal).name, step, phase["name"],
+                              offset + step, "checkpoint %s" % latest if latest
+                              else "nothing trained to save yet"), self._signal)
+
+    # -- one phase -----------------------------------------------------------
+    def run_phase(self, index, max_steps=None):
+        """Train phase `index` to its end (or `max_steps` updates this call)."""
+        with self._signals_stop_the_loop():
+            self.check_data(index)
+            train = self.cfg["train"]
+            phase = train["phases"][index]
+            optimizer, phase_step, manager = self._restore(index)
+            start = int(phase_step.numpy())
+            if start >= phase["steps"]:
+                logging.info("phase %s already complete", phase["name"])
+                return self._export(phase)
+            compiled = self.xla or isinstance(self.strategy, tf.distribute.TPUStrategy)
+            loop = make_train_loop(self.strategy, make_replica_step(
+                self.task, optimizer, self.variables, train["seed"], dropout.rng_alg(compiled)),
+                self.task.metrics, self.xla)
+            end = phase["steps"] if max_steps is None else min(phase["steps"], start + max_steps)
+            step = self._train(index, loop, optimizer, phase_step, manager, start, end)
+            return self._export(phase) if step >= phase["steps"] else None
+
+    def _restore(self, index):
+        """(optimizer, phase_step, checkpoint manager) of phase `index`, resumed
+        from its latest checkpoint or started from `_start_weights`."""
+        phase = self.cfg["train"]["phases"][index]
+        with self.strategy.scope():
+            optimizer = optim.make_optimizer(self.cfg, phase)
+            # Slots now, eagerly: created inside the compiled loop they would need
+            # tf.function's init-lifting, which fails under MirroredStrategy.
+            optimizer._create_all_weights(self.variables)
+            phase_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase_step")
+        ckpt = self._checkpoint(optimizer, phase_step)
+        manager = tf.train.CheckpointManager(ckpt, self._save_dir(phase),
+                                             max_to_keep=self.cfg["train"]["keep_checkpoints"])
+        latest = tf.train.latest_checkpoint(self._phase_dir(phase))  # every worker: the chief's
+        if latest:
+            ckpt.restore(latest).assert_existing_objects_matched()
+            logging.info("resumed %s at step %d from %s", phase["name"],
+                         int(phase_step.numpy()), latest)
+        else:
+            self._start_weights(index)
+        return optimizer, phase_step, manager
+
+    def _train(self, index, loop, optimizer, phase_step, manager, start, end):
+        """Updates start..end of phase `index` with `loop`, logging, saving and
+        evaluating on the way; returns the step reached."""
+        train = self.cfg["train"]
+        phase, accum = train["phases"][index], train["grad_accum_steps"]
+        offset = sum(p["steps"] for p in train["phases"][:index])
+        iterator = iter(inputs.distributed_dataset(self.strategy, self.task, phase, self.cfg, "train",
+                                            start, accum))
+        eval_fn = make_eval_fn(self.strategy, self.task, self.xla)
+        non_finite = monitor.non_finite_names(self.bundle.encoder.weights + optimizer.weights)
+        evals = train["eval_steps"] > 0
+        logging.info("phase %s: steps %d..%d, seq_len %d, batch %d x accum %d, xla=%s, "
+                     "replicas=%d%s", phase["name"], start, end, phase["seq_len"],
+                     train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
+                     "" if evals else ", no eval (train.eval_steps is 0)")
+        step, window = start, monitor.Window()  # metrics since the last log line
+        while step < end:
+            self._stop_if_signalled(manager, phase, step, offset)
+            n = self._loop_length(step, end)
+            t0 = time.time()
+            losses, norms, metric_sums, lr = loop(iterator, tf.constant(n))
+            losses, norms = losses.numpy(), norms.numpy()
+            monitor.check_finite(losses, norms, non_finite, step, phase, offset,
+                                 manager.latest_checkpoint)
+            step += n
+            phase_step.assign(step)
+            self.history.extend((offset + step - n + i + 1, phase["name"], float(l))
+                                for i, l in enumerate(losses))
+            window.add(n, time.time() - t0, losses, norms, metric_sums)
+            done = step == phase["steps"]
+            if step % train["log_every"] == 0 or done or step == end:
+                scalars = window.scalars(train["batch_size"] * accum)
+                scalars["learning_rate"] = float(lr)
+                self._write("train", offset + step, scalars)
+                logging.info("%s step %d/%d  %s", phase["name"], step, phase["steps"],
+                             "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())))
+                window = monitor.Window()
+            if step % train["save_every"] == 0 or done:
+                self._save(manager, phase, step)
+            if evals and (step % train["eval_every"] == 0 or done):
+                self.evaluate(phase, eval_fn, offset + step)
+        self._stop_if_signalled(manager, phase, step, offset)
+        return step
+
+    def _loop_length(self, step, end):
+        """Updates in the next host call: stop at log/save/eval boundaries."""
+        train = self.cfg["train"]
+        n = min(self.steps_per_loop, end - step)
+        for every in (train["log_every"], train["save_every"], train["eval_every"]):
+            n = min(n, every - step % every)
+        return max(1, n)
+
+    def evaluate(self, phase, eval_fn=None, global_step=None):
+        """Held-out loss/metrics over `eval_steps` batches from the start of the split."""
+        eval_fn = eval_fn or make_eval_fn(self.strategy, self.task, self.xla)
+        ds = inputs.distributed_dataset(self.strategy, self.task, phase, self.cfg, "eval", 0, None)
+        values = eval_fn(iter(ds), tf.constant(self.cfg["train"]["eval_steps"]))
+        result = {"loss": float(values[0])}
+        result.update({k: float(v) for k, v in zip(self.task.metrics, values[1:])})
+        if global_step is not None:
+            self._write("eval", global_step, result)
+            logging.info("eval %s at step %d: %s", phase["name"], global_step,
+                         "  ".join("%s=%.4f" % kv for kv in sorted(result.items())))
+        return result
+
+    def _write(self, split, step, scalars):
+        with self.writers[split].as_default():
+            for k, v in scalars.items():
+                tf.summary.scalar(k, v, step=step)
+        self.writers[split].flush()
+
+    def _export(self, phase):
+        """The phase's export (run_dir.export_phase); only the chief exports,
+        other workers return None."""
+        if not self.is_chief:
+            return None
+        return run_dir.export_phase(self.cfg, self.bundle, self.output_dir, phase,
+                                    tf.train.latest_checkpoint(self._phase_dir(phase)),
+                                    self.record)
+
+    # -- all phases ----------------------------------------------------------
+    def run(self, start_phase=0):
+        with self._signals_stop_the_loop():
+            self.check_data(start_phase)
+            exports = []
+            for index in range(start_phase, len(self.cfg["train"]["phases"])):
+                exports.append(self.run_phase(index))
+            return [e for e in exports if e]
