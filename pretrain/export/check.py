@@ -132,7 +132,7 @@ def check_exports(items, n_pairs=8, maxlen=64):
             np.savez(path, ids=ids, segs=segs)
             jobs.append((out_dir, path, os.path.join(tmp, "out%d.npz" % i)))
         code = ("import os, pretrain, numpy as np\n"
-                "from pretrain import export_check\n"
+                "from pretrain.export import check as export_check\n"
                 "print('reload check process: CUDA_VISIBLE_DEVICES=%%s' %% "
                 "os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True)\n"
                 "for out_dir, src, dst in %r:\n"
