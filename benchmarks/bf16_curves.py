@@ -75,13 +75,14 @@ def run_curves(cfg, records, out_dir, runs):
 
     import plot_curves
     from pretrain.training import trainer as train
+    from pretrain.training.tasks import MlmTask
     out = {}
     for label, precision, seed in runs:
         run_cfg = copy.deepcopy(cfg)
         run_cfg["train"]["seed"] = seed
         run_dir = os.path.join(out_dir, label)
         t0 = time.time()
-        trainer = train.Trainer(run_cfg, records, run_dir, steps_per_loop=50,
+        trainer = train.Trainer(run_cfg, MlmTask(run_cfg, records), run_dir, steps_per_loop=50,
                                 precision=precision)
         trainer.evaluate(run_cfg["train"]["phases"][0], global_step=0)
         trainer.run_phase(0)

@@ -33,7 +33,8 @@ def main(run_dirs):
         bundle = models.build_model(cfg)
         checkpoints.load_pretrained(cfg, bundle, os.path.join(
             run_dir, "run", "export", phase["name"], "bert_model.ckpt"))
-        task = tasks.MlmTask(cfg, bundle, None)
+        task = tasks.MlmTask(cfg, None)
+        task.attach(bundle)
         sums = tf.function(lambda batch: task.loss_sums(batch, False))
         for data_dir, data_cfg in zip(run_dirs, cfgs):
             loss = acc = n = 0.0

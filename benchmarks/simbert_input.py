@@ -11,7 +11,7 @@ import time
 import pretrain  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from absl import app, flags
 
-from pretrain.training import inputs
+from pretrain.simbert import task as simbert_task
 from pretrain.config import load_config
 
 flags.DEFINE_string("config", "simbert_base", "config name or path")
@@ -24,7 +24,7 @@ def main(argv):
     del argv
     cfg = load_config(FLAGS.config)
     batch = cfg["train"]["batch_size"]
-    ds = inputs.simbert_dataset(cfg, FLAGS.data, batch)
+    ds = simbert_task.pair_dataset(cfg, FLAGS.data, batch)
     it = iter(ds)
     for _ in range(5):
         next(it)

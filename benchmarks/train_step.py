@@ -65,9 +65,10 @@ def matmul_peak(n=2048, reps=10):
 class DenseMlmTask(tasks.MlmTask):
     """The baseline: logits for all L positions, loss masked to the P targets."""
 
-    def __init__(self, cfg, bundle):
-        super(DenseMlmTask, self).__init__(cfg, bundle, None)
+    def attach(self, bundle):
+        super(DenseMlmTask, self).attach(bundle)
         self.model = bundle.encoder
+        return bundle
 
     def loss_sums(self, batch, training):
         logits = self.bundle.encoder([batch["input_ids"], batch["segment_ids"]],
@@ -98,8 +99,8 @@ def synthetic_batch(cfg, batch, seq_len, seed=0):
 
 def time_step(cfg, task_cls, stack, steps, xla, rng_alg):
     tf.keras.utils.set_random_seed(0)
-    bundle = models.build_model(cfg)
-    task = task_cls(cfg, bundle)
+    task = task_cls(cfg, None)
+    task.attach(models.build_model(cfg))
     variables = task.model.trainable_variables
     optimizer = optim.make_optimizer(cfg, cfg["train"]["phases"][0])
     step = tf.function(train.make_replica_step(task, optimizer, variables,
@@ -127,11 +128,7 @@ def main(argv):
     peak = matmul_peak()
     sparse_flops = 3 * B * model_summary.mlm_flops_per_sequence(cfg, L, P, sparse=True)
     dense_flops = 3 * B * model_summary.mlm_flops_per_sequence(cfg, L, P, sparse=False)
-
-    def sparse_task(c, b):
-        return tasks.MlmTask(c, b, None)
-
-    t_sparse = time_step(cfg, sparse_task, stack, FLAGS.steps, FLAGS.xla, rng_alg)
+    t_sparse = time_step(cfg, tasks.MlmTask, stack, FLAGS.steps, FLAGS.xla, rng_alg)
     t_dense = time_step(cfg, DenseMlmTask, stack, FLAGS.steps, FLAGS.xla, rng_alg)
     print("config %s  batch %d x seq %d  P=%d  xla=%s  %s  dropout %g (%s)  cpu threads=%d" % (
         cfg["name"], B, L, P, FLAGS.xla, cfg["train"]["optimizer"],

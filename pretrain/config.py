@@ -3,11 +3,14 @@
 A config is one plain JSON file with these sections:
 
 - `model`: the bert4keras config (`bert_config.json` fields) plus `type`
-  (`bert`, `roberta` or `t5s`) and, for SimBERT, `with_pool`/`application`;
+  (`bert`, `roberta` or `t5s`) and the build options `with_pool`/`application`;
 - `tokenizer`: a BERT `vocab` (optionally simplified or shrunk with
   `keep_tokens`) or a SentencePiece `spm_model`;
-- `data`: sequence lengths, masking, or the SimBERT group settings;
+- `data`: the task, sequence lengths, masking and the held-out share;
 - `train`: the optimizer and the list of training `phases`;
+- a section named like `data.task` (optional): that task's own settings,
+  which the task checks (`pretrain/run.py` calls its check); here only that
+  it is a JSON object;
 - `smoke`: a partial config merged over the rest by `--smoke`, so the CPU
   smoke run is the TPU run with smaller numbers.
 
@@ -56,7 +59,7 @@ _TOKENIZER_OPTIONAL = {
 }
 
 _DATA_OPTIONAL = {
-    "task": "mlm",  # "mlm" or "simbert"
+    "task": "mlm",  # which task trains: pretrain/run.py chooses it by this name
     "seq_lens": [128, 512],
     "max_predictions": [20, 80],
     "masked_lm_prob": 0.15,
@@ -68,7 +71,6 @@ _DATA_OPTIONAL = {
     # one unmasked copy, masked anew each epoch by the reader (records.py)
     "masking": "static",
     "user_dict": None,
-    "maxlen": 32,  # simbert: tokens per sentence
     "validation_fraction": 0.01,
 }
 
@@ -177,14 +179,22 @@ def _check_keys(where, section, required, optional, path):
     return filled
 
 
+def _task_section(raw):
+    """{the name of the task's own section}, i.e. data.task, or {} if it cannot be one."""
+    data = raw.get("data", {})
+    task = data.get("task", _DATA_OPTIONAL["task"]) if isinstance(data, dict) else None
+    return {task} if isinstance(task, str) and task and task not in _TOP_LEVEL else set()
+
+
 def validate(raw, path="<config>"):
     """Check keys and values, fill defaults; return a new dict."""
     if not isinstance(raw, dict):
         raise ConfigError("%s: top level must be a JSON object" % path)
+    own = _task_section(raw)
     for key in raw:
-        if key not in _TOP_LEVEL:
+        if key not in _TOP_LEVEL | own:
             raise ConfigError("%s: unknown top-level key %r (allowed: %s)" % (
-                path, key, ", ".join(sorted(_TOP_LEVEL))))
+                path, key, ", ".join(sorted(_TOP_LEVEL | own))))
     for key in ("model", "tokenizer", "train"):
         if key not in raw:
             raise ConfigError("%s: missing required section %r" % (path, key))
@@ -192,6 +202,10 @@ def validate(raw, path="<config>"):
            "description": raw.get("description", "")}
     for name, (required, optional) in _SECTIONS.items():
         cfg[name] = _check_keys(name, raw.get(name, {}), required, optional, path)
+    for name in own & set(raw):  # the task's own section: its check validates it
+        if not isinstance(raw[name], dict):
+            raise ConfigError("%s: %s must be a JSON object" % (path, name))
+        cfg[name] = copy.deepcopy(raw[name])
 
     model, tok, data, train = cfg["model"], cfg["tokenizer"], cfg["data"], cfg["train"]
     if model["type"] not in _MODEL_TYPES:
@@ -206,15 +220,14 @@ def validate(raw, path="<config>"):
         raise ConfigError("%s: tokenizer needs exactly one of tokenizer.vocab or "
                           "tokenizer.spm_model" % path)
     _check_data(path, data)
-    train["phases"] = _check_train(path, train, data)
+    train["phases"] = _check_train(path, train)
     return cfg
 
 
 def _check_data(path, data):
     """The data section's values."""
-    if data["task"] not in ("mlm", "simbert"):
-        raise ConfigError("%s: data.task must be 'mlm' or 'simbert', got %r" % (
-            path, data["task"]))
+    if not isinstance(data["task"], str) or not data["task"] or data["task"] in _TOP_LEVEL:
+        raise ConfigError("%s: data.task must name a task, got %r" % (path, data["task"]))
     if len(data["seq_lens"]) != len(data["max_predictions"]):
         raise ConfigError("%s: data.seq_lens and data.max_predictions must have the "
                           "same length (%d vs %d)" % (
@@ -232,14 +245,13 @@ def _check_data(path, data):
         raise ConfigError("%s: data.mask_token_prob + data.random_token_prob must be <= 1, "
                           "got %r + %r" % (path, data["mask_token_prob"],
                                            data["random_token_prob"]))
-    for key in ("dupe_factor", "maxlen"):
-        _check_int(path, "data." + key, data[key])
+    _check_int(path, "data.dupe_factor", data["dupe_factor"])
     if data["masking"] not in MASKING_MODES:
         raise ConfigError("%s: data.masking must be 'static' or 'dynamic', got %r" % (
             path, data["masking"]))
 
 
-def _check_train(path, train, data):
+def _check_train(path, train):
     """The train section's values; returns the phases with defaults filled."""
     if train["optimizer"] not in ("lamb", "adamw"):
         raise ConfigError("%s: train.optimizer must be 'lamb' or 'adamw', got %r" % (
@@ -257,9 +269,6 @@ def _check_train(path, train, data):
         phase = _check_keys("train.phases[%d]" % i, phase, _PHASE_REQUIRED,
                             _PHASE_OPTIONAL, path)
         _check_int(path, "train.phases[%d].seq_len" % i, phase["seq_len"], minimum=3)
-        if data["task"] == "mlm" and phase["seq_len"] not in data["seq_lens"]:
-            raise ConfigError("%s: train.phases[%d].seq_len=%d is not in data.seq_lens %s"
-                              % (path, i, phase["seq_len"], data["seq_lens"]))
         _check_int(path, "train.phases[%d].steps" % i, phase["steps"])
         _check_int(path, "train.phases[%d].warmup_steps" % i, phase["warmup_steps"], minimum=0)
         if phase["warmup_steps"] > phase["steps"]:
@@ -268,6 +277,13 @@ def _check_train(path, train, data):
             phase["name"] = "phase%d_seq%d" % (i + 1, phase["seq_len"])
         phases.append(phase)
     return phases
+
+
+def where(cfg):
+    """The config's file and --set overrides, as its ConfigErrors name them."""
+    overrides = cfg.get("overrides")
+    return "%s%s" % (cfg.get("path") or cfg["name"],
+                     " with --set " + " ".join(overrides) if overrides else "")
 
 
 def max_predictions_for(cfg, seq_len):
@@ -363,7 +379,7 @@ def load_config(name_or_path, smoke=False, overrides=()):
     if smoke:
         if not smoke_over:
             raise ConfigError("%s: --smoke needs a 'smoke' section" % path)
-        bad = set(smoke_over) - set(_SECTIONS)
+        bad = set(smoke_over) - set(_SECTIONS) - _task_section(raw)
         if bad:
             raise ConfigError("%s: unknown key smoke.%s" % (path, sorted(bad)[0]))
         raw = _merge(raw, smoke_over)

@@ -26,8 +26,9 @@ from absl import app, flags  # noqa: E402
 
 from pretrain import cli, fs  # noqa: E402
 from pretrain.cloud import gcs
-from pretrain.data import preprocess
-from pretrain.config import load_config  # noqa: E402
+from pretrain.data import preprocess, records
+from pretrain.simbert import data as simbert_data  # noqa: E402
+from pretrain.config import ConfigError, load_config, where  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -78,6 +79,25 @@ def _phase_index(cfg, phase):
         phase, len(phases), ", ".join(names)))
 
 
+def check_task(cfg):
+    """The task that data.task names: its own config check (no TensorFlow)."""
+    task = cfg["data"]["task"]
+    if task == "mlm":
+        records.check_config(cfg)
+    elif task == "simbert":
+        simbert_data.settings(cfg)
+    else:
+        raise ConfigError("%s: data.task must be 'mlm' or 'simbert', got %r" % (where(cfg), task))
+
+
+def make_task(cfg, data):
+    """The task that data.task names, on `data` (its config checked by `check_task`)."""
+    # lazy: TensorFlow loads only after the config and flags are checked
+    from pretrain.simbert.task import SimbertTask
+    from pretrain.training.tasks import MlmTask
+    return SimbertTask(cfg, data) if cfg["data"]["task"] == "simbert" else MlmTask(cfg, data)
+
+
 def smoke_data(cfg, output):
     """The shipped sample, preprocessed under the run dir if not done yet
     (records of other settings there are this run's own: they are remade)."""
@@ -106,7 +126,8 @@ def main(argv):
 
 
 def run(cfg):
-    """Config and flags → data → trainer; returns (exports, data, output)."""
+    """Config and flags → data → task → trainer; returns (exports, data, output)."""
+    check_task(cfg)
     # lazy: TensorFlow loads only after the config and flags are checked
     from pretrain.training import trainer as train
     from pretrain.runtime.strategy import check_paths_for_hosts, choose_precision, make_strategy
@@ -131,7 +152,7 @@ def run(cfg):
                                      "--init_checkpoint": FLAGS.init_checkpoint})
     precision = choose_precision(FLAGS.precision, strategy)
     data = FLAGS.data or smoke_data(cfg, output)
-    trainer = train.Trainer(cfg, data, output, strategy=strategy,
+    trainer = train.Trainer(cfg, make_task(cfg, data), output, strategy=strategy,
                             init_checkpoint=FLAGS.init_checkpoint,
                             steps_per_loop=FLAGS.steps_per_loop, precision=precision,
                             allow_train_changes=FLAGS.allow_train_changes)

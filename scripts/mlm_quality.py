@@ -65,6 +65,7 @@ def main(argv):
     del argv
     from pretrain.data import preprocess
     from pretrain.training import trainer as train
+    from pretrain.training.tasks import MlmTask
     sys.path.insert(0, os.path.join(_ROOT, "scripts"))
     import plot_curves
 
@@ -79,7 +80,7 @@ def main(argv):
     print("records: %s masking, %.1f MB on disk, preprocessing %.1f CPU-s" % (
         cfg["data"]["masking"], disk / 1e6, summary["cpu_seconds"]))
     run_dir = os.path.join(FLAGS.output, "run")
-    trainer = train.Trainer(cfg, records, run_dir, steps_per_loop=FLAGS.steps_per_loop)
+    trainer = train.Trainer(cfg, MlmTask(cfg, records), run_dir, steps_per_loop=FLAGS.steps_per_loop)
     export = trainer.run()[-1]
     curves = plot_curves.read_scalars(os.path.join(run_dir, "tensorboard", "eval"))
     chance = 1.0 / cfg["model"]["vocab_size"]

@@ -37,7 +37,7 @@ from pretrain.models import build as models
 from pretrain.simbert import use as simbert
 from pretrain.simbert import data as simbert_data
 from pretrain.simbert import evaluate as simbert_eval
-from pretrain.training import tasks
+from pretrain.simbert import task as simbert_task
 from pretrain.config import REPO_ROOT, as_overrides, load_config  # noqa: E402
 
 RUN_PY = os.path.join(REPO_ROOT, "pretrain", "run.py")
@@ -109,7 +109,7 @@ def score(name, cfg, pair_sets, groups, sim=None):
     if sim is not None:
         losses = simbert_eval.heldout_losses(cfg, sim.model, FLAGS.data, "validation",
                                         FLAGS.batch_size)
-        row.update({k: losses[k] for k in tasks.SIMBERT_METRICS})
+        row.update({k: losses[k] for k in simbert_task.METRICS})
     print(json.dumps(row), flush=True)
     return row
 
@@ -130,7 +130,7 @@ def main(argv):
     groups = list(simbert_data.split_groups(FLAGS.data, "validation",
                                        cfg["data"]["validation_fraction"]))
     tokenizer = simbert_data.config_tokenizer(cfg)
-    maxlen = cfg["data"]["maxlen"]
+    maxlen = simbert_data.settings(cfg)["maxlen"]
     rows = [score("char Jaccard", cfg, pair_sets, groups)]
     bundle = models.build_model(cfg)  # seeded by train.seed
     rows.append(score("random init", cfg, pair_sets, groups,

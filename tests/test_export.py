@@ -220,9 +220,10 @@ def _model_weights(bundle):
 
 def _run_phase(tmp_path, records_dir, steps, out):
     from pretrain.training import trainer as train
+    from pretrain.training.tasks import MlmTask
     cfg = tiny_config(tmp_path, phases=((128, steps),))
     # Growing the phase on resume is a train-section change the run must be told of.
-    trainer = train.Trainer(cfg, records_dir, out, steps_per_loop=3, xla=False,
+    trainer = train.Trainer(cfg, MlmTask(cfg, records_dir), out, steps_per_loop=3, xla=False,
                             allow_train_changes=True)
     return trainer, trainer.run()[0]
 
@@ -409,7 +410,8 @@ def test_warm_start_from_googles_layout(tmp_path, name):
                     num_hidden_layers=GOOGLE["layers"], num_attention_heads=GOOGLE["heads"],
                     intermediate_size=GOOGLE["ffn"])
     data = run.SAMPLE_GROUPS if name.startswith("simbert") else str(tmp_path)
-    trainer = train.Trainer(cfg, data, str(tmp_path / "run"), init_checkpoint=prefix)
+    trainer = train.Trainer(cfg, run.make_task(cfg, data), str(tmp_path / "run"),
+                            init_checkpoint=prefix)
     trainer._start_weights(0)  # what a run with --init_checkpoint does first
     keep = load_vocab(cfg).keep_tokens
     assert (keep is None) == (name == "roberta_tiny")

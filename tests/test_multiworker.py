@@ -26,11 +26,12 @@ KILLED_AFTER_5 = r"""
 import json, os, signal, sys
 import pretrain
 from pretrain.training import trainer as train
+from pretrain.training.tasks import MlmTask
 from pretrain.config import load_config
 from pretrain.runtime.strategy import make_strategy
 strategy = make_strategy()  # TF_CONFIG -> MultiWorkerMirroredStrategy
 cfg = load_config(sys.argv[1])
-trainer = train.Trainer(cfg, sys.argv[2], sys.argv[3], strategy=strategy)
+trainer = train.Trainer(cfg, MlmTask(cfg, sys.argv[2]), sys.argv[3], strategy=strategy)
 trainer.run_phase(0, max_steps=5)
 import tensorflow as tf
 print("STRATEGY", isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
@@ -78,8 +79,7 @@ def test_two_workers_match_one_process_through_kill_and_resume(tmp_path):
 
     # The oracle: one process, no stop, each update on the whole global batch of 8:
     # the 4 rows worker 0's input pipeline reads and the 4 of worker 1's.
-    one = train.Trainer(cfg, records_dir, str(tmp_path / "one"), xla=False)
-    one.task = BothPipelines(cfg, one.bundle, records_dir)
+    one = train.Trainer(cfg, BothPipelines(cfg, records_dir), str(tmp_path / "one"), xla=False)
     one._export = lambda phase: None  # compared below against the workers' export instead
     one.run_phase(0)
     single = [l for _, _, l in one.history]

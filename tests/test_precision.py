@@ -14,6 +14,7 @@ from bert4keras import layers as bert4keras_layers
 from pretrain.models import build as models  # noqa: F401  (models installs precision)
 from pretrain.models import precision
 from pretrain.training import trainer as train
+from pretrain.training.tasks import MlmTask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -122,6 +123,7 @@ def test_mlm_and_simbert_losses_are_float32_under_bf16():
     to bf16 would be off by up to 0.03 (its ulp there is 0.0625); the bf16
     logits' own rounding averages out in the cross-entropy (SimBERT: 2e-4)."""
     import copy
+    from pretrain.simbert import task as simbert_task
     from pretrain.training import tasks
     from pretrain.config import load_config
     rng = np.random.RandomState(0)
@@ -140,7 +142,7 @@ def test_mlm_and_simbert_losses_are_float32_under_bf16():
             if name == "simbert_tiny":
                 def loss_fn(bundle=bundle):
                     batch = {"token_ids": tf.constant(ids), "segment_ids": tf.constant(segs)}
-                    _, metrics = tasks.forward_loss(bundle, batch, False)
+                    _, metrics = simbert_task.forward_loss(bundle, batch, False)
                     return [metrics["seq2seq_loss"], metrics["similarity_loss"]]
             else:
                 def loss_fn(bundle=bundle):
@@ -176,7 +178,7 @@ def test_trainer_keeps_the_bf16_policy_to_its_model(tmp_path, records):
     # Attention dropout on: bert4keras builds that Dropout inside call(), when
     # the step is traced, i.e. after the Trainer has restored the policy.
     cfg = bf16_curves.small_config(str(tmp_path), 64, 8, 2, 2, 1, 5e-3, 0, dropout=0.1, **TINY)
-    trainer = train.Trainer(cfg, records, str(tmp_path / "run"), precision="bf16")
+    trainer = train.Trainer(cfg, MlmTask(cfg, records), str(tmp_path / "run"), precision="bf16")
     assert tf.keras.mixed_precision.global_policy().name == "float32"
     layers = trainer.bundle.bert.layers
     assert layers["Transformer-0-MultiHeadSelfAttention"].compute_dtype == "bfloat16"
@@ -187,7 +189,7 @@ def test_trainer_keeps_the_bf16_policy_to_its_model(tmp_path, records):
     assert tf.keras.mixed_precision.global_policy().name == "float32"
     assert len(trainer.history) == 2 and all(np.isfinite(l) for _, _, l in trainer.history)
     with pytest.raises(ValueError, match="precision must be one of bf16, fp32, got 'fp16'"):
-        train.Trainer(cfg, records, str(tmp_path / "run"), precision="fp16")
+        train.Trainer(cfg, MlmTask(cfg, records), str(tmp_path / "run"), precision="fp16")
 
 
 @pytest.fixture(scope="module")

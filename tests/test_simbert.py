@@ -11,12 +11,11 @@ import pytest
 import tensorflow as tf
 
 from pretrain.export import writer as export
-from pretrain.training import inputs
 from pretrain.models import build as models
 from pretrain.simbert import use as simbert
 from pretrain.simbert import data as simbert_data
 from pretrain.simbert import evaluate as simbert_eval
-from pretrain.training import tasks
+from pretrain.simbert import task as simbert_task
 from pretrain.config import bert4keras_config, load_config
 from tests.conftest import REPO_ROOT, shared_path
 
@@ -29,7 +28,7 @@ def tiny_cfg(maxlen=MAXLEN):
     cfg["model"].update(hidden_size=64, embedding_size=None, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=128,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    cfg["data"]["maxlen"] = maxlen
+    cfg["simbert"] = {"maxlen": maxlen}
     cfg["train"]["phases"][0]["seq_len"] = 2 * maxlen
     return cfg
 
@@ -140,16 +139,16 @@ def test_dataset_static_partners_deterministic_resumable_and_sharded():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
     tok = simbert_data.config_tokenizer(cfg)
-    ds = inputs.simbert_dataset(cfg, path, 8, seed=3)
+    ds = simbert_task.pair_dataset(cfg, path, 8, seed=3)
     assert ds.element_spec["token_ids"].shape == (8, 32)
     assert ds.element_spec["segment_ids"].shape == (8, 32)
     first = _batches(ds, 4)
-    again = _batches(inputs.simbert_dataset(cfg, path, 8, seed=3), 4)
+    again = _batches(simbert_task.pair_dataset(cfg, path, 8, seed=3), 4)
     for x, y in zip(first, again):
         np.testing.assert_array_equal(x["token_ids"], y["token_ids"])
-    resumed = _batches(inputs.simbert_dataset(cfg, path, 8, seed=3, skip_batches=3), 1)[0]
+    resumed = _batches(simbert_task.pair_dataset(cfg, path, 8, seed=3, skip_batches=3), 1)[0]
     np.testing.assert_array_equal(resumed["token_ids"], first[3]["token_ids"])
-    other = _batches(inputs.simbert_dataset(cfg, path, 8, seed=4), 1)[0]
+    other = _batches(simbert_task.pair_dataset(cfg, path, 8, seed=4), 1)[0]
     assert not np.array_equal(other["token_ids"], first[0]["token_ids"])
 
     groups = collections.defaultdict(set)  # a sentence's ids (as cut to maxlen) -> groups
@@ -171,7 +170,7 @@ def test_dataset_static_partners_deterministic_resumable_and_sharded():
     for i in range(2):
         ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
                                          num_replicas_in_sync=2)
-        shards.append(_batches(inputs.simbert_dataset(cfg, path, 8, seed=3,
+        shards.append(_batches(simbert_task.pair_dataset(cfg, path, 8, seed=3,
                                                     input_context=ctx), 1)[0])
     assert shards[0]["token_ids"].shape == (4, 32)
     np.testing.assert_array_equal(shards[0]["token_ids"][:2], first[0]["token_ids"][:2])
@@ -181,13 +180,13 @@ def test_dataset_static_partners_deterministic_resumable_and_sharded():
 def test_validation_split_one_pass_is_finite_and_disjoint():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
-    val = list(inputs.simbert_dataset(cfg, path, 16, split="validation", repeat=False))
+    val = list(simbert_task.pair_dataset(cfg, path, 16, split="validation", repeat=False))
     n_groups = sum(1 for _ in simbert_data.split_groups(path, "validation", 0.05))
     assert len(val) == n_groups * 2 // 16
     with pytest.raises(ValueError, match="even"):
-        inputs.simbert_dataset(cfg, path, 7)
+        simbert_task.pair_dataset(cfg, path, 7)
     with pytest.raises(ValueError, match="seq_len >= 63"):
-        inputs.simbert_dataset(tiny_cfg(maxlen=32), path, 8, seq_len=32)
+        simbert_task.pair_dataset(tiny_cfg(maxlen=32), path, 8, seq_len=32)
 
 
 # ---------------------------------------------------------------- losses
@@ -218,8 +217,8 @@ def test_forward_loss_matches_numpy_on_bert4keras_outputs():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
     model = b4k_model(cfg)
-    batch = next(iter(inputs.simbert_dataset(cfg, path, 8)))
-    loss, metrics = tasks.forward_loss(_bundle(model), batch, training=False)
+    batch = next(iter(simbert_task.pair_dataset(cfg, path, 8)))
+    loss, metrics = simbert_task.forward_loss(_bundle(model), batch, training=False)
     pooled, probs = model.predict([batch["token_ids"], batch["segment_ids"]], verbose=0)
     s2s, sim, acc = _numpy_losses(pooled, probs, batch["token_ids"].numpy(),
                                   batch["segment_ids"].numpy())
@@ -255,7 +254,7 @@ def _train(bundle, batches, lr=3e-3):
     @tf.function
     def step(batch):
         with tf.GradientTape() as tape:
-            loss, metrics = tasks.forward_loss(bundle, batch, training=True)
+            loss, metrics = simbert_task.forward_loss(bundle, batch, training=True)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return metrics
@@ -270,7 +269,7 @@ def test_heldout_seq2seq_loss_falls(tmp_path):
     cfg = tiny_cfg()
     bundle = models.build_model(cfg)
     before = simbert_eval.heldout_losses(cfg, bundle.encoder, path, "validation", 32)
-    _train(bundle, inputs.simbert_dataset(cfg, path, 32, seed=0).take(60))
+    _train(bundle, simbert_task.pair_dataset(cfg, path, 32, seed=0).take(60))
     after = simbert_eval.heldout_losses(cfg, bundle.encoder, path, "validation", 32)
     assert after["seq2seq_loss"] < before["seq2seq_loss"] - 1.0, (before, after)
 
@@ -282,7 +281,7 @@ def test_tiny_model_overfits_a_handful_of_groups(tmp_path):
     cfg["data"]["validation_fraction"] = 0.0
     bundle = models.build_model(cfg)  # what the trainer trains
     model = bundle.encoder
-    ds = inputs.simbert_dataset(cfg, path, 28, seed=0)  # 14 groups: one epoch per batch
+    ds = simbert_task.pair_dataset(cfg, path, 28, seed=0)  # 14 groups: one epoch per batch
     history = _train(bundle, ds.take(40))
     for key in ("seq2seq_loss", "similarity_loss"):
         start = np.mean([h[key] for h in history[:3]])
@@ -313,10 +312,10 @@ def test_export_reloads_to_the_same_vectors_and_the_eval_cli_runs(tmp_path):
     vecs = loaded.encode(texts)
     np.testing.assert_allclose(vecs, live.encode(texts), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
-    batch = next(iter(inputs.simbert_dataset(cfg, groups_path, 8, split="all")))
+    batch = next(iter(simbert_task.pair_dataset(cfg, groups_path, 8, split="all")))
     np.testing.assert_allclose(
-        tasks.forward_loss(_bundle(loaded.model), batch, False)[0],
-        tasks.forward_loss(bundle, batch, False)[0], rtol=1e-5)
+        simbert_task.forward_loss(_bundle(loaded.model), batch, False)[0],
+        simbert_task.forward_loss(bundle, batch, False)[0], rtol=1e-5)
 
     hits = loaded.search(["他的数学不怎么好"], texts, k=3)[0]
     assert [s for _, s in hits] == sorted([s for _, s in hits], reverse=True)
@@ -359,7 +358,7 @@ def test_trainer_refuses_an_empty_validation_split_before_the_first_step(tmp_pat
     cfg["data"]["validation_fraction"] = 0.0
     cfg["train"].update(save_every=2, eval_every=2, log_every=2)
     cfg["train"]["phases"][0]["steps"] = 4
-    trainer = train.Trainer(cfg, path, str(tmp_path / "run"))
+    trainer = train.Trainer(cfg, simbert_task.SimbertTask(cfg, path), str(tmp_path / "run"))
     with pytest.raises(train.TrainingError, match=r"no groups in split 'validation'.*"
                        r"validation_fraction=0.0.*eval_steps"):
         trainer.run_phase(0)

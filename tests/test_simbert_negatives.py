@@ -1,6 +1,6 @@
 """SimBERT's similarity loss under MirroredStrategy over 2 logical CPUs: every
 row's candidates are the whole global batch, so loss and gradients equal one
-device's on that batch (pretrain/training/tasks.py similarity_loss)."""
+device's on that batch (pretrain/simbert/task.py similarity_loss)."""
 import json
 import subprocess
 import sys
@@ -14,7 +14,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import pretrain
-from pretrain.training import tasks
+from pretrain.simbert import task as tasks
 
 rng = np.random.RandomState(0)
 x = tf.constant(rng.randn(8, 6), tf.float32)  # 4 partner pairs; 4 rows per replica

@@ -15,6 +15,7 @@ from pretrain.export import h5_weights
 from pretrain import model_summary
 from pretrain.models import build as models
 from pretrain.training import trainer as train
+from pretrain.training.tasks import MlmTask
 from pretrain.config import REPO_ROOT, load_config
 from pretrain.data.tokenization import load_vocab, read_vocab_file
 from conftest import export_with_cli
@@ -358,7 +359,7 @@ def test_trainer_warm_start_and_cli_take_the_h5(tmp_path):
     path = str(tmp_path / "release.h5")
     weights = write_keras_h5(path, layout_of(cfg), np.random.default_rng(6))
     # --init_checkpoint: the trainer's warm start for phase 1.
-    trainer = train.Trainer(cfg, str(tmp_path / "no_records"), str(tmp_path / "run"),
+    trainer = train.Trainer(cfg, MlmTask(cfg, str(tmp_path / "no_records")), str(tmp_path / "run"),
                             init_checkpoint=path, xla=False)
     trainer._start_weights(0)
     layers = trainer.bundle.bert.layers

@@ -14,6 +14,7 @@ from pretrain.runtime import compat
 from pretrain.models import dropout
 from pretrain.training import tasks
 from pretrain.training import trainer as train
+from pretrain.training.tasks import MlmTask
 from pretrain.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +71,8 @@ def _one_update(cfg, stack):
     from pretrain.models import build as models
     from pretrain.training import optim
     bundle = models.build_model(cfg)
-    task = tasks.MlmTask(cfg, bundle, None)
+    task = tasks.MlmTask(cfg, None)
+    task.attach(bundle)
     variables = task.model.trainable_variables
     optimizer = optim.make_optimizer(cfg, cfg["train"]["phases"][0])
     step = train.make_replica_step(task, optimizer, variables)
@@ -94,7 +96,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path, records_dir):
 
 
 def _train(cfg, records_dir, out, max_steps=None, phases=None, **kw):
-    trainer = train.Trainer(cfg, records_dir, out, steps_per_loop=2, **kw)
+    trainer = train.Trainer(cfg, tasks.MlmTask(cfg, records_dir), out, steps_per_loop=2, **kw)
     for index in (phases or range(len(cfg["train"]["phases"]))):
         trainer.run_phase(index, max_steps=max_steps)
     return trainer.history
@@ -138,10 +140,12 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import pretrain
 from pretrain.training import trainer as train
+from pretrain.training.tasks import MlmTask
 from pretrain.config import load_config
 cfg = load_config(sys.argv[1])
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-trainer = train.Trainer(cfg, sys.argv[2], sys.argv[3], strategy=strategy, steps_per_loop=2)
+trainer = train.Trainer(cfg, MlmTask(cfg, sys.argv[2]), sys.argv[3], strategy=strategy,
+                        steps_per_loop=2)
 trainer.run_phase(0)
 print("LOSSES", json.dumps([l for _, _, l in trainer.history]))
 """
@@ -191,11 +195,12 @@ T5S_RESUME = r"""
 import json, sys
 import pretrain.models.build  # first, as benchmarks/train_step.py and pytest's collection may
 from pretrain.training import trainer as train
+from pretrain.training.tasks import MlmTask
 from pretrain.config import load_config
 cfg = load_config(sys.argv[1])
 
 def losses(out, max_steps=None):
-    trainer = train.Trainer(cfg, sys.argv[2], out, steps_per_loop=2)
+    trainer = train.Trainer(cfg, MlmTask(cfg, sys.argv[2]), out, steps_per_loop=2)
     trainer.run_phase(0, max_steps=max_steps)
     return [l for _, _, l in trainer.history]
 

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from pretrain.training import trainer as train
+from pretrain.training.tasks import MlmTask
 from pretrain.runtime.strategy import make_strategy
 from test_train import (ROOT, _train, make_records,
                         records_dir,  # noqa: F401  (the module fixture)
@@ -67,14 +68,14 @@ def test_output_dir_of_another_config_is_refused(tmp_path, records_dir):
     _train(cfg, records_dir, str(tmp_path / "run"))
     other = tiny_config(tmp_path, name="other", phases=((128, 2),))
     with pytest.raises(train.TrainingError, match=r"holds a run of config 'tiny'"):
-        train.Trainer(other, records_dir, str(tmp_path / "run"))
+        train.Trainer(other, MlmTask(other, records_dir), str(tmp_path / "run"))
 
 
 def test_manifest_mismatch_stops_before_the_first_step(tmp_path, records_dir):
     from pretrain.data import records
     cfg = tiny_config(tmp_path, phases=((128, 2),))
     cfg["data"]["max_predictions"] = [21, 80]
-    trainer = train.Trainer(cfg, records_dir, str(tmp_path / "run"))
+    trainer = train.Trainer(cfg, MlmTask(cfg, records_dir), str(tmp_path / "run"))
     with pytest.raises(records.ManifestError, match="max_predictions"):
         trainer.run_phase(0)
     assert trainer.history == []
@@ -102,7 +103,7 @@ def test_an_empty_eval_split_stops_before_the_first_step(tmp_path, no_eval_recor
     from pretrain.data import records
     cfg = tiny_config(tmp_path, phases=((128, 4),))
     run = str(tmp_path / "run")
-    trainer = train.Trainer(cfg, no_eval_records, run)
+    trainer = train.Trainer(cfg, MlmTask(cfg, no_eval_records), run)
     with pytest.raises(records.ManifestError, match=r"eval split has 0 examples.*eval_steps"):
         trainer.run_phase(0)
     assert trainer.history == [] and _no_checkpoints(run)
@@ -139,7 +140,7 @@ def test_a_missing_or_truncated_shard_stops_before_the_first_step(tmp_path, reco
         payload = f.read()
     with open(shard, "wb") as f:
         f.write(payload[:-100])
-    trainer = train.Trainer(cfg, data, str(tmp_path / "run"))
+    trainer = train.Trainer(cfg, MlmTask(cfg, data), str(tmp_path / "run"))
     with pytest.raises(records.ManifestError, match=r"%s has %d bytes, the manifest recorded %d"
                        % (re.escape(shard), len(payload) - 100, len(payload))):
         trainer.run_phase(0)
@@ -162,11 +163,11 @@ def test_a_later_phase_records_are_checked_before_the_first_step(tmp_path, recor
     cfg = tiny_config(tmp_path, phases=((128, 2), (512, 2)))
     data = _copy_records(records_dir, tmp_path)
     os.remove(os.path.join(data, "seq512", "manifest.json"))
-    trainer = train.Trainer(cfg, data, str(tmp_path / "run"))
+    trainer = train.Trainer(cfg, MlmTask(cfg, data), str(tmp_path / "run"))
     with pytest.raises(records.ManifestError, match=r"no records for seq_len 512"):
         trainer.run()
     assert trainer.history == []
-    trainer = train.Trainer(cfg, data, str(tmp_path / "run"))
+    trainer = train.Trainer(cfg, MlmTask(cfg, data), str(tmp_path / "run"))
     with pytest.raises(records.ManifestError, match=r"no records for seq_len 512"):
         trainer.run_phase(0)
     assert trainer.history == []
@@ -182,14 +183,14 @@ def test_resume_refuses_a_changed_train_section(tmp_path, records_dir):
     for allow in (False, True):  # the data position moves: never
         with pytest.raises(train.TrainingError,
                            match=r"batch_size: 8 -> 16, seed: 12345 -> 7\. "):
-            train.Trainer(moved, records_dir, run, allow_train_changes=allow)
+            train.Trainer(moved, MlmTask(moved, records_dir), run, allow_train_changes=allow)
     longer = tiny_config(tmp_path, phases=((128, 4), (512, 3)), log_every=1)
     with pytest.raises(train.TrainingError,
                        match=r"phases\[1\]\.steps: 2 -> 3\..*--allow_train_changes") as e:
-        train.Trainer(longer, records_dir, run)
+        train.Trainer(longer, MlmTask(longer, records_dir), run)
     assert "log_every" not in str(e.value)  # bookkeeping keys may change freely
-    train.Trainer(longer, records_dir, run, allow_train_changes=True)
-    train.Trainer(longer, records_dir, run)  # accepted once: the run dir now holds it
+    train.Trainer(longer, MlmTask(longer, records_dir), run, allow_train_changes=True)
+    train.Trainer(longer, MlmTask(longer, records_dir), run)  # accepted once: the run dir now holds it
     with open(os.path.join(run, "run_config.json")) as f:
         assert json.load(f)["train"] == longer["train"]
 

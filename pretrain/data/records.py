@@ -1,4 +1,5 @@
-"""The one TFRecord feature spec of MLM examples, and a data dir's manifest.
+"""The one TFRecord feature spec of MLM examples, a data dir's manifest, and
+the masked-LM task's config check.
 
 Layout of a preprocessed data dir (see preprocess.py):
 
@@ -21,7 +22,7 @@ from concurrent import futures
 import google_crc32c
 
 from pretrain import fs
-from pretrain.config import max_predictions_for
+from pretrain.config import ConfigError, max_predictions_for, where
 from pretrain.data.tokenization import load_vocab
 from pretrain.errors import PretrainError
 
@@ -152,6 +153,18 @@ def masking_mode(manifest):
 
 def _size_or_none(path):
     return fs.size(path) if fs.exists(path) else None
+
+
+def check_config(cfg):
+    """The masked-LM task's config check (no TensorFlow): every phase reads records
+    of one of data.seq_lens; the task has no section of its own."""
+    if cfg["data"]["task"] in cfg:
+        raise ConfigError("%s: the %s task has no settings of its own: remove section %s"
+                          % (where(cfg), cfg["data"]["task"], cfg["data"]["task"]))
+    for i, phase in enumerate(cfg["train"]["phases"]):
+        if phase["seq_len"] not in cfg["data"]["seq_lens"]:
+            raise ConfigError("%s: train.phases[%d].seq_len=%d is not in data.seq_lens %s"
+                              % (where(cfg), i, phase["seq_len"], cfg["data"]["seq_lens"]))
 
 
 def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):

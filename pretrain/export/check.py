@@ -112,7 +112,7 @@ def float32_outputs(cfg, bundle, ids, segs):
 
 def check_export(cfg, out_dir, bundle, n_pairs=8, maxlen=64):
     """Max |difference| between `bundle` and its export reloaded by bert4keras
-    in a fresh Python process, over every output (MLM logits; for SimBERT also
+    in a fresh Python process, over every output (MLM logits; with a pooler also
     the pooled vector, with the UniLM mask active) on real sentence pairs."""
     return check_exports([(cfg, out_dir, bundle)], n_pairs, maxlen)[0]
 

@@ -111,7 +111,7 @@ def load_pretrained(cfg, bundle, ckpt_path, keep_tokens=None, allow_missing=()):
         `load_vocab(cfg).keep_tokens` (simplified or shrunk vocab); otherwise
         load the rows as they are.
     allow_missing: checkpoint-name prefixes the checkpoint may lack (say
-        "bert/pooler/" when SimBERT starts from an MLM-only model); those
+        "bert/pooler/" when a model with a pooler starts from an MLM-only one); those
         weights keep their fresh initialisation and are reported.
     Any other missing name or any shape mismatch raises
     CheckpointMismatchError listing them all; nothing is assigned then.

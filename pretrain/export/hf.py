@@ -3,12 +3,12 @@
 Which class, and why it is faithful:
 - embedding_size == hidden_size: `BertForMaskedLM` (same post-LN blocks, erf
   GELU, LayerNorm eps 1e-12, tied MLM decoder with its own bias);
-- embedding_size < hidden_size (RoBERTa Tiny/Small, simbert_tiny):
+- embedding_size < hidden_size (RoBERTa Tiny/Small and models of their shape):
   `ElectraForMaskedLM`, whose embeddings (word+position+type -> LayerNorm at
   embedding_size -> `embeddings_project` to hidden) and generator head
   (Dense(hidden->embedding_size), GELU, LayerNorm, tied decoder + bias) are
   bert4keras's factorised BERT layer for layer.
-- SimBERT's pooler is Dense with a *linear* activation; BertPooler applies
+- A with_pool='linear' pooler is Dense with a *linear* activation; BertPooler applies
   tanh, so it is written separately as `pooler.safetensors` (`dense.weight`,
   `dense.bias`): pooled = F.linear(last_hidden_state[:, 0], W, b). The UniLM
   mask is not reproduced in HF (its encoder takes padding masks only).

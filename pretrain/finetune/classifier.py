@@ -111,12 +111,18 @@ def save_finetuned(bert, model, source, out_dir, info):
 
 # ---------------------------------------------------------------- data
 
-class ClassifierTask(object):
-    """What `train.make_replica_step` needs: weighted cross-entropy sums."""
+class ClassifierTask(tasks.Task):
+    """The `tasks.Task` of fine-tuning: weighted cross-entropy sums over labels.
+
+    Its model is built by `build_classifier` and its batches come from
+    `train_dataset` (this command runs the compiled step itself, with no
+    config and no Trainer), so it fills in the step's part of the interface.
+    """
 
     metrics = ("accuracy",)
 
     def __init__(self, model):
+        super(ClassifierTask, self).__init__(None, None)
         self.model = model
 
     @staticmethod

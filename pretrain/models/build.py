@@ -227,8 +227,8 @@ def sparse_last_layer(cfg):
     """Whether `mlm_model` runs the last layer on the masked rows only.
 
     Encoders only: a unilm model's attention mask would need its rows gathered
-    too, and SimBERT trains on full sequences, so those models gather the
-    full output.
+    too, and a seq2seq loss reads every position, so those models gather
+    the full output.
     """
     return cfg["model"]["type"] == "t5s" or cfg["model"]["application"] == "encoder"
 

@@ -27,7 +27,7 @@ whichever was imported first. It changes three things:
   the layer, whatever the global policy is when the model is traced.
 
 Matmuls, the residual stream and the MLM logits stay bf16. The losses cast the
-logits to float32 (pretrain/training/trainer.py, pretrain/simbert/use.py). The optimizer's
+logits to float32 (each task's `loss_sums`). The optimizer's
 slots take the float32 variables' dtype (pretrain/training/optim.py). This is the
 split of PyTorch's autocast. Under the float32 policy the three changes do
 nothing. `policy(name)` limits the global policy to a block, such as building

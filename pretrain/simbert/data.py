@@ -1,4 +1,5 @@
-"""SimBERT's data, without TensorFlow: similar-sentence groups, their split, pair rows.
+"""SimBERT's data, without TensorFlow: similar-sentence groups, their split, pair
+rows, and the task's config section.
 
 Data: JSON lines `{"text": str, "synonyms": [str, ...]}`, one group of
 paraphrases per record. `read_groups` streams them, joins records that were
@@ -9,7 +10,7 @@ preprocessing uses for documents, so it never changes between runs.
 
 `pair_texts` streams two sentences of each group, shuffled and sharded;
 `pair_rows` turns a pair into the rows `[CLS] a [SEP] b [SEP]` and
-`[CLS] b [SEP] a [SEP]` (tf.data around it: `inputs.simbert_dataset`).
+`[CLS] b [SEP] a [SEP]` (tf.data around it: `simbert.task.pair_dataset`).
 `read_pairs` reads LCQMC-format labelled pairs for evaluation.
 """
 import collections
@@ -20,11 +21,35 @@ from absl import logging
 
 from pretrain import fs
 from pretrain.data import corpus
-from pretrain.config import resolve_path
+from pretrain.config import ConfigError, resolve_path, where
 from pretrain.data.tokenization import load_vocab
 
 MAX_JOINED_LINES = 8  # a record wrapped over more lines than this is treated as garbage
 SHUFFLE_PAIRS = 10000  # pairs held in the streaming shuffle buffer
+# The config section "simbert" (the task's own; data.task "simbert" selects it).
+SETTINGS = {"maxlen": 32}  # tokens per sentence, [CLS] and [SEP] included
+
+
+def settings(cfg):
+    """The simbert section of `cfg` with defaults filled (ConfigError if it is bad).
+
+    Every phase must hold a pair: 2 * maxlen - 1 tokens (the second [CLS] is dropped).
+    """
+    section = dict(SETTINGS, **cfg.get("simbert", {}))
+    for key in section:
+        if key not in SETTINGS:
+            raise ConfigError("%s: unknown key simbert.%s (allowed: %s)"
+                              % (where(cfg), key, ", ".join(sorted(SETTINGS))))
+    maxlen = section["maxlen"]
+    if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 2:
+        raise ConfigError("%s: simbert.maxlen must be an integer >= 2, got %r"
+                          % (where(cfg), maxlen))
+    for i, phase in enumerate(cfg["train"]["phases"]):
+        if 2 * maxlen - 1 > phase["seq_len"]:
+            raise ConfigError("%s: simbert.maxlen=%d needs train.phases[%d].seq_len >= %d for "
+                              "a pair, got %d" % (where(cfg), maxlen, i, 2 * maxlen - 1,
+                                                  phase["seq_len"]))
+    return section
 
 
 class GroupStats(object):
@@ -196,9 +221,9 @@ def pair_rows(tokenizer, a, b, maxlen, seq_len):
 
 def pair_seq_len(cfg, seq_len):
     seq_len = seq_len or cfg["train"]["phases"][0]["seq_len"]
-    maxlen = cfg["data"]["maxlen"]
+    maxlen = settings(cfg)["maxlen"]
     if 2 * maxlen - 1 > seq_len:
-        raise ValueError("config %s: data.maxlen=%d needs seq_len >= %d for a pair "
+        raise ValueError("config %s: simbert.maxlen=%d needs seq_len >= %d for a pair "
                          "(got %d)" % (cfg["name"], maxlen, 2 * maxlen - 1, seq_len))
     return seq_len
 

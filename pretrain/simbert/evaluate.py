@@ -11,8 +11,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from pretrain.training import inputs
-from pretrain.training import tasks
+from pretrain.simbert import task as simbert_task
 
 
 def rankdata(x):
@@ -96,8 +95,8 @@ def retrieval_top1(similarities, groups):
 def heldout_losses(cfg, model, path, split, batch_size, max_batches=None):
     """Both loss terms (inference mode) averaged over one pass of a split."""
     bundle = collections.namedtuple("Bundle", "encoder")(model)
-    ds = inputs.simbert_dataset(cfg, path, batch_size, split=split, repeat=False)
-    step = tf.function(lambda batch: tasks.forward_loss(bundle, batch, training=False)[1])
+    ds = simbert_task.pair_dataset(cfg, path, batch_size, split=split, repeat=False)
+    step = tf.function(lambda batch: simbert_task.forward_loss(bundle, batch, training=False)[1])
     totals = collections.defaultdict(float)
     n = 0
     for batch in ds:

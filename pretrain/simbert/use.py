@@ -8,7 +8,7 @@ Spearman and accuracy at the best threshold; groups: retrieval top-1 and the
 held-out loss terms).
 
 Training goes through the one trainer: the data is `simbert_data.py` and
-`inputs.simbert_dataset`, the losses `tasks.SimbertTask`, the metrics
+`simbert/task.py` (its reader, losses and `SimbertTask`), the metrics
 `simbert_eval.py`.
 """
 import json
@@ -26,8 +26,9 @@ from pretrain.export import writer as export
 from pretrain.export import check as export_check
 from pretrain.models import build as models
 from pretrain.simbert import evaluate as simbert_eval
-from pretrain.training import tasks
+from pretrain.simbert import task as simbert_task
 from pretrain.errors import PretrainError
+from pretrain.simbert import data as simbert_data
 from pretrain.simbert.data import make_tokenizer, read_pairs, split_groups
 from pretrain.data.tokenization import read_vocab_file
 
@@ -46,7 +47,7 @@ class SimBERT(object):
         self.model = model
         self.tokenizer = tokenizer
         self.maxlen = maxlen
-        self._heads = tasks.heads(model)
+        self._heads = simbert_task.heads(model)
         spec = tf.TensorSpec((None, None), tf.int32)
 
         @tf.function(input_signature=(spec, spec))
@@ -143,7 +144,7 @@ def define_flags():
                         "vocab.txt, bert_model.ckpt)")
     flags.DEFINE_string("config", "simbert_tiny", "config for data settings (maxlen, "
                         "validation_fraction, seq_len)")
-    flags.DEFINE_integer("maxlen", None, "tokens per sentence (default: config data.maxlen)")
+    flags.DEFINE_integer("maxlen", None, "tokens per sentence (default: config simbert.maxlen)")
     flags.DEFINE_multi_string("text", [], "encode/search/generate: input text (repeatable)")
     flags.DEFINE_string("input", None, "encode/search: file with one text per line")
     flags.DEFINE_string("output", None, "encode: write the vectors here (.npy)")
@@ -199,8 +200,8 @@ def main(argv):
         raise NotAnExportError("--model %s: %s" % (FLAGS.model, problem))
     cfg = config.load_config(FLAGS.config)
     if FLAGS.maxlen:
-        cfg = config.override(cfg, ["data.maxlen=%d" % FLAGS.maxlen])
-    sim = SimBERT.load(FLAGS.model, cfg["data"]["maxlen"])
+        cfg = config.override(cfg, ["simbert.maxlen=%d" % FLAGS.maxlen])
+    sim = SimBERT.load(FLAGS.model, simbert_data.settings(cfg)["maxlen"])
     texts = list(FLAGS.text) + (_lines(FLAGS.input) if FLAGS.input else [])
     if command == "encode":
         vecs = sim.encode(texts)

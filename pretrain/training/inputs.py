@@ -1,12 +1,11 @@
 """The readers: tf.data pipelines of a task's batches, and their distribution.
 
 `mlm_dataset` reads the records of `pretrain.preprocess` (the files and their
-manifest are `records.py`'s); `simbert_dataset` turns SimBERT groups into
-partner rows (`simbert_data.py`). Both take the *global* batch size and count
-`skip_batches` in global batches; `pipeline_share` says what one input
-pipeline of a `tf.distribute.InputContext` reads of that. `distribute` hands a
-per-pipeline dataset function to a strategy, stacking micro-batches when the
-step accumulates gradients.
+manifest are `records.py`'s). A task's reader takes the *global* batch size
+and counts `skip_batches` in global batches; `pipeline_share` says what one
+input pipeline of a `tf.distribute.InputContext` reads of that. `distribute`
+hands a per-pipeline dataset function to a strategy, stacking micro-batches
+when the step accumulates gradients.
 """
 import tensorflow as tf
 from absl import logging
@@ -14,9 +13,7 @@ from absl import logging
 from pretrain import fs
 from pretrain.training import dynamic_masking
 from pretrain.data import records
-from pretrain.simbert import data as simbert_data
 from pretrain.data import tokenization
-from pretrain.config import resolve_path
 
 
 def pipeline_share(batch_size, skip_batches, input_context):
@@ -180,46 +177,6 @@ def mlm_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip_
         parse = dynamic_parse(cfg, manifest, seed, training, skip, batches_per_epoch)
         ds = ds.enumerate()
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-# ---------------------------------------------------------------- SimBERT pairs
-
-def simbert_dataset(cfg, path, batch_size, split="train", seed=0, skip_batches=0,
-                    input_context=None, repeat=True, seq_len=None):
-    """tf.data of {token_ids, segment_ids: int32 [B, L]}; rows 2i, 2i+1 are partners.
-
-    As in `mlm_dataset`: `batch_size` is the global batch, and with
-    `input_context` each input pipeline reads every n-th pair in batches of
-    the per-replica size; `skip_batches` counts global batches already
-    consumed, and resuming skips their pairs without tokenizing them. Same
-    seed => same order. `seq_len` defaults to the first phase's.
-    """
-    seq_len = simbert_data.pair_seq_len(cfg, seq_len)
-    path = resolve_path(path)
-    if not fs.glob(path):
-        raise FileNotFoundError("SimBERT data %r not found" % path)
-    batch_size, pipes, pipe, skip = pipeline_share(batch_size, skip_batches, input_context)
-    if batch_size % 2:
-        raise ValueError("SimBERT batch size must be even (rows come in partner pairs), "
-                         "got %d" % batch_size)
-    pairs_per_batch = batch_size // 2
-    skip_pairs = skip * pairs_per_batch
-    tokenizer = simbert_data.config_tokenizer(cfg)
-    maxlen = cfg["data"]["maxlen"]
-
-    def rows():
-        stream = simbert_data.pair_texts(cfg, path, split, seed, repeat, split == "train",
-                                         (pipes, pipe))
-        for n, (a, b) in enumerate(stream):
-            if n >= skip_pairs:
-                yield simbert_data.pair_rows(tokenizer, a, b, maxlen, seq_len)
-
-    spec = tf.TensorSpec((2, seq_len), tf.int32)
-    ds = tf.data.Dataset.from_generator(rows, output_signature=(spec, spec))
-    ds = ds.batch(pairs_per_batch, drop_remainder=True)
-    ds = ds.map(lambda t, s: {"token_ids": tf.reshape(t, (batch_size, seq_len)),
-                              "segment_ids": tf.reshape(s, (batch_size, seq_len))})
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -40,7 +40,8 @@ def check_output_dir(cfg, output_dir, allow_train_changes=False, write=True):
     """Refuse to mix two configs' runs in one directory, or to resume with a
     train section that moves the data position or the schedule unasked.
     `write`: record this run's config there (the chief's job)."""
-    identity = {k: cfg[k] for k in _RUN_IDENTITY}
+    # so does the task's own config section (null when the config has none)
+    identity = {k: cfg.get(k) for k in _RUN_IDENTITY + (cfg["data"]["task"],)}
     identity["smoke"] = cfg.get("smoke", False)
     path = os.path.join(output_dir, "run_config.json")
     if fs.exists(path):

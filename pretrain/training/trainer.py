@@ -1,7 +1,8 @@
 """The trainer: the compiled step with gradient accumulation, the loop over
 phases, checkpoints, eval and TensorBoard.
 
-What a batch is and how its loss is summed is the task's (`pretrain/training/tasks.py`);
+The trainer is handed a task (the `Task` interface of `pretrain/training/tasks.py`):
+what a batch is, how its loss is summed and what model it trains are the task's;
 the devices are `pretrain/runtime/strategy.py`'s; the run directory's identity, record
 and exports are `pretrain/training/run_dir.py`'s.
 
@@ -30,11 +31,9 @@ from pretrain.export import checkpoints
 from pretrain.runtime import compat
 from pretrain.models import dropout
 from pretrain.training import inputs
-from pretrain.models import build as models
 from pretrain.training import monitor
 from pretrain.training import optim
 from pretrain.training import run_dir
-from pretrain.training import tasks
 from pretrain.errors import TrainingError
 from pretrain.runtime.strategy import use_xla
 
@@ -159,11 +158,15 @@ def make_eval_fn(strategy, task, xla):
 # The loop over phases
 # --------------------------------------------------------------------------
 class Trainer(object):
-    """Builds everything once, then runs the config's phases in order."""
+    """Builds everything once, then runs the config's phases in order.
 
-    def __init__(self, cfg, data, output_dir, strategy=None, init_checkpoint=None,
+    `task`: a `tasks.Task` made from `cfg` and the data (not yet built: the
+    trainer builds its model under `strategy`).
+    """
+
+    def __init__(self, cfg, task, output_dir, strategy=None, init_checkpoint=None,
                  steps_per_loop=100, precision="fp32", xla=None, allow_train_changes=False):
-        self.cfg, self.data, self.output_dir = cfg, data, output_dir
+        self.cfg, self.task, self.output_dir = cfg, task, output_dir
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_loop = max(1, int(steps_per_loop))
         self.xla = use_xla(self.strategy) if xla is None else xla
@@ -180,8 +183,7 @@ class Trainer(object):
         # tensor-seeded shuffles). The precision policy is the model's alone:
         # the global policy is unchanged afterwards.
         with self.strategy.scope():
-            self.bundle = models.build_model(cfg, precision=precision)
-        self.task = tasks.make_task(cfg, self.bundle, data)
+            self.bundle = task.build(precision)
         self.variables = self.task.model.trainable_variables
         self.writers = {s: tf.summary.create_file_writer(
             os.path.join(output_dir, "tensorboard", s)) if self.is_chief
