@@ -14,7 +14,6 @@ from pretrain.runtime import compat
 from pretrain.models import dropout
 from pretrain.training import tasks
 from pretrain.training import trainer as train
-from pretrain.training.tasks import MlmTask
 from pretrain.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
