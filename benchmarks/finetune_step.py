@@ -9,12 +9,8 @@ does, and times host calls of `--steps` updates (AdamW, dropout, the
 trainer's step and loop) after one call that compiles; prints the compile
 time, s/update and examples/s, and the time of one dev batch's prediction.
 """
-import os
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pretrain  # noqa: E402,F401
 import numpy as np  # noqa: E402

@@ -14,8 +14,6 @@ models on the same eval records.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import pretrain  # noqa: E402,F401  (tf_keras env before TensorFlow)
 
 

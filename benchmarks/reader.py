@@ -13,11 +13,8 @@ this process (all tf.data threads) and per wall second.
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pretrain  # noqa: E402,F401  (tf_keras env before TensorFlow)
 

@@ -16,10 +16,7 @@ vocabulary head and the last layer's query-side work on the P masked rows
 only, so its FLOP count is the smaller one.
 """
 import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pretrain  # noqa: E402,F401
 import numpy as np  # noqa: E402

@@ -20,11 +20,7 @@ end is the one in the README.
 """
 import json
 import os
-import sys
 import zlib
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
 
 import pretrain  # noqa: E402,F401
 from absl import flags  # noqa: E402

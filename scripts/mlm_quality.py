@@ -11,10 +11,6 @@ level (1 / vocab). Re-running the command resumes. The export it ends with
 (RUN/export/quality_seq128) is the warm start of scripts/simbert_quality.py.
 """
 import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)
 
 import pretrain  # noqa: E402,F401
 from absl import app, flags, logging  # noqa: E402
@@ -66,7 +62,6 @@ def main(argv):
     from pretrain.data import preprocess
     from pretrain.training import trainer as train
     from pretrain.training.tasks import MlmTask
-    sys.path.insert(0, os.path.join(_ROOT, "scripts"))
     import plot_curves
 
     if not FLAGS.corpus:

@@ -8,11 +8,6 @@ seq2seq_loss, similarity_loss and similarity_acc for SimBERT), or the given
 `--tags`, against the global step, train and eval in one panel per tag.
 """
 import os
-import sys
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 import pretrain  # noqa: E402,F401
 from absl import app, flags  # noqa: E402

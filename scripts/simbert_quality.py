@@ -27,8 +27,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import pretrain  # noqa: F401,E402  (selects tf_keras before TensorFlow loads)
 from absl import flags  # noqa: E402
 

@@ -58,17 +58,69 @@ def export_with_cli(tmp_path, config_path, model, checkpoint):
     return out
 
 
-# The longest files first (their summed test times, measured): with `-n auto
-# --dist loadfile --no-loadscope-reorder` each file runs on one worker, in this
-# order, so a long file never starts last and keeps the run going on one core.
-LONGEST_FIRST = ("test_train.py", "test_export.py", "test_train_failures.py",
-                 "test_precision.py", "test_notebook.py", "test_simbert.py",
-                 "test_multiworker.py", "test_finetune.py", "test_install.py",
-                 "test_sharding.py", "test_t5s.py", "test_run_dir.py", "test_doctor.py")
+# Test times live in tests/durations.json (seconds per test: setup + call +
+# teardown), refreshed with `pytest --record-durations` (best on the whole
+# suite). They give the slow marker and the order of the files.
+DURATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "durations.json")
+# A test that took longer than this is `slow`; so is one not recorded yet,
+# until a recording run measures it. `-m "not slow"` is the inner loop.
+SLOW_SECONDS = 8.0
+_measured = {}  # nodeid -> seconds, this run's, for --record-durations
 
 
-def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = os.path.basename(str(item.fspath))
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-    items.sort(key=rank)  # stable: the order within a file stays
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help="write each test's seconds (setup + call + teardown) of this run "
+                          "into tests/durations.json; tests that did not run keep theirs, "
+                          "and tests gone from a collected file are dropped")
+
+
+def recorded_durations():
+    with open(DURATIONS) as f:
+        return json.load(f)["tests"]
+
+
+def _file(item):
+    return item.nodeid.split("::")[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks the slow tests, then puts the longest files (summed recorded
+    times; a test not recorded counts as SLOW_SECONDS) first: with `-n auto
+    --dist loadfile --no-loadscope-reorder` each file runs on one worker, in
+    this order, so a long file never starts last and keeps the run going on
+    one core. A plain conftest hook runs after plugins that shuffle (tryfirst)
+    and before `-m` deselects by marker."""
+    recorded = recorded_durations()
+    config._collected_nodeids = [item.nodeid for item in items]
+    per_file = {}
+    for item in items:
+        seconds = recorded.get(item.nodeid)
+        if seconds is None or seconds > SLOW_SECONDS:
+            item.add_marker(pytest.mark.slow)
+        per_file[_file(item)] = per_file.get(_file(item), 0.0) + (
+            SLOW_SECONDS if seconds is None else seconds)
+    items.sort(key=lambda item: -per_file[_file(item)])  # stable: the order within a file stays
+
+
+def pytest_runtest_logreport(report):
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    if not config.getoption("record_durations") or hasattr(config, "workerinput"):
+        return  # only the xdist controller (or a plain run) writes
+    recorded = recorded_durations()
+    collected = set(getattr(config, "_collected_nodeids", ()))
+    files = {nodeid.split("::")[0] for nodeid in collected}
+    for nodeid in list(recorded):
+        if nodeid.split("::")[0] in files and nodeid not in collected:
+            del recorded[nodeid]
+    recorded.update((nodeid, round(seconds, 2)) for nodeid, seconds in _measured.items())
+    with open(DURATIONS) as f:
+        raw = json.load(f)
+    raw["tests"] = dict(sorted(recorded.items()))
+    with open(DURATIONS, "w") as f:
+        json.dump(raw, f, indent=1, ensure_ascii=False)
+        f.write("\n")

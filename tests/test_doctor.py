@@ -12,6 +12,8 @@ from pretrain.runtime import compat
 from pretrain.runtime import doctor
 from pretrain.runtime import hardware
 
+pytestmark = pytest.mark.tpu_build  # the whole file runs on the TPU build too
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

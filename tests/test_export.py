@@ -64,6 +64,7 @@ def exported(tmp_path_factory):
     return {name: item + (d,) for name, item, d in zip(ACCEPTANCE + ["swapped"], items, diffs)}
 
 
+@pytest.mark.tpu_build
 @pytest.mark.parametrize("name", ACCEPTANCE)
 def test_bert4keras_reload_reproduces_outputs(exported, name):
     cfg, out, bundle, diff = exported[name]
@@ -82,12 +83,14 @@ def test_bert4keras_reload_reproduces_outputs(exported, name):
     assert config["vocab_size"] == cfg["model"]["vocab_size"]
 
 
+@pytest.mark.tpu_build
 def test_check_notices_a_swapped_pair_of_zero_free_weights(exported):
     # Two biases swapped in the checkpoint: check_export must see it, and it is
     # far above the trainer's tolerance.
     assert exported["swapped"][3] > 10 * export_check.RELOAD_TOLERANCE
 
 
+@pytest.mark.tpu_build
 def test_simbert_export_has_pool_and_unilm(exported):
     _, out, _, _ = exported["simbert_base"]
     with open(os.path.join(out, checkpoints.INFO_NAME)) as f:
@@ -131,6 +134,7 @@ def _student(**model):
     return cfg, models.build_model(cfg)
 
 
+@pytest.mark.tpu_build
 def test_warm_start_shrinks_vocab_with_keep_tokens(tmp_path):
     teacher, ckpt = _teacher(tmp_path, with_pool="linear")
     cfg, student = _student()
@@ -177,6 +181,7 @@ def test_warm_start_refuses_partial_loads(tmp_path):
 
 # --------------------------------------------------- trainer checkpoints + CLI
 
+@pytest.mark.tpu_build
 def test_cli_exports_a_trainer_checkpoint(tmp_path):
     raw_cfg = load_config("roberta_tiny")
     cfg = copy.deepcopy(raw_cfg)
@@ -397,6 +402,7 @@ def _google_layout_checkpoint(prefix, seed=11):
     return values
 
 
+@pytest.mark.tpu_build
 @pytest.mark.parametrize("name", ["roberta_tiny", "simbert_tiny"])
 def test_warm_start_from_googles_layout(tmp_path, name):
     from pretrain import run

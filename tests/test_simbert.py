@@ -135,6 +135,7 @@ def _batches(ds, n):
     return [{k: v.numpy() for k, v in b.items()} for b in ds.take(n)]
 
 
+@pytest.mark.tpu_build
 def test_dataset_static_partners_deterministic_resumable_and_sharded():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
@@ -213,6 +214,7 @@ def _numpy_losses(pooled, probs, token_ids, segment_ids):
     return nll / count, np.mean(ce), np.mean(hits)
 
 
+@pytest.mark.tpu_build
 def test_forward_loss_matches_numpy_on_bert4keras_outputs():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
@@ -298,6 +300,7 @@ def test_tiny_model_overfits_a_handful_of_groups(tmp_path):
 # ---------------------------------------------------------------- export, use, eval CLI
 
 
+@pytest.mark.tpu_build
 def test_export_reloads_to_the_same_vectors_and_the_eval_cli_runs(tmp_path):
     pairs_path = shared_path("similarity", "lcqmc", "lcqmc_dev.tsv")
     groups_path = shared_path("similarity", "simbert_data_sample.json")
@@ -351,6 +354,7 @@ def test_jaccard_baseline_matches_set_arithmetic():
 # ---------------------------------------------------------------- trainer data checks
 
 
+@pytest.mark.tpu_build
 def test_trainer_refuses_an_empty_validation_split_before_the_first_step(tmp_path):
     from pretrain.training import trainer as train
     path = os.path.join(REPO_ROOT, "data", "sample", "similarity_groups.json")

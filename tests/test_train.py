@@ -82,6 +82,7 @@ def _one_update(cfg, stack):
     return float(loss), float(norm), after
 
 
+@pytest.mark.tpu_build
 def test_accumulated_micro_batches_equal_one_big_batch(tmp_path, records_dir):
     cfg = tiny_config(tmp_path)
     big = _stack(records_dir, cfg, 128, 32, 1)                   # [1, 32, ...]
@@ -101,6 +102,7 @@ def _train(cfg, records_dir, out, max_steps=None, phases=None, **kw):
     return trainer.history
 
 
+@pytest.mark.tpu_build
 def test_resume_is_bit_identical_within_and_across_phases(tmp_path, records_dir):
     cfg = tiny_config(tmp_path, dropout=0.1)  # masks must replay exactly too
     full = _train(cfg, records_dir, str(tmp_path / "full"))
@@ -161,6 +163,7 @@ def test_mirrored_strategy_over_two_cpus_matches_one_device(tmp_path, records_di
     np.testing.assert_allclose(mirrored, single, rtol=1e-4)
 
 
+@pytest.mark.tpu_build
 @pytest.mark.parametrize("compiled", [True, False])
 def test_step_seeded_dropout_rate_scale_and_replay(compiled):
     """Under XLA (ThreeFry) and without (Philox): ~rate zeros, kept values
