@@ -22,11 +22,11 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_ROOT, "pretrain"):
     sys.path[0] = _ROOT
 
 import pretrain  # noqa: E402,F401  (selects tf_keras before TensorFlow loads)
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from pretrain import cli, fs  # noqa: E402
-from pretrain.cloud import gcs
-from pretrain.data import preprocess
+from pretrain.cloud import gcs  # noqa: E402
+from pretrain.data import preprocess  # noqa: E402
 from pretrain.config import load_config  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -74,7 +74,7 @@ def _phase_index(cfg, phase):
     names = [p["name"] for p in phases]
     if phase in names:
         return names.index(phase)
-    raise app.UsageError("--phase %r: this config's phases are 1..%d (%s)" % (
+    raise cli.UsageError("--phase %r: this config's phases are 1..%d (%s)" % (
         phase, len(phases), ", ".join(names)))
 
 
@@ -92,7 +92,8 @@ def smoke_data(cfg, output):
 
 
 def main(argv):
-    del argv
+    if len(argv) != 1:
+        raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     # Before TensorFlow loads: a bad config or --set fails in a second.
     cfg = load_config(FLAGS.config, smoke=FLAGS.smoke, overrides=FLAGS.set)
     # Expected errors (and train.Interrupted: saved, exit 128 + signal) end in cli.
@@ -107,23 +108,26 @@ def main(argv):
 
 def run(cfg):
     """Config and flags → data → trainer; returns (exports, data, output)."""
-    # lazy: TensorFlow loads only after the config and flags are checked
-    from pretrain.training import trainer as train
-    from pretrain.runtime.strategy import check_paths_for_hosts, choose_precision, make_strategy
-
     output = FLAGS.output or (os.path.join("runs", cfg["name"] + "-smoke") if FLAGS.smoke
                               else None)
     if output is None:
-        raise app.UsageError("--output is required (a local dir or gs://bucket/path)")
+        raise cli.UsageError("--output is required (a local dir or gs://bucket/path)")
     fs.check_output_dir(output)
     if FLAGS.data is None and not FLAGS.smoke:
-        raise app.UsageError("--data is required: the records dir written by "
+        raise cli.UsageError("--data is required: the records dir written by "
                              "`python -m pretrain.preprocess` (or SimBERT groups JSON)")
     if FLAGS.data is None and os.environ.get("TF_CONFIG"):
-        raise app.UsageError("--data is required with TF_CONFIG: the workers would each "
+        raise cli.UsageError("--data is required with TF_CONFIG: the workers would each "
                              "preprocess the smoke sample into one dir")
+    cli.check_input("--data", FLAGS.data, what="records dir or groups file")
+    cli.check_input("--init_checkpoint", FLAGS.init_checkpoint, ("", ".index"), "checkpoint")
+    start_phase = _phase_index(cfg, FLAGS.phase)
     if output.startswith("gs://"):
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
+    # lazy: TensorFlow loads only after the config, flags and paths are checked
+    from pretrain.training import trainer as train
+    from pretrain.runtime.strategy import check_paths_for_hosts, choose_precision, make_strategy
+
     # The devices before the smoke data: a TPU or GPU that TF cannot use stops here.
     strategy = make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
     check_paths_for_hosts(strategy, {"--data": FLAGS.data or SAMPLE_CORPUS,
@@ -135,7 +139,7 @@ def run(cfg):
                             init_checkpoint=FLAGS.init_checkpoint,
                             steps_per_loop=FLAGS.steps_per_loop, precision=precision,
                             allow_train_changes=FLAGS.allow_train_changes)
-    exports = trainer.run(start_phase=_phase_index(cfg, FLAGS.phase))
+    exports = trainer.run(start_phase=start_phase)
     return exports, data, output
 
 

@@ -14,6 +14,7 @@ from pretrain.export import checkpoints
 from pretrain.export import writer as export
 from pretrain.finetune import classifier as finetune
 from pretrain.finetune import data as finetune_data
+from pretrain.finetune import __main__ as finetune_command
 from pretrain.models import build as models
 from pretrain.config import as_overrides, load_config, override
 
@@ -257,7 +258,7 @@ def test_a_missing_split_file_is_named_with_its_flag(tmp_path):
 def test_help_documents_every_flag():
     from absl import flags
     fv = flags.FlagValues()
-    finetune.define_flags(fv)
+    finetune_command.define_flags(fv)
     names = set(fv.flag_values_dict())
     assert {"model", "task", "train", "dev", "test", "output", "epochs", "batch_size",
             "learning_rate", "warmup_proportion", "maxlen", "seed", "baselines"} <= names
