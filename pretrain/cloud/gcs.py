@@ -408,7 +408,8 @@ def define_flags():
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise UsageError("usage: python -m pretrain.gcs {%s} --flags" % "|".join(COMMANDS))
+        raise UsageError("expected one command, {%s}, got %s: python -m pretrain.gcs COMMAND "
+                         "--flags" % ("|".join(COMMANDS), " ".join(argv[1:]) or "none"))
     command, f = argv[1], flags.FLAGS
     needed = ("path",) if command == "preflight" else ("src", "dst")
     missing = [name for name in needed if not f[name].value]

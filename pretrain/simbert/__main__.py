@@ -39,8 +39,9 @@ def define_flags():
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise cli.UsageError("expected one command, {%s}: python -m pretrain.simbert "
-                             "COMMAND --model DIR ..." % "|".join(COMMANDS))
+        raise cli.UsageError("expected one command, {%s}, got %s: python -m pretrain.simbert "
+                             "COMMAND --model DIR ..." % ("|".join(COMMANDS),
+                                                          " ".join(argv[1:]) or "none"))
     command = argv[1]
     if not FLAGS.model:
         raise cli.UsageError("--model EXPORT_DIR is required")
