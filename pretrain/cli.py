@@ -26,6 +26,7 @@ import sys
 from absl import app, flags
 
 from pretrain import fs
+from pretrain.config import note_renamed
 from pretrain.errors import PretrainError, UsageError
 
 # A flag defined here (--set) belongs to the command that asks for it: it is
@@ -52,6 +53,16 @@ def check_input(flag, path, suffixes=("",), what="file"):
     `path` plus one of `suffixes` exists (gs:// paths are checked where read)."""
     if path and not fs.is_remote(path) and not any(fs.exists(path + s) for s in suffixes):
         raise UsageError("%s %s: no such %s" % (flag, path, what))
+
+
+def renamed_flag(old, new):
+    """The value of --`new`, or of its deprecated name --`old` (with a note)."""
+    if not flags.FLAGS[old].present:
+        return flags.FLAGS[new].value
+    if flags.FLAGS[new].present:
+        raise UsageError("--%s and --%s are the same setting; give --%s only" % (old, new, new))
+    note_renamed("--" + old, "--" + new)
+    return flags.FLAGS[old].value
 
 
 def guarded(main):

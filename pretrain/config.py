@@ -17,6 +17,7 @@ A config is one plain JSON file with these sections:
 import copy
 import json
 import os
+import sys
 
 from pretrain import fs
 from pretrain.errors import PretrainError
@@ -69,8 +70,11 @@ _DATA_OPTIONAL = {
     "masking": "static",
     "user_dict": None,
     "maxlen": 32,  # simbert: tokens per sentence
-    "validation_fraction": 0.01,
+    # the share of documents (groups) held out: the heldout split, evaluated on
+    "heldout_fraction": 0.01,
 }
+# Old names that still work, with a note: (section, old key) -> new key.
+_RENAMED = {("data", "validation_fraction"): "heldout_fraction"}
 
 MASKING_MODES = ("static", "dynamic")
 
@@ -177,6 +181,32 @@ def _check_keys(where, section, required, optional, path):
     return filled
 
 
+def note_renamed(old, new):
+    """One line on stderr for a deprecated name that still works."""
+    print("warning: %s is deprecated; use %s (same meaning)" % (old, new), file=sys.stderr)
+
+
+_NOTED = set()
+
+
+def _renamed_keys(name, section, path):
+    """`section` with deprecated keys under their new names (noted once a process)."""
+    if not isinstance(section, dict):
+        return section
+    section = dict(section)
+    for (where, old), new in _RENAMED.items():
+        if where != name or old not in section:
+            continue
+        if new in section:
+            raise ConfigError("%s: %s.%s and %s.%s are the same setting; keep %s.%s only"
+                              % (path, name, old, name, new, name, new))
+        section[new] = section.pop(old)
+        if old not in _NOTED:
+            _NOTED.add(old)
+            note_renamed("%s: %s.%s" % (path, name, old), "%s.%s" % (name, new))
+    return section
+
+
 def validate(raw, path="<config>"):
     """Check keys and values, fill defaults; return a new dict."""
     if not isinstance(raw, dict):
@@ -191,7 +221,8 @@ def validate(raw, path="<config>"):
     cfg = {"name": raw.get("name") or os.path.basename(path).rsplit(".", 1)[0],
            "description": raw.get("description", "")}
     for name, (required, optional) in _SECTIONS.items():
-        cfg[name] = _check_keys(name, raw.get(name, {}), required, optional, path)
+        section = _renamed_keys(name, raw.get(name, {}), path)
+        cfg[name] = _check_keys(name, section, required, optional, path)
 
     model, tok, data, train = cfg["model"], cfg["tokenizer"], cfg["data"], cfg["train"]
     if model["type"] not in _MODEL_TYPES:
@@ -226,7 +257,7 @@ def _check_data(path, data):
                               "- 2 = %d], got %r" % (path, i, L - 2, P))
     if not 0.0 < data["masked_lm_prob"] < 1.0:
         raise ConfigError("%s: data.masked_lm_prob must be in (0, 1)" % path)
-    for key in ("mask_token_prob", "random_token_prob", "validation_fraction"):
+    for key in ("mask_token_prob", "random_token_prob", "heldout_fraction"):
         _check_prob(path, "data." + key, data[key])
     if data["mask_token_prob"] + data["random_token_prob"] > 1:
         raise ConfigError("%s: data.mask_token_prob + data.random_token_prob must be <= 1, "

@@ -158,3 +158,31 @@ def test_help_imports_no_tensorflow(tmp_path, module):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "--" in done.stdout and done.stderr == "", done.stderr[-3000:]
     assert not tf, "--help imported TensorFlow:\n" + tf[0][-3000:]
+
+
+def test_the_heldout_fraction_flag_and_its_old_name(tmp_path):
+    corpus = tmp_path / "docs.txt"
+    with open(SAMPLE, encoding="utf-8") as f:
+        corpus.write_text("".join(f.readlines()[:60]), encoding="utf-8")
+    common = ["--config", "roberta_tiny", "--input", str(corpus), "--seq_lens", "128",
+              "--workers", "1", "--noprogress", "--masking", "dynamic"]
+    both, tf = _run("pretrain.preprocess", common + ["--output", str(tmp_path / "a"),
+                                                     "--eval_fraction", "0.2",
+                                                     "--heldout_fraction", "0.2"], tmp_path)
+    assert both.returncode == 2 and both.stderr.splitlines() == [
+        "error: --eval_fraction and --heldout_fraction are the same setting; give "
+        "--heldout_fraction only"], both.stderr
+    runs = {}
+    for flag in ("--eval_fraction", "--heldout_fraction"):
+        out = tmp_path / flag.strip("-")
+        done = subprocess.run([sys.executable, "-m", "pretrain.preprocess"] + common + [
+            "--output", str(out), flag, "0.3"], cwd=ROOT, capture_output=True, text=True,
+            timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert done.returncode == 0, done.stderr[-3000:]
+        notes = [l for l in done.stderr.splitlines() if "deprecated" in l]
+        assert notes == (["warning: --eval_fraction is deprecated; use --heldout_fraction "
+                          "(same meaning)"] if flag == "--eval_fraction" else []), notes
+        with open(out / "seq128" / "manifest.json", encoding="utf-8") as f:
+            runs[flag] = json.load(f)
+    assert runs["--eval_fraction"]["eval_fraction"] == 0.3
+    assert runs["--eval_fraction"]["eval"] == runs["--heldout_fraction"]["eval"]

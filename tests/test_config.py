@@ -91,7 +91,7 @@ def _refused(tmp_path, raw, pattern):
     ("data", "dupe_factor", 0, r"data\.dupe_factor must be an integer >= 1"),
     ("data", "mask_token_prob", 1.2, r"data\.mask_token_prob must be in \[0, 1\], got 1\.2"),
     ("data", "random_token_prob", -0.1, r"data\.random_token_prob must be in \[0, 1\]"),
-    ("data", "validation_fraction", 2, r"data\.validation_fraction must be in \[0, 1\]"),
+    ("data", "heldout_fraction", 2, r"data\.heldout_fraction must be in \[0, 1\]"),
     ("data", "mask_token_prob", 0.95,
      r"data\.mask_token_prob \+ data\.random_token_prob must be <= 1, got 0\.95 \+ 0\.1"),
     ("data", "max_predictions", [20, 0], r"data\.max_predictions\[1\] must be an integer "
@@ -112,6 +112,28 @@ def test_bad_phase_steps_are_named(tmp_path, key, value):
     raw["train"]["phases"][1][key] = value
     _refused(tmp_path, raw, r"bad\.json: train\.phases\[1\]\.%s must be an integer >= %d"
              % (key, 0 if key == "warmup_steps" else 1))
+
+
+def test_the_old_name_of_the_heldout_fraction_still_works_with_one_note(tmp_path, capsys):
+    from pretrain import config
+    config._NOTED.clear()
+    raw = _base()
+    raw["data"]["validation_fraction"] = 0.08
+    raw["smoke"]["data"]["validation_fraction"] = raw["smoke"]["data"].pop("heldout_fraction")
+    path = _write(tmp_path, raw)
+    for smoke, want in ((False, 0.08), (True, 0.05)):
+        cfg = load_config(path, smoke=smoke)
+        assert cfg["data"]["heldout_fraction"] == want
+        assert "validation_fraction" not in cfg["data"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: %s: data.validation_fraction is deprecated; use "
+                   "data.heldout_fraction (same meaning)" % path]
+    cfg = load_config("roberta_tiny", overrides=["data.validation_fraction=0.2"])
+    assert cfg["data"]["heldout_fraction"] == 0.2
+    raw["data"]["heldout_fraction"] = 0.1
+    del raw["smoke"]
+    _refused(tmp_path, raw, r"bad\.json: data\.validation_fraction and data\.heldout_fraction "
+             r"are the same setting; keep data\.heldout_fraction only")
 
 
 def test_smoke_values_are_validated_too(tmp_path):

@@ -57,7 +57,7 @@ def job_settings(job, files, shard_mb, input_format):
 
 
 _FLAGS = {"lengths": "--seq_lens", "masking": "--masking", "dupe_factor": "--dupe_factor", "seed": "--seed",
-          "eval_fraction": "--eval_fraction", "segmenter": "--segmenter",
+          "eval_fraction": "--heldout_fraction", "segmenter": "--segmenter",
           "compress": "--compress", "text_fields": "--text_field", "shard_mb": "--shard_mb",
           "input_format": "--input_format", "sources": "--input",
           "user_dict_sha256": "--user_dict"}

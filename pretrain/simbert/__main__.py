@@ -9,6 +9,7 @@ paraphrase with a SimBERT export, or score it (pretrain/simbert/use.py).
 from absl import flags
 
 from pretrain import cli, config
+from pretrain.config import note_renamed
 
 FLAGS = flags.FLAGS
 COMMANDS = ("encode", "search", "generate", "eval")
@@ -18,7 +19,7 @@ def define_flags():
     flags.DEFINE_string("model", None, "bert4keras export dir (bert_config.json, "
                         "vocab.txt, bert_model.ckpt)")
     flags.DEFINE_string("config", "simbert_tiny", "config for data settings (maxlen, "
-                        "validation_fraction, seq_len)")
+                        "heldout_fraction, seq_len)")
     flags.DEFINE_integer("maxlen", None, "tokens per sentence (default: config data.maxlen)")
     flags.DEFINE_multi_string("text", [], "encode/search/generate: input text (repeatable)")
     flags.DEFINE_string("input", None, "encode/search: file with one text per line")
@@ -32,8 +33,9 @@ def define_flags():
     flags.DEFINE_string("pairs", None, "eval: LCQMC-format file s1<TAB>s2<TAB>label")
     flags.DEFINE_integer("limit", None, "eval: only the first N pairs")
     flags.DEFINE_string("groups", None, "eval: SimBERT group file for retrieval + losses")
-    flags.DEFINE_enum("groups_split", "validation", ["train", "validation", "all"],
-                      "eval: which groups of --groups to use")
+    flags.DEFINE_enum("groups_split", "heldout", ["train", "heldout", "all", "validation"],
+                      "eval: which groups of --groups to use (the heldout split: "
+                      "data.heldout_fraction of them; 'validation' is its deprecated name)")
     flags.DEFINE_integer("batch_size", 32, "eval: rows per batch for the held-out losses")
 
 
@@ -52,6 +54,9 @@ def main(argv):
     cli.check_input("--model", FLAGS.model, what="export dir")
     for flag in ("input", "corpus", "pairs", "groups"):
         cli.check_input("--" + flag, FLAGS[flag].value)
+    if FLAGS.groups_split == "validation":
+        note_renamed("--groups_split validation", "--groups_split heldout")
+        FLAGS.groups_split = "heldout"
     cfg = config.load_config(FLAGS.config)
     if FLAGS.maxlen:
         cfg = config.override(cfg, ["data.maxlen=%d" % FLAGS.maxlen])

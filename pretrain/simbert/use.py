@@ -197,7 +197,7 @@ def evaluate(sim, cfg, f):
             m["pairs"], m["spearman"], m["accuracy"], m["threshold"]))
     if f.groups:
         groups = list(split_groups(f.groups, f.groups_split,
-                                   cfg["data"]["validation_fraction"]))
+                                   cfg["data"]["heldout_fraction"]))
         r = simbert_eval.retrieval_top1(simbert_eval.cosine_matrix(sim.encode), groups)
         losses = simbert_eval.heldout_losses(cfg, sim.model, f.groups, f.groups_split,
                                              f.batch_size)
