@@ -6,7 +6,8 @@ train (and the CPU `--smoke` run).
     python pretrain/run.py --config roberta_tiny.json --smoke --set train.batch_size=8
 
 `--set KEY=VALUE` changes one config value without editing the file; it
-applies after the `smoke` numbers, and is validated like the file.
+applies after the `smoke` numbers, and is validated like the file. `--steps N`
+then shrinks the schedule to N updates of the same shape (a short real run).
 
 `--smoke` is the same code path with the config's `smoke` numbers: it
 preprocesses the shipped sample if needed, trains every phase for a few dozen
@@ -27,7 +28,7 @@ from absl import flags  # noqa: E402
 from pretrain import cli, fs  # noqa: E402
 from pretrain.cloud import gcs  # noqa: E402
 from pretrain.data import preprocess  # noqa: E402
-from pretrain.config import load_config  # noqa: E402
+from pretrain.config import compress_schedule, load_config  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -46,6 +47,10 @@ def define_flags():
                         "(e.g. chinese_L-12_H-768_A-12/bert_model.ckpt).")
     flags.DEFINE_string("phase", None, "Start from this phase (1-based index or name); "
                         "default: the first unfinished one.")
+    flags.DEFINE_integer("steps", None, "A short run of the same shape: N optimizer updates "
+                         "in all, shared by the phases in the config's ratio, each warmup the "
+                         "same share of its phase, log/save/eval intervals scaled alike (at "
+                         "least 1).", lower_bound=1)
     flags.DEFINE_integer("steps_per_loop", 100, "Optimizer updates per host call.")
     flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                       "bf16 = mixed bfloat16; auto picks bf16 on TPUs and Ampere or newer "
@@ -96,6 +101,8 @@ def main(argv):
         raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     # Before TensorFlow loads: a bad config or --set fails in a second.
     cfg = load_config(FLAGS.config, smoke=FLAGS.smoke, overrides=FLAGS.set)
+    if FLAGS.steps:
+        cfg = compress_schedule(cfg, FLAGS.steps)
     # Expected errors (and train.Interrupted: saved, exit 128 + signal) end in cli.
     exports, data, output = run(cfg)
     print("\nrun finished: %s" % cfg["name"])

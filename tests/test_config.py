@@ -259,3 +259,37 @@ def test_override_returns_a_new_config_and_leaves_the_original_untouched():
     with pytest.raises(ConfigError, match=r"with --set train\.batch_size=0: train\.batch_size"):
         override(cfg, ["train.batch_size=0"])
     assert cfg == before
+
+
+@pytest.mark.parametrize("name,steps,phases,intervals", [
+    # 112500 + 12500 updates, warmup 3125, log/save/eval every 100/2000/5000:
+    # 1000 updates are 0.8% of them
+    ("roberta_tiny", 1000, [(900, 25), (100, 0)], (1, 16, 40)),
+    # 6.3 + 0.7: the second phase keeps one update; 3125/112500 of 6 rounds to 0
+    ("roberta_tiny", 7, [(6, 0), (1, 0)], (1, 1, 1)),
+    # 250000 + 25000: 100 + 10; 5000 * 110/275000 = 2
+    ("t5s_tiny", 110, [(100, 0), (10, 0)], (1, 1, 2)),
+    # one phase of 100000, log/save/eval every 100/2000/2000: 5000 is 5%
+    ("simbert_tiny", 5000, [(5000, 0)], (5, 100, 100)),
+])
+def test_steps_compresses_the_schedule_keeping_its_shape(name, steps, phases, intervals):
+    from pretrain.config import compress_schedule
+    cfg = load_config(name)
+    short = compress_schedule(cfg, steps)
+    assert [(p["steps"], p["warmup_steps"]) for p in short["train"]["phases"]] == phases
+    assert tuple(short["train"][k] for k in ("log_every", "save_every", "eval_every")) == intervals
+    for key in ("batch_size", "eval_steps", "seed"):
+        assert short["train"][key] == cfg["train"][key]
+    assert [p["learning_rate"] for p in short["train"]["phases"]] == [
+        p["learning_rate"] for p in cfg["train"]["phases"]]
+    assert cfg["train"]["phases"][0]["steps"] != phases[0][0]  # the original is untouched
+
+
+def test_steps_needs_an_update_per_phase_and_warmup_fits_its_phase(tmp_path):
+    from pretrain.config import compress_schedule
+    with pytest.raises(ConfigError, match=r"--steps 1: config roberta_tiny has 2 phases"):
+        compress_schedule(load_config("roberta_tiny"), 1)
+    raw = _base()
+    raw["train"]["phases"][1]["warmup_steps"] = raw["train"]["phases"][1]["steps"] + 1
+    _refused(tmp_path, raw, r"bad\.json: train\.phases\[1\]\.warmup_steps=12501 is longer "
+             r"than the phase \(steps=12500\)")
