@@ -173,6 +173,16 @@ def test_bert4keras_reload_of_the_saved_model_gives_the_same_predictions(finetun
     assert info["finetune"]["task"] == "classification"
 
 
+def test_the_data_summary_gives_examples_labels_and_bad_lines(finetuned, splits):
+    args, result, lines = finetuned
+    for split in ("train", "dev", "test"):
+        labels = _labels(splits[split])
+        want = "%s: %d examples from %s; labels %s; 0 bad lines skipped" % (
+            split, len(labels), splits[split],
+            ", ".join("%s %d" % (l, labels.count(l)) for l in result["labels"]))
+        assert want in lines, [l for l in lines if l.startswith(split)]
+
+
 def test_training_is_deterministic_for_a_seed(finetuned):
     """The fine-tuned run (weights loaded from the export by bert4keras) and the
     random-init baseline (the same weights drawn afresh) share weights, seed and

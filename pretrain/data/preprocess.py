@@ -190,7 +190,11 @@ def _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
     summary = preprocess_state.write_manifests(job, vocab, settings, [all_stats[c.index] for c in chunks])
     summary["seconds"] = round(time.time() - t0, 2)
     summary["cpu_seconds"] = round(_cpu_seconds() - cpu0, 2)
-    logging.info("preprocess summary: %s", json.dumps(summary, ensure_ascii=False))
+    logging.info("preprocess: %d docs (%d heldout), %d tokens, unk rate %.4f; %s; %.1f s",
+                 summary["docs"], summary["heldout_docs"], summary["tokens"], summary["unk_rate"],
+                 ", ".join("seq%d: %d + %d heldout sequences" % (
+                     L, n["train"]["sequences"], n["heldout"]["sequences"])
+                     for L, n in sorted(summary["lengths"].items())), summary["seconds"])
     return summary
 
 

@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 from bert4keras.backend import keras
 
 from pretrain import fs
@@ -203,6 +204,23 @@ def _summaries(writers, epoch, steps, losses, lr, dev):
             tf.summary.scalar(k, v, step=epoch * steps)
 
 
+def _epoch(loop, iterator, steps, title):
+    """One epoch of `steps` updates in host calls of about a twentieth of it, with
+    a progress bar; returns the per-update losses, the metric sums, the last
+    learning rate."""
+    chunk, done, losses, sums = max(1, -(-steps // 20)), 0, [], {}
+    with tqdm(total=steps, desc=title, unit="step", leave=False) as bar:
+        while done < steps:
+            n = min(chunk, steps - done)
+            part, _, part_sums, lr = loop(iterator, tf.constant(n))
+            losses.append(part.numpy())
+            for k, v in part_sums.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            done += n
+            bar.update(n)
+    return np.concatenate(losses), sums, lr
+
+
 def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     """Train, keep the best dev epoch, score dev/test with it; returns the result dict.
 
@@ -231,8 +249,8 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     iterator = iter(batches)
     best, history = None, []
     for epoch in range(1, args["epochs"] + 1):
-        losses, _, sums, lr = loop(iterator, tf.constant(steps))
-        losses = losses.numpy()
+        losses, sums, lr = _epoch(loop, iterator, steps, "%sepoch %d/%d" % (
+            "random init " if random_init else "", epoch, args["epochs"]))
         if not np.all(np.isfinite(losses)):
             raise train.TrainingError("the loss became %s in epoch %d; lower --learning_rate"
                                       % (losses[~np.isfinite(losses)][0], epoch))
@@ -301,11 +319,24 @@ def load_data(args, log=print):
     for split in ("train", "dev", "test"):
         if not args.get(split):
             continue
-        examples = train_examples if split == "train" else finetune_data.read_examples(
-            args[split], args["task"], args["max_bad_fraction"], set(labels), log)[0]
+        if split != "train":
+            examples, data["skipped"][split] = finetune_data.read_examples(
+                args[split], args["task"], args["max_bad_fraction"], set(labels), log)
+        else:
+            examples = train_examples
         data[split] = finetune_data.encode(examples, tokenizer, args["maxlen"], label_ids)
         data[split + "_examples"] = examples
+        _log_split(split, args[split], data[split]["labels"], labels, data["skipped"][split], log)
     return data
+
+
+def _log_split(split, path, label_ids, labels, skipped, log):
+    """One line per split: examples, each label's count, the bad lines skipped."""
+    counts = np.bincount(label_ids, minlength=len(labels))
+    log("%s: %d examples from %s; labels %s; %d bad lines skipped%s" % (
+        split, len(label_ids), path, ", ".join("%s %d" % (l, c) for l, c in zip(labels, counts)),
+        sum(skipped.values()), " (%s)" % ", ".join("%s %d" % kv for kv in sorted(
+            skipped.items())) if skipped else ""))
 
 
 def run(args, strategy=None, log=print):

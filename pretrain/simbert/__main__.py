@@ -1,7 +1,7 @@
 """`python -m pretrain.simbert {encode|search|generate|eval}`: encode, search and
 paraphrase with a SimBERT export, or score it (pretrain/simbert/use.py).
 
-    python -m pretrain.simbert encode --model RUN/export/phase1 --text 今天天气不错 --output v.npy
+    python -m pretrain.simbert encode --model EXPORT --text 今天天气不错 --output v.npy
     python -m pretrain.simbert search --model EXPORT --input queries.txt --corpus corpus.txt
     python -m pretrain.simbert generate --model EXPORT --text 今天天气不错 --n 20 --k 5
     python -m pretrain.simbert eval --model EXPORT --pairs lcqmc_dev.tsv --groups groups.json
