@@ -409,36 +409,6 @@ def load_config(name_or_path, smoke=False, overrides=()):
     return cfg
 
 
-def compress_schedule(cfg, steps):
-    """`cfg` with its schedule shrunk (or stretched) to `steps` updates in all,
-    the same shape: each phase keeps its share of the updates (at least 1),
-    its warmup the same share of the phase, and train.log_every, save_every
-    and eval_every scale by the same factor (at least 1)."""
-    phases = cfg["train"]["phases"]
-    if not isinstance(steps, int) or steps < len(phases):
-        raise ConfigError("--steps %s: config %s has %d phases; give at least %d updates"
-                          % (steps, cfg["name"], len(phases), len(phases)))
-    total = sum(p["steps"] for p in phases)
-    shares = [steps * p["steps"] / total for p in phases]
-    new = [max(1, int(x)) for x in shares]
-    # The updates left over (or over) go to the largest remainders (phases).
-    by_remainder = sorted(range(len(phases)), key=lambda i: int(shares[i]) - shares[i])
-    i = 0
-    while sum(new) < steps:
-        new[by_remainder[i % len(new)]] += 1
-        i += 1
-    while sum(new) > steps:
-        new[max(range(len(new)), key=lambda j: new[j])] -= 1
-    values = {}
-    for i, (phase, n) in enumerate(zip(phases, new)):
-        values["train.phases.%d.steps" % i] = n
-        values["train.phases.%d.warmup_steps" % i] = min(
-            n, int(phase["warmup_steps"] * n / phase["steps"] + 0.5))
-    for key in ("log_every", "save_every", "eval_every"):
-        values["train." + key] = max(1, int(cfg["train"][key] * steps / total + 0.5))
-    return override(cfg, as_overrides(values))
-
-
 def bert4keras_config(cfg):
     """The `bert_config.json` dict bert4keras's build_transformer_model reads."""
     keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",

@@ -28,7 +28,7 @@ from absl import flags  # noqa: E402
 from pretrain import cli, fs  # noqa: E402
 from pretrain.cloud import gcs  # noqa: E402
 from pretrain.data import preprocess  # noqa: E402
-from pretrain.config import compress_schedule, load_config  # noqa: E402
+from pretrain.config import ConfigError, as_overrides, load_config, override  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -81,6 +81,36 @@ def _phase_index(cfg, phase):
         return names.index(phase)
     raise cli.UsageError("--phase %r: this config's phases are 1..%d (%s)" % (
         phase, len(phases), ", ".join(names)))
+
+
+def compress_schedule(cfg, steps):
+    """`cfg` with its schedule shrunk (or stretched) to `steps` updates in all,
+    the same shape: each phase keeps its share of the updates (at least 1),
+    its warmup the same share of the phase, and train.log_every, save_every
+    and eval_every scale by the same factor (at least 1)."""
+    phases = cfg["train"]["phases"]
+    if not isinstance(steps, int) or steps < len(phases):
+        raise ConfigError("--steps %s: config %s has %d phases; give at least %d updates"
+                          % (steps, cfg["name"], len(phases), len(phases)))
+    total = sum(p["steps"] for p in phases)
+    shares = [steps * p["steps"] / total for p in phases]
+    new = [max(1, int(x)) for x in shares]
+    # The updates left over (or over) go to the largest remainders (phases).
+    by_remainder = sorted(range(len(phases)), key=lambda i: int(shares[i]) - shares[i])
+    i = 0
+    while sum(new) < steps:
+        new[by_remainder[i % len(new)]] += 1
+        i += 1
+    while sum(new) > steps:
+        new[max(range(len(new)), key=lambda j: new[j])] -= 1
+    values = {}
+    for i, (phase, n) in enumerate(zip(phases, new)):
+        values["train.phases.%d.steps" % i] = n
+        values["train.phases.%d.warmup_steps" % i] = min(
+            n, int(phase["warmup_steps"] * n / phase["steps"] + 0.5))
+    for key in ("log_every", "save_every", "eval_every"):
+        values["train." + key] = max(1, int(cfg["train"][key] * steps / total + 0.5))
+    return override(cfg, as_overrides(values))
 
 
 def smoke_data(cfg, output):

@@ -273,7 +273,7 @@ def test_override_returns_a_new_config_and_leaves_the_original_untouched():
     ("simbert_tiny", 5000, [(5000, 0)], (5, 100, 100)),
 ])
 def test_steps_compresses_the_schedule_keeping_its_shape(name, steps, phases, intervals):
-    from pretrain.config import compress_schedule
+    from pretrain.run import compress_schedule
     cfg = load_config(name)
     short = compress_schedule(cfg, steps)
     assert [(p["steps"], p["warmup_steps"]) for p in short["train"]["phases"]] == phases
@@ -286,7 +286,7 @@ def test_steps_compresses_the_schedule_keeping_its_shape(name, steps, phases, in
 
 
 def test_steps_needs_an_update_per_phase_and_warmup_fits_its_phase(tmp_path):
-    from pretrain.config import compress_schedule
+    from pretrain.run import compress_schedule
     with pytest.raises(ConfigError, match=r"--steps 1: config roberta_tiny has 2 phases"):
         compress_schedule(load_config("roberta_tiny"), 1)
     raw = _base()
