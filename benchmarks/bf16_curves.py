@@ -64,7 +64,7 @@ def make_records(cfg, corpus, docs, out_dir):
         g.write("".join(f.readline() for _ in range(docs)))
     records = os.path.join(out_dir, "records")
     preprocess.run(cfg, [sliced], records, seq_lens=cfg["data"]["seq_lens"], dupe_factor=1,
-                   workers=1, seed=1, eval_fraction=0.05, progress=False)
+                   workers=1, seed=1, heldout_fraction=0.05, progress=False)
     return records
 
 

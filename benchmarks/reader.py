@@ -50,7 +50,7 @@ def main():
             cfg = dict(base, data=dict(base["data"], masking=mode))
             data_dir = os.path.join(tmp, mode)
             preprocess.run(cfg, src, data_dir, seq_lens=seq_lens, dupe_factor=1, workers=2,
-                           eval_fraction=0.0, progress=False)
+                           heldout_fraction=0.0, progress=False)
             for L in seq_lens:
                 ds = inputs.mlm_dataset(data_dir, cfg, L, args.batch_size, seed=1)
                 it = iter(ds)

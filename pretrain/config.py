@@ -20,6 +20,7 @@ A config is one plain JSON file with these sections:
 import copy
 import json
 import os
+import sys
 
 from pretrain import fs
 from pretrain.errors import PretrainError
@@ -71,8 +72,11 @@ _DATA_OPTIONAL = {
     # one unmasked copy, masked anew each epoch by the reader (records.py)
     "masking": "static",
     "user_dict": None,
-    "validation_fraction": 0.01,
+    # the share of documents (groups) held out: the heldout split, evaluated on
+    "heldout_fraction": 0.01,
 }
+# Old names that still work, with a note: (section, old key) -> new key.
+_RENAMED = {("data", "validation_fraction"): "heldout_fraction"}
 
 MASKING_MODES = ("static", "dynamic")
 
@@ -186,6 +190,32 @@ def _task_section(raw):
     return {task} if isinstance(task, str) and task and task not in _TOP_LEVEL else set()
 
 
+def note_renamed(old, new):
+    """One line on stderr for a deprecated name that still works."""
+    print("warning: %s is deprecated; use %s (same meaning)" % (old, new), file=sys.stderr)
+
+
+_NOTED = set()
+
+
+def _renamed_keys(name, section, path):
+    """`section` with deprecated keys under their new names (noted once a process)."""
+    if not isinstance(section, dict):
+        return section
+    section = dict(section)
+    for (where, old), new in _RENAMED.items():
+        if where != name or old not in section:
+            continue
+        if new in section:
+            raise ConfigError("%s: %s.%s and %s.%s are the same setting; keep %s.%s only"
+                              % (path, name, old, name, new, name, new))
+        section[new] = section.pop(old)
+        if old not in _NOTED:
+            _NOTED.add(old)
+            note_renamed("%s: %s.%s" % (path, name, old), "%s.%s" % (name, new))
+    return section
+
+
 def validate(raw, path="<config>"):
     """Check keys and values, fill defaults; return a new dict."""
     if not isinstance(raw, dict):
@@ -201,7 +231,8 @@ def validate(raw, path="<config>"):
     cfg = {"name": raw.get("name") or os.path.basename(path).rsplit(".", 1)[0],
            "description": raw.get("description", "")}
     for name, (required, optional) in _SECTIONS.items():
-        cfg[name] = _check_keys(name, raw.get(name, {}), required, optional, path)
+        section = _renamed_keys(name, raw.get(name, {}), path)
+        cfg[name] = _check_keys(name, section, required, optional, path)
     for name in own & set(raw):  # the task's own section: its check validates it
         if not isinstance(raw[name], dict):
             raise ConfigError("%s: %s must be a JSON object" % (path, name))
@@ -239,7 +270,7 @@ def _check_data(path, data):
                               "- 2 = %d], got %r" % (path, i, L - 2, P))
     if not 0.0 < data["masked_lm_prob"] < 1.0:
         raise ConfigError("%s: data.masked_lm_prob must be in (0, 1)" % path)
-    for key in ("mask_token_prob", "random_token_prob", "validation_fraction"):
+    for key in ("mask_token_prob", "random_token_prob", "heldout_fraction"):
         _check_prob(path, "data." + key, data[key])
     if data["mask_token_prob"] + data["random_token_prob"] > 1:
         raise ConfigError("%s: data.mask_token_prob + data.random_token_prob must be <= 1, "
@@ -272,7 +303,8 @@ def _check_train(path, train):
         _check_int(path, "train.phases[%d].steps" % i, phase["steps"])
         _check_int(path, "train.phases[%d].warmup_steps" % i, phase["warmup_steps"], minimum=0)
         if phase["warmup_steps"] > phase["steps"]:
-            raise ConfigError("%s: train.phases[%d].warmup_steps exceeds steps" % (path, i))
+            raise ConfigError("%s: train.phases[%d].warmup_steps=%d is longer than the phase "
+                              "(steps=%d)" % (path, i, phase["warmup_steps"], phase["steps"]))
         if phase["name"] is None:
             phase["name"] = "phase%d_seq%d" % (i + 1, phase["seq_len"])
         phases.append(phase)

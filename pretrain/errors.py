@@ -13,3 +13,7 @@ class PretrainError(Exception):
 
 class TrainingError(PretrainError, RuntimeError):
     """A run cannot start or must stop; the message says why and what to do."""
+
+
+class UsageError(PretrainError):
+    """The command line is wrong: a missing, unknown or bad flag or argument."""

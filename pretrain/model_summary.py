@@ -12,11 +12,9 @@ import tempfile
 import zlib
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from pretrain import cli
-from pretrain.export import writer as export
-from pretrain.models import build as models
 from pretrain.config import load_config
 
 # The published checkpoint sizes to compare with (MB as printed on the
@@ -68,6 +66,8 @@ def mlm_flops_per_sequence(cfg, seq_len, predictions, sparse=True):
     attention rows and FFN, on the P masked rows only. Otherwise: every
     position everywhere, as a full-sequence MLM head does.
     """
+    # lazy: TensorFlow loads only when a model is built or inspected, after --help
+    from pretrain.models import build as models
     encoder, head = flops_per_token(cfg, seq_len)
     if not sparse:
         return seq_len * (encoder + head)
@@ -86,6 +86,9 @@ def summary(cfg, seq_lens=None, measure_checkpoint=True, vocab_size=None):
     vocab_size: build with this many embedding rows instead of the config's
     (say the 13,686 of the published T5s vocabulary).
     """
+    # lazy: TensorFlow loads only when a model is built or inspected, after --help
+    from pretrain.export import writer as export
+    from pretrain.models import build as models
     if vocab_size:
         cfg = dict(cfg, model=dict(cfg["model"], vocab_size=vocab_size))
     bundle = models.build_model(cfg, check_vocab=False)
@@ -136,7 +139,7 @@ def define_flags():
 
 def main(argv):
     if len(argv) != 1:
-        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+        raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     FLAGS = flags.FLAGS
     s = summary(load_config(FLAGS.config), measure_checkpoint=FLAGS.measure_checkpoint,
                 vocab_size=FLAGS.vocab_size)

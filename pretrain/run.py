@@ -6,7 +6,8 @@ train (and the CPU `--smoke` run).
     python pretrain/run.py --config roberta_tiny.json --smoke --set train.batch_size=8
 
 `--set KEY=VALUE` changes one config value without editing the file; it
-applies after the `smoke` numbers, and is validated like the file.
+applies after the `smoke` numbers, and is validated like the file. `--steps N`
+then shrinks the schedule to N updates of the same shape (a short real run).
 
 `--smoke` is the same code path with the config's `smoke` numbers: it
 preprocesses the shipped sample if needed, trains every phase for a few dozen
@@ -22,13 +23,13 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.join(_ROOT, "pretrain"):
     sys.path[0] = _ROOT
 
 import pretrain  # noqa: E402,F401  (selects tf_keras before TensorFlow loads)
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from pretrain import cli, fs  # noqa: E402
-from pretrain.cloud import gcs
-from pretrain.data import preprocess, records
+from pretrain.cloud import gcs  # noqa: E402
+from pretrain.data import preprocess, records  # noqa: E402
 from pretrain.simbert import data as simbert_data  # noqa: E402
-from pretrain.config import ConfigError, load_config, where  # noqa: E402
+from pretrain.config import ConfigError, as_overrides, load_config, override, where  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -47,6 +48,10 @@ def define_flags():
                         "(e.g. chinese_L-12_H-768_A-12/bert_model.ckpt).")
     flags.DEFINE_string("phase", None, "Start from this phase (1-based index or name); "
                         "default: the first unfinished one.")
+    flags.DEFINE_integer("steps", None, "A short run of the same shape: N optimizer updates "
+                         "in all, shared by the phases in the config's ratio, each warmup the "
+                         "same share of its phase, log/save/eval intervals scaled alike (at "
+                         "least 1).", lower_bound=1)
     flags.DEFINE_integer("steps_per_loop", 100, "Optimizer updates per host call.")
     flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                       "bf16 = mixed bfloat16; auto picks bf16 on TPUs and Ampere or newer "
@@ -75,7 +80,7 @@ def _phase_index(cfg, phase):
     names = [p["name"] for p in phases]
     if phase in names:
         return names.index(phase)
-    raise app.UsageError("--phase %r: this config's phases are 1..%d (%s)" % (
+    raise cli.UsageError("--phase %r: this config's phases are 1..%d (%s)" % (
         phase, len(phases), ", ".join(names)))
 
 
@@ -98,6 +103,36 @@ def make_task(cfg, data):
     return SimbertTask(cfg, data) if cfg["data"]["task"] == "simbert" else MlmTask(cfg, data)
 
 
+def compress_schedule(cfg, steps):
+    """`cfg` with its schedule shrunk (or stretched) to `steps` updates in all,
+    the same shape: each phase keeps its share of the updates (at least 1),
+    its warmup the same share of the phase, and train.log_every, save_every
+    and eval_every scale by the same factor (at least 1)."""
+    phases = cfg["train"]["phases"]
+    if not isinstance(steps, int) or steps < len(phases):
+        raise ConfigError("--steps %s: config %s has %d phases; give at least %d updates"
+                          % (steps, cfg["name"], len(phases), len(phases)))
+    total = sum(p["steps"] for p in phases)
+    shares = [steps * p["steps"] / total for p in phases]
+    new = [max(1, int(x)) for x in shares]
+    # The updates left over (or over) go to the largest remainders (phases).
+    by_remainder = sorted(range(len(phases)), key=lambda i: int(shares[i]) - shares[i])
+    i = 0
+    while sum(new) < steps:
+        new[by_remainder[i % len(new)]] += 1
+        i += 1
+    while sum(new) > steps:
+        new[max(range(len(new)), key=lambda j: new[j])] -= 1
+    values = {}
+    for i, (phase, n) in enumerate(zip(phases, new)):
+        values["train.phases.%d.steps" % i] = n
+        values["train.phases.%d.warmup_steps" % i] = min(
+            n, int(phase["warmup_steps"] * n / phase["steps"] + 0.5))
+    for key in ("log_every", "save_every", "eval_every"):
+        values["train." + key] = max(1, int(cfg["train"][key] * steps / total + 0.5))
+    return override(cfg, as_overrides(values))
+
+
 def smoke_data(cfg, output):
     """The shipped sample, preprocessed under the run dir if not done yet
     (records of other settings there are this run's own: they are remade)."""
@@ -112,9 +147,12 @@ def smoke_data(cfg, output):
 
 
 def main(argv):
-    del argv
+    if len(argv) != 1:
+        raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     # Before TensorFlow loads: a bad config or --set fails in a second.
     cfg = load_config(FLAGS.config, smoke=FLAGS.smoke, overrides=FLAGS.set)
+    if FLAGS.steps:
+        cfg = compress_schedule(cfg, FLAGS.steps)
     # Expected errors (and train.Interrupted: saved, exit 128 + signal) end in cli.
     exports, data, output = run(cfg)
     print("\nrun finished: %s" % cfg["name"])
@@ -128,23 +166,26 @@ def main(argv):
 def run(cfg):
     """Config and flags → data → task → trainer; returns (exports, data, output)."""
     check_task(cfg)
-    # lazy: TensorFlow loads only after the config and flags are checked
-    from pretrain.training import trainer as train
-    from pretrain.runtime.strategy import check_paths_for_hosts, choose_precision, make_strategy
-
     output = FLAGS.output or (os.path.join("runs", cfg["name"] + "-smoke") if FLAGS.smoke
                               else None)
     if output is None:
-        raise app.UsageError("--output is required (a local dir or gs://bucket/path)")
+        raise cli.UsageError("--output is required (a local dir or gs://bucket/path)")
     fs.check_output_dir(output)
     if FLAGS.data is None and not FLAGS.smoke:
-        raise app.UsageError("--data is required: the records dir written by "
+        raise cli.UsageError("--data is required: the records dir written by "
                              "`python -m pretrain.preprocess` (or SimBERT groups JSON)")
     if FLAGS.data is None and os.environ.get("TF_CONFIG"):
-        raise app.UsageError("--data is required with TF_CONFIG: the workers would each "
+        raise cli.UsageError("--data is required with TF_CONFIG: the workers would each "
                              "preprocess the smoke sample into one dir")
+    cli.check_input("--data", FLAGS.data, what="records dir or groups file")
+    cli.check_input("--init_checkpoint", FLAGS.init_checkpoint, ("", ".index"), "checkpoint")
+    start_phase = _phase_index(cfg, FLAGS.phase)
     if output.startswith("gs://"):
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
+    # lazy: TensorFlow loads only after the config, flags and paths are checked
+    from pretrain.training import trainer as train
+    from pretrain.runtime.strategy import check_paths_for_hosts, choose_precision, make_strategy
+
     # The devices before the smoke data: a TPU or GPU that TF cannot use stops here.
     strategy = make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
     check_paths_for_hosts(strategy, {"--data": FLAGS.data or SAMPLE_CORPUS,
@@ -156,7 +197,7 @@ def run(cfg):
                             init_checkpoint=FLAGS.init_checkpoint,
                             steps_per_loop=FLAGS.steps_per_loop, precision=precision,
                             allow_train_changes=FLAGS.allow_train_changes)
-    exports = trainer.run(start_phase=_phase_index(cfg, FLAGS.phase))
+    exports = trainer.run(start_phase=start_phase)
     return exports, data, output
 
 

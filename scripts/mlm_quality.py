@@ -5,7 +5,7 @@ held-out MLM accuracy against steps.
         --output runs/mlm_quality --steps 2000 --batch_size 32 --learning_rate 3e-3
 
 It preprocesses the corpus (seq 128; --masking, with --dupe_factor copies
-when static; --validation_fraction of documents held out), trains one phase with the config's optimizer (LAMB) through the real
+when static; --heldout_fraction of documents held out), trains one phase with the config's optimizer (LAMB) through the real
 trainer, then prints the eval curve from the TensorBoard events and chance
 level (1 / vocab). Re-running the command resumes. The export it ends with
 (RUN/export/quality_seq128) is the warm start of scripts/simbert_quality.py.
@@ -36,7 +36,7 @@ def define_flags():
     flags.DEFINE_enum("masking", None, ["static", "dynamic"],
                       "data.masking (default: the config's).")
     flags.DEFINE_integer("dupe_factor", 1, "Masked copies, static masking only.")
-    flags.DEFINE_float("validation_fraction", 0.01, "Fraction of documents held out.")
+    flags.DEFINE_float("heldout_fraction", 0.01, "Fraction of documents held out.")
 
 
 def quality_config():
@@ -44,7 +44,7 @@ def quality_config():
     from pretrain.config import as_overrides, load_config, override
     base = load_config(FLAGS.config)
     settings = {"name": base["name"] + "_quality", "data.dupe_factor": FLAGS.dupe_factor,
-                "data.validation_fraction": FLAGS.validation_fraction,
+                "data.heldout_fraction": FLAGS.heldout_fraction,
                 "train.batch_size": FLAGS.batch_size, "train.grad_accum_steps": 1,
                 "train.log_every": FLAGS.eval_every // 2,
                 "train.save_every": FLAGS.eval_every * 2, "train.eval_every": FLAGS.eval_every,

@@ -7,7 +7,7 @@
    `python pretrain/run.py --config simbert_tiny --set train.batch_size=64 ...
     --data GROUPS --init_checkpoint WARM_START --output OUTPUT/run`.
 3. Scores, side by side, on LCQMC dev pairs (Spearman, accuracy at the best
-   threshold) and on the held-out (validation) groups (retrieval top-1, and
+   threshold) and on the heldout groups (retrieval top-1, and
    the two loss terms for the models):
    character Jaccard, the random init, the MLM warm start (pooler freshly
    initialised, as training starts), and the SimBERT-trained export.
@@ -105,7 +105,7 @@ def score(name, cfg, pair_sets, groups, sim=None):
                     else simbert_eval.cosine_matrix(sim.encode))
     row["retrieval_top1"] = simbert_eval.retrieval_top1(similarities, groups)["retrieval_top1"]
     if sim is not None:
-        losses = simbert_eval.heldout_losses(cfg, sim.model, FLAGS.data, "validation",
+        losses = simbert_eval.heldout_losses(cfg, sim.model, FLAGS.data, "heldout",
                                         FLAGS.batch_size)
         row.update({k: losses[k] for k in simbert_task.METRICS})
     print(json.dumps(row), flush=True)
@@ -125,8 +125,8 @@ def main(argv):
     pair_sets = {"dev": simbert_data.read_pairs(FLAGS.pairs, FLAGS.limit)}
     if FLAGS.test_pairs:
         pair_sets["test"] = simbert_data.read_pairs(FLAGS.test_pairs, FLAGS.limit)
-    groups = list(simbert_data.split_groups(FLAGS.data, "validation",
-                                       cfg["data"]["validation_fraction"]))
+    groups = list(simbert_data.split_groups(FLAGS.data, "heldout",
+                                            cfg["data"]["heldout_fraction"]))
     tokenizer = simbert_data.config_tokenizer(cfg)
     maxlen = simbert_data.settings(cfg)["maxlen"]
     rows = [score("char Jaccard", cfg, pair_sets, groups)]

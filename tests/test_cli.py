@@ -1,7 +1,5 @@
 """How commands start and end (pretrain/cli.py): complete --help, --set on the
 command line, exit 2 with `error: ...` for expected errors, a traceback for bugs."""
-import ast
-import glob
 import json
 import os
 import subprocess
@@ -10,22 +8,9 @@ import textwrap
 
 import pytest
 
+from pretrain import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _command_modules():
-    """Modules whose `if __name__ == "__main__":` block calls `cli.start(main, define_flags)`."""
-    found = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "pretrain", "**", "*.py"), recursive=True)):
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-        for node in tree.body:
-            if (isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
-                    and "cli.start(" in ast.unparse(node)):
-                module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-                found.append(module[:-len(".__main__")] if module.endswith(".__main__")
-                             else module)
-    return found
 
 
 # Runs each command as `python -m NAME --help` would (runpy, __main__), in one
@@ -62,7 +47,7 @@ _HELP_ALL = textwrap.dedent("""
 
 
 def test_every_command_has_complete_help():
-    modules = _command_modules()
+    modules = cli.commands()
     # today's commands, at least (others join when they end with cli.start)
     assert {"pretrain.run", "pretrain.preprocess", "pretrain.finetune",
             "pretrain.doctor"} <= set(modules), modules

@@ -93,7 +93,7 @@ def _refused(tmp_path, raw, pattern):
     ("data", "dupe_factor", 0, r"data\.dupe_factor must be an integer >= 1"),
     ("data", "mask_token_prob", 1.2, r"data\.mask_token_prob must be in \[0, 1\], got 1\.2"),
     ("data", "random_token_prob", -0.1, r"data\.random_token_prob must be in \[0, 1\]"),
-    ("data", "validation_fraction", 2, r"data\.validation_fraction must be in \[0, 1\]"),
+    ("data", "heldout_fraction", 2, r"data\.heldout_fraction must be in \[0, 1\]"),
     ("data", "mask_token_prob", 0.95,
      r"data\.mask_token_prob \+ data\.random_token_prob must be <= 1, got 0\.95 \+ 0\.1"),
     ("data", "max_predictions", [20, 0], r"data\.max_predictions\[1\] must be an integer "
@@ -114,6 +114,28 @@ def test_bad_phase_steps_are_named(tmp_path, key, value):
     raw["train"]["phases"][1][key] = value
     _refused(tmp_path, raw, r"bad\.json: train\.phases\[1\]\.%s must be an integer >= %d"
              % (key, 0 if key == "warmup_steps" else 1))
+
+
+def test_the_old_name_of_the_heldout_fraction_still_works_with_one_note(tmp_path, capsys):
+    from pretrain import config
+    config._NOTED.clear()
+    raw = _base()
+    raw["data"]["validation_fraction"] = 0.08
+    raw["smoke"]["data"]["validation_fraction"] = raw["smoke"]["data"].pop("heldout_fraction")
+    path = _write(tmp_path, raw)
+    for smoke, want in ((False, 0.08), (True, 0.05)):
+        cfg = load_config(path, smoke=smoke)
+        assert cfg["data"]["heldout_fraction"] == want
+        assert "validation_fraction" not in cfg["data"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: %s: data.validation_fraction is deprecated; use "
+                   "data.heldout_fraction (same meaning)" % path]
+    cfg = load_config("roberta_tiny", overrides=["data.validation_fraction=0.2"])
+    assert cfg["data"]["heldout_fraction"] == 0.2
+    raw["data"]["heldout_fraction"] = 0.1
+    del raw["smoke"]
+    _refused(tmp_path, raw, r"bad\.json: data\.validation_fraction and data\.heldout_fraction "
+             r"are the same setting; keep data\.heldout_fraction only")
 
 
 def test_smoke_values_are_validated_too(tmp_path):
@@ -239,3 +261,37 @@ def test_override_returns_a_new_config_and_leaves_the_original_untouched():
     with pytest.raises(ConfigError, match=r"with --set train\.batch_size=0: train\.batch_size"):
         override(cfg, ["train.batch_size=0"])
     assert cfg == before
+
+
+@pytest.mark.parametrize("name,steps,phases,intervals", [
+    # 112500 + 12500 updates, warmup 3125, log/save/eval every 100/2000/5000:
+    # 1000 updates are 0.8% of them
+    ("roberta_tiny", 1000, [(900, 25), (100, 0)], (1, 16, 40)),
+    # 6.3 + 0.7: the second phase keeps one update; 3125/112500 of 6 rounds to 0
+    ("roberta_tiny", 7, [(6, 0), (1, 0)], (1, 1, 1)),
+    # 250000 + 25000: 100 + 10; 5000 * 110/275000 = 2
+    ("t5s_tiny", 110, [(100, 0), (10, 0)], (1, 1, 2)),
+    # one phase of 100000, log/save/eval every 100/2000/2000: 5000 is 5%
+    ("simbert_tiny", 5000, [(5000, 0)], (5, 100, 100)),
+])
+def test_steps_compresses_the_schedule_keeping_its_shape(name, steps, phases, intervals):
+    from pretrain.run import compress_schedule
+    cfg = load_config(name)
+    short = compress_schedule(cfg, steps)
+    assert [(p["steps"], p["warmup_steps"]) for p in short["train"]["phases"]] == phases
+    assert tuple(short["train"][k] for k in ("log_every", "save_every", "eval_every")) == intervals
+    for key in ("batch_size", "eval_steps", "seed"):
+        assert short["train"][key] == cfg["train"][key]
+    assert [p["learning_rate"] for p in short["train"]["phases"]] == [
+        p["learning_rate"] for p in cfg["train"]["phases"]]
+    assert cfg["train"]["phases"][0]["steps"] != phases[0][0]  # the original is untouched
+
+
+def test_steps_needs_an_update_per_phase_and_warmup_fits_its_phase(tmp_path):
+    from pretrain.run import compress_schedule
+    with pytest.raises(ConfigError, match=r"--steps 1: config roberta_tiny has 2 phases"):
+        compress_schedule(load_config("roberta_tiny"), 1)
+    raw = _base()
+    raw["train"]["phases"][1]["warmup_steps"] = raw["train"]["phases"][1]["steps"] + 1
+    _refused(tmp_path, raw, r"bad\.json: train\.phases\[1\]\.warmup_steps=12501 is longer "
+             r"than the phase \(steps=12500\)")

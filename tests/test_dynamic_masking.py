@@ -16,7 +16,7 @@ from pretrain.data import tokenization
 
 import tensorflow as tf  # noqa: E402  (after pretrain set tf_keras)
 
-SETTINGS = dict(seq_lens=[128, 512], eval_fraction=0.1, shard_mb=0.03, seed=7, progress=False,
+SETTINGS = dict(seq_lens=[128, 512], heldout_fraction=0.1, shard_mb=0.03, seed=7, progress=False,
                 workers=1)
 MASK_ID, CLS_ID, SEP_ID = 103, 101, 102
 

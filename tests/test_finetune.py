@@ -14,6 +14,7 @@ from pretrain.export import checkpoints
 from pretrain.export import writer as export
 from pretrain.finetune import classifier as finetune
 from pretrain.finetune import data as finetune_data
+from pretrain.finetune import __main__ as finetune_command
 from pretrain.models import build as models
 from pretrain.config import as_overrides, load_config, override
 
@@ -172,6 +173,16 @@ def test_bert4keras_reload_of_the_saved_model_gives_the_same_predictions(finetun
     assert info["finetune"]["task"] == "classification"
 
 
+def test_the_data_summary_gives_examples_labels_and_bad_lines(finetuned, splits):
+    args, result, lines = finetuned
+    for split in ("train", "dev", "test"):
+        labels = _labels(splits[split])
+        want = "%s: %d examples from %s; labels %s; 0 bad lines skipped" % (
+            split, len(labels), splits[split],
+            ", ".join("%s %d" % (l, labels.count(l)) for l in result["labels"]))
+        assert want in lines, [l for l in lines if l.startswith(split)]
+
+
 def test_training_is_deterministic_for_a_seed(finetuned):
     """The fine-tuned run (weights loaded from the export by bert4keras) and the
     random-init baseline (the same weights drawn afresh) share weights, seed and
@@ -257,7 +268,7 @@ def test_a_missing_split_file_is_named_with_its_flag(tmp_path):
 def test_help_documents_every_flag():
     from absl import flags
     fv = flags.FlagValues()
-    finetune.define_flags(fv)
+    finetune_command.define_flags(fv)
     names = set(fv.flag_values_dict())
     assert {"model", "task", "train", "dev", "test", "output", "epochs", "batch_size",
             "learning_rate", "warmup_proportion", "maxlen", "seed", "baselines"} <= names

@@ -25,9 +25,12 @@ TF_LIBS = {"tensorflow", "tf_keras", "bert4keras"}
 SEAMS = {"__init__", "errors", "fs", "config", "cli"}
 FLOORS = ["cloud", "runtime", "data", "models", "export", "training", "simbert", "finetune"]
 # TensorFlow-free at import: preprocessing (and its spawned workers), config
-# loading, the command plumbing and the data side of the tasks.
+# loading, the command plumbing, the data side of the tasks, and every
+# command's entry (its --help and flag errors come before TensorFlow).
 TF_FREE_FOLDERS = {"data"}
-TF_FREE_MODULES = {"simbert.data", "finetune.data", "finetune.baselines", "run", "preprocess"}
+TF_FREE_MODULES = {"simbert.data", "finetune.data", "finetune.baselines", "run", "preprocess",
+                   "doctor", "gcs", "model_summary", "export.__main__", "finetune.__main__",
+                   "simbert.__main__"}
 # Standard library only at import: scripts/install.sh imports them before it has
 # installed anything else.
 STDLIB_ONLY = {"runtime.doctor", "runtime.hardware"}

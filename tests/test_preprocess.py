@@ -20,7 +20,7 @@ from pretrain.data import tokenization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
-SETTINGS = dict(seq_lens=[128, 512], dupe_factor=2, eval_fraction=0.05, shard_mb=0.04,
+SETTINGS = dict(seq_lens=[128, 512], dupe_factor=2, heldout_fraction=0.05, shard_mb=0.04,
                 seed=7, progress=False)
 
 
@@ -72,7 +72,7 @@ def test_forked_and_spawned_workers_write_the_same_bytes(reference, small_corpus
     run = subprocess.run(
         [sys.executable, "-m", "pretrain.preprocess", "--config", "roberta_tiny", "--input",
          small_corpus, "--output", forked, "--seq_lens", "128,512", "--dupe_factor", "2",
-         "--eval_fraction", "0.05", "--shard_mb", "0.04", "--seed", "7", "--masking", "static",
+         "--heldout_fraction", "0.05", "--shard_mb", "0.04", "--seed", "7", "--masking", "static",
          "--workers", "2", "--progress=false"],
         cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert "2 worker processes, started by fork" in run.stderr
@@ -119,7 +119,7 @@ def test_resume_after_kill_gives_identical_output(reference, small_corpus, tmp_p
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "pretrain.preprocess", "--config", "roberta_tiny",
            "--input", small_corpus, "--output", out, "--seq_lens", "128,512",
-           "--masking", "static", "--dupe_factor", "2", "--eval_fraction", "0.05",
+           "--masking", "static", "--dupe_factor", "2", "--heldout_fraction", "0.05",
            "--shard_mb", "0.04", "--seed", "7", "--workers", "1", "--progress=false"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = os.path.join(out, preprocess_state.STATE_DIR)
@@ -158,7 +158,7 @@ def test_bad_input_limit_and_counts(cfg, tmp_path):
     assert "8 of 18 input records" in message and "bad_json 8" in message
     assert "simbert_data_sample.json:" in message
     summary = preprocess.run(cfg, path, str(tmp_path / "b"), workers=1, progress=False,
-                             max_bad_fraction=0.5, eval_fraction=0.0, seq_lens=[128])
+                             max_bad_fraction=0.5, heldout_fraction=0.0, seq_lens=[128])
     assert summary["docs"] == 10 and summary["skipped"] == {"bad_json": 8}
     assert records.read_manifest(str(tmp_path / "b"), 128)["skipped"] == {"bad_json": 8}
 
@@ -228,7 +228,7 @@ def test_user_dict_words_are_masked_whole(cfg, tmp_path):
     (tmp_path / "docs.txt").write_text((doc + "\n") * 40, encoding="utf-8")
     out = str(tmp_path / "out")
     preprocess.run(cfg, str(tmp_path / "docs.txt"), out, seq_lens=[128], dupe_factor=1,
-                   workers=1, progress=False, eval_fraction=0.0,
+                   workers=1, progress=False, heldout_fraction=0.0,
                    user_dict=str(tmp_path / "dict.txt"))
     m = records.read_manifest(out, 128)
     assert m["masking"]["user_dict_sha256"]

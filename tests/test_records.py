@@ -32,7 +32,7 @@ def data_dir(tmp_path_factory, cfg):
         src.write_text("".join(f.readlines()[:300]), encoding="utf-8")
     out = str(tmp_path_factory.mktemp("records"))
     preprocess.run(cfg, str(src), out, seq_lens=[128, 512], dupe_factor=2, workers=1,
-                   eval_fraction=0.1, shard_mb=0.08, progress=False)
+                   heldout_fraction=0.1, shard_mb=0.08, progress=False)
     return out
 
 

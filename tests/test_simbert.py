@@ -91,7 +91,7 @@ def test_split_is_by_group_and_stable():
     groups = list(simbert_data.read_groups(path))
     splits = [simbert_data.group_split(g, 0.05) for g in groups]
     assert splits == [simbert_data.group_split(g, 0.05) for g in simbert_data.read_groups(path)]
-    share = splits.count("validation") / len(splits)
+    share = splits.count("heldout") / len(splits)
     assert 0.03 < share < 0.07, share
     by_text = collections.defaultdict(set)
     for g, s in zip(groups, splits):
@@ -104,12 +104,12 @@ def test_groups_are_held_out_by_the_rule_preprocessing_holds_out_documents_by():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     texts = [g.sentences[0] for g in simbert_data.read_groups(path)]
     for fraction in (0.0, 0.05, 0.5):  # the documented rule: crc32 of the text below a share
-        want = ["validation" if zlib.crc32(t.encode("utf-8")) < fraction * 2 ** 32 else "train"
+        want = ["heldout" if zlib.crc32(t.encode("utf-8")) < fraction * 2 ** 32 else "train"
                 for t in texts]
         got = [simbert_data.group_split(simbert_data.Group("", [t, "x"]), fraction)
                for t in texts]
         assert got == want
-    assert 0 < want.count("validation") < len(want)
+    assert 0 < want.count("heldout") < len(want)
 
 
 # ---------------------------------------------------------------- batches
@@ -181,8 +181,8 @@ def test_dataset_static_partners_deterministic_resumable_and_sharded():
 def test_validation_split_one_pass_is_finite_and_disjoint():
     path = shared_path("similarity", "bert4torch_data_similarity.json")
     cfg = tiny_cfg(maxlen=16)
-    val = list(simbert_task.pair_dataset(cfg, path, 16, split="validation", repeat=False))
-    n_groups = sum(1 for _ in simbert_data.split_groups(path, "validation", 0.05))
+    val = list(simbert_task.pair_dataset(cfg, path, 16, split="heldout", repeat=False))
+    n_groups = sum(1 for _ in simbert_data.split_groups(path, "heldout", 0.05))
     assert len(val) == n_groups * 2 // 16
     with pytest.raises(ValueError, match="even"):
         simbert_task.pair_dataset(cfg, path, 7)
@@ -270,9 +270,9 @@ def test_heldout_seq2seq_loss_falls(tmp_path):
     path = os.path.join(REPO_ROOT, "data", "sample", "similarity_groups.json")
     cfg = tiny_cfg()
     bundle = models.build_model(cfg)
-    before = simbert_eval.heldout_losses(cfg, bundle.encoder, path, "validation", 32)
+    before = simbert_eval.heldout_losses(cfg, bundle.encoder, path, "heldout", 32)
     _train(bundle, simbert_task.pair_dataset(cfg, path, 32, seed=0).take(60))
-    after = simbert_eval.heldout_losses(cfg, bundle.encoder, path, "validation", 32)
+    after = simbert_eval.heldout_losses(cfg, bundle.encoder, path, "heldout", 32)
     assert after["seq2seq_loss"] < before["seq2seq_loss"] - 1.0, (before, after)
 
 
@@ -280,7 +280,7 @@ def test_tiny_model_overfits_a_handful_of_groups(tmp_path):
     """Both losses fall and similarity top-1 on the trained groups reaches ~1."""
     path = shared_path("similarity", "simbert_data_sample.json")
     cfg = tiny_cfg(maxlen=24)
-    cfg["data"]["validation_fraction"] = 0.0
+    cfg["data"]["heldout_fraction"] = 0.0
     bundle = models.build_model(cfg)  # what the trainer trains
     model = bundle.encoder
     ds = simbert_task.pair_dataset(cfg, path, 28, seed=0)  # 14 groups: one epoch per batch
@@ -359,11 +359,11 @@ def test_trainer_refuses_an_empty_validation_split_before_the_first_step(tmp_pat
     from pretrain.training import trainer as train
     path = os.path.join(REPO_ROOT, "data", "sample", "similarity_groups.json")
     cfg = tiny_cfg()
-    cfg["data"]["validation_fraction"] = 0.0
+    cfg["data"]["heldout_fraction"] = 0.0
     cfg["train"].update(save_every=2, eval_every=2, log_every=2)
     cfg["train"]["phases"][0]["steps"] = 4
     trainer = train.Trainer(cfg, simbert_task.SimbertTask(cfg, path), str(tmp_path / "run"))
-    with pytest.raises(train.TrainingError, match=r"no groups in split 'validation'.*"
-                       r"validation_fraction=0.0.*eval_steps"):
+    with pytest.raises(train.TrainingError, match=r"no groups in split 'heldout'.*"
+                       r"heldout_fraction=0.0.*eval_steps"):
         trainer.run_phase(0)
     assert trainer.history == []

@@ -42,7 +42,7 @@ def tiny_config(tmp_path, name="tiny", phases=((128, 6), (512, 2)), dropout=0.0,
     return load_config(str(path))
 
 
-def make_records(tmp, cfg, seq_lens=(128, 512), eval_fraction=0.1, docs=400):
+def make_records(tmp, cfg, seq_lens=(128, 512), heldout_fraction=0.1, docs=400):
     """Real records of `cfg` from the first `docs` documents of the shipped sample."""
     from pretrain.data import preprocess
     corpus = tmp / "corpus.txt"
@@ -50,7 +50,7 @@ def make_records(tmp, cfg, seq_lens=(128, 512), eval_fraction=0.1, docs=400):
         corpus.write_text("".join(f.readline() for _ in range(docs)), encoding="utf-8")
     out = str(tmp / "records")
     preprocess.run(cfg, [str(corpus)], out, seq_lens=list(seq_lens), dupe_factor=1,
-                   workers=1, seed=1, eval_fraction=eval_fraction, progress=False)
+                   workers=1, seed=1, heldout_fraction=heldout_fraction, progress=False)
     return out
 
 

@@ -94,9 +94,9 @@ def _no_checkpoints(run):
 
 @pytest.fixture(scope="module")
 def no_eval_records(tmp_path_factory):
-    """Records preprocessed with eval_fraction 0: an empty eval split."""
+    """Records preprocessed with heldout_fraction 0: an empty heldout split."""
     tmp = tmp_path_factory.mktemp("no_eval")
-    return make_records(tmp, tiny_config(tmp), seq_lens=(128,), eval_fraction=0.0, docs=200)
+    return make_records(tmp, tiny_config(tmp), seq_lens=(128,), heldout_fraction=0.0, docs=200)
 
 
 def test_an_empty_eval_split_stops_before_the_first_step(tmp_path, no_eval_records):
@@ -104,7 +104,7 @@ def test_an_empty_eval_split_stops_before_the_first_step(tmp_path, no_eval_recor
     cfg = tiny_config(tmp_path, phases=((128, 4),))
     run = str(tmp_path / "run")
     trainer = train.Trainer(cfg, MlmTask(cfg, no_eval_records), run)
-    with pytest.raises(records.ManifestError, match=r"eval split has 0 examples.*eval_steps"):
+    with pytest.raises(records.ManifestError, match=r"heldout split has 0 examples.*heldout_fraction.*eval_steps"):
         trainer.run_phase(0)
     assert trainer.history == [] and _no_checkpoints(run)
 

@@ -36,13 +36,13 @@ import uuid
 
 import google_crc32c
 import requests
-from absl import app, flags, logging
+from absl import flags, logging
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import storage
 
 from pretrain.cloud import resumable as gcs_resumable
-from pretrain.errors import PretrainError
+from pretrain.errors import PretrainError, UsageError
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"  # suffix of a download in progress; never uploaded
@@ -408,12 +408,13 @@ def define_flags():
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise app.UsageError("usage: python -m pretrain.gcs {%s} --flags" % "|".join(COMMANDS))
+        raise UsageError("expected one command, {%s}, got %s: python -m pretrain.gcs COMMAND "
+                         "--flags" % ("|".join(COMMANDS), " ".join(argv[1:]) or "none"))
     command, f = argv[1], flags.FLAGS
     needed = ("path",) if command == "preflight" else ("src", "dst")
     missing = [name for name in needed if not f[name].value]
     if missing:
-        raise app.UsageError("%s needs --%s" % (command, " --".join(missing)))
+        raise UsageError("%s needs --%s" % (command, " --".join(missing)))
     try:
         if command == "upload":
             print(upload_dir(f.src, f.dst, f.workers, f.chunk_mb << 20, f.state_dir))

@@ -64,8 +64,9 @@ def _job(cfg, inputs, output_dir, mode, **kw):
         "dupe_factor": int(kw.get("dupe_factor") or data["dupe_factor"]),
         "masking": kw.get("masking") or data["masking"],
         "seed": int(kw.get("seed", 12345)),
-        "eval_fraction": float(data["validation_fraction"] if kw.get("eval_fraction") is None
-                               else kw["eval_fraction"]),
+        # the records' settings keep the key "eval_fraction" (manifests already written)
+        "eval_fraction": float(data["heldout_fraction"] if kw.get("heldout_fraction") is None
+                               else kw["heldout_fraction"]),
         "masked_lm_prob": data["masked_lm_prob"],
         "whole_word_mask": data["whole_word_mask"],
         "mask_token_prob": data["mask_token_prob"],
@@ -99,7 +100,7 @@ def _check_bad(totals, max_bad_fraction, bad_lines, final):
 
 def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, seed=12345,
         text_field=None, input_format="auto", max_bad_fraction=0.05, user_dict=None,
-        eval_fraction=None, compress=True, shard_mb=8.0, segmenter="auto", progress=True,
+        heldout_fraction=None, compress=True, shard_mb=8.0, segmenter="auto", progress=True,
         replace=False, masking=None):
     """Preprocess `inputs` (globs/dirs/files, list or comma-separated) into
     `output_dir` for config `cfg` (a dict from config.load_config).
@@ -108,14 +109,14 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
     with `replace` deleted and made again. Lengths may be added to them.
 
     None means "from the config": seq_lens (data.seq_lens), masking
-    (data.masking), dupe_factor (data.dupe_factor, static only), eval_fraction (data.validation_fraction), user_dict
+    (data.masking), dupe_factor (data.dupe_factor, static only), heldout_fraction (data.heldout_fraction), user_dict
     (data.user_dict). Returns the summary dict (also logged). Raises
     PreprocessError on an empty corpus or too much bad input, ValueError on a
     vocab without the special tokens.
     """
     job, vocab, files = _job(cfg, inputs, output_dir, "records", seq_lens=seq_lens,
                              dupe_factor=dupe_factor, seed=seed, text_field=text_field,
-                             user_dict=user_dict, eval_fraction=eval_fraction,
+                             user_dict=user_dict, heldout_fraction=heldout_fraction,
                              compress=compress, segmenter=segmenter, masking=masking)
     tasks = corpus.plan_chunks(files, int(shard_mb * (1 << 20)), input_format)
     chunks = [c for task in tasks for c in task]
@@ -189,7 +190,11 @@ def _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
     summary = preprocess_state.write_manifests(job, vocab, settings, [all_stats[c.index] for c in chunks])
     summary["seconds"] = round(time.time() - t0, 2)
     summary["cpu_seconds"] = round(_cpu_seconds() - cpu0, 2)
-    logging.info("preprocess summary: %s", json.dumps(summary, ensure_ascii=False))
+    logging.info("preprocess: %d docs (%d heldout), %d tokens, unk rate %.4f; %s; %.1f s",
+                 summary["docs"], summary["heldout_docs"], summary["tokens"], summary["unk_rate"],
+                 ", ".join("seq%d: %d + %d heldout sequences" % (
+                     L, n["train"]["sequences"], n["heldout"]["sequences"])
+                     for L, n in sorted(summary["lengths"].items())), summary["seconds"])
     return summary
 
 
@@ -264,8 +269,10 @@ def define_flags():
                        "input records is bad (malformed JSON, bad UTF-8, no text, empty).")
     flags.DEFINE_string("user_dict", None, "jieba user dictionary (default: config "
                         "data.user_dict).")
-    flags.DEFINE_float("eval_fraction", None, "Fraction of documents held out for eval "
-                       "(default: config data.validation_fraction).")
+    flags.DEFINE_float("heldout_fraction", None, "Fraction of documents held out: the "
+                       "heldout split the trainer evaluates on (default: config "
+                       "data.heldout_fraction).")
+    flags.DEFINE_float("eval_fraction", None, "Deprecated name of --heldout_fraction.")
     flags.DEFINE_bool("compress", True, "Write .tfrecord.gz (GZIP) shards.")
     flags.DEFINE_float("shard_mb", 8.0, "Raw corpus MB per chunk (one shard per chunk and length).")
     flags.DEFINE_enum("segmenter", "auto", ["auto", "rjieba", "jieba"],
@@ -301,7 +308,9 @@ def main(argv):
                           seq_lens=[int(x) for x in FLAGS.seq_lens or []] or None,
                           dupe_factor=FLAGS.dupe_factor, seed=FLAGS.seed,
                           max_bad_fraction=FLAGS.max_bad_fraction, user_dict=FLAGS.user_dict,
-                          eval_fraction=FLAGS.eval_fraction, compress=FLAGS.compress,
+                          heldout_fraction=cli.renamed_flag("eval_fraction",
+                                                            "heldout_fraction"),
+                          compress=FLAGS.compress,
                           segmenter=FLAGS.segmenter, masking=FLAGS.masking, **common)
     except PretrainError:
         raise

@@ -180,10 +180,11 @@ def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
     for split in splits:
         examples = manifest[split]["examples"]
         if examples < batch_size:
-            hint = (" (preprocess with --eval_fraction > 0, or set train.eval_steps to 0 to "
-                    "train without eval)" if split == "eval" else "")
+            hint = (" (preprocess with --heldout_fraction > 0, or set train.eval_steps to 0 "
+                    "to train without eval)" if split == "eval" else "")
             problems.append("the %s split has %d examples, fewer than one batch of %d%s"
-                            % (split, examples, batch_size, hint))
+                            % ("heldout" if split == "eval" else split, examples,
+                               batch_size, hint))
         shards = [s for s in manifest[split]["shards"] if s["count"] > 0]
         paths = [fs.join(base, s["name"]) for s in shards]
         with futures.ThreadPoolExecutor(16) as pool:  # one round trip per gs:// shard

@@ -57,7 +57,7 @@ def job_settings(job, files, shard_mb, input_format):
 
 
 _FLAGS = {"lengths": "--seq_lens", "masking": "--masking", "dupe_factor": "--dupe_factor", "seed": "--seed",
-          "eval_fraction": "--eval_fraction", "segmenter": "--segmenter",
+          "eval_fraction": "--heldout_fraction", "segmenter": "--segmenter",
           "compress": "--compress", "text_fields": "--text_field", "shard_mb": "--shard_mb",
           "input_format": "--input_format", "sources": "--input",
           "user_dict_sha256": "--user_dict"}
@@ -117,7 +117,7 @@ def write_manifests(job, vocab, settings, chunk_stats):
     summary = {
         "output": job["output"],
         "docs": sum(s["docs"] for s in chunk_stats),
-        "eval_docs": sum(s["eval_docs"] for s in chunk_stats),
+        "heldout_docs": sum(s["eval_docs"] for s in chunk_stats),
         "tokens": tokens,
         "unk_rate": round(unk / max(tokens, 1), 6),
         "skipped": dict(sorted(skipped.items())),
@@ -146,13 +146,16 @@ def write_manifests(job, vocab, settings, chunk_stats):
             "dupe_factor": job["dupe_factor"] if job["masking"] == "static" else None,
             "seed": job["seed"],
             "eval_fraction": job["eval_fraction"], "sources": settings["sources"],
-            "docs": summary["docs"], "eval_docs": summary["eval_docs"],
+            "docs": summary["docs"], "eval_docs": summary["heldout_docs"],
             "tokens": tokens, "unk_tokens": unk, "skipped": summary["skipped"],
             "train": per_split["train"], "eval": per_split["eval"],
         }
         records.write_manifest(job["output"], L, manifest)
+        # The summary says "heldout" for the split the files call "eval"; masked
+        # tokens only for static records (dynamic ones are masked by the reader).
         summary["lengths"][L] = {
-            split: {"sequences": per_split[split]["examples"],
-                    "masked_tokens": per_split[split]["masked_tokens"]}
-            for split in ("train", "eval")}
+            name: dict({"sequences": per_split[split]["examples"]},
+                       **({"masked_tokens": per_split[split]["masked_tokens"]}
+                          if job["masking"] == "static" else {}))
+            for name, split in (("train", "train"), ("heldout", "eval"))}
     return summary

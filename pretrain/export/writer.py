@@ -7,14 +7,10 @@ checkpoint)` loads unchanged: `bert_config.json`, `vocab.txt`,
 writes the published Keras h5 layout (`pretrain.export.h5_weights`).
 `publish_export` writes it next to its destination, reload-checks it
 (`pretrain.export.check`) and only then moves it into place.
-
-    python -m pretrain.export --config roberta_tiny --output /tmp/rt [--checkpoint CKPT] [--check]
-    python -m pretrain.export --config roberta_tiny --output /tmp/rt_hf --format hf
+The command is `python -m pretrain.export` (`export_command`).
 """
 import json
 import os
-
-from absl import flags
 
 from pretrain import fs
 from pretrain.export import checkpoints
@@ -23,7 +19,7 @@ from pretrain.export import h5_weights
 from pretrain.export import hf as hf_export
 from pretrain.models import build as models
 from pretrain.export.checkpoints import CONFIG_NAME, INFO_NAME
-from pretrain.config import bert4keras_config, load_config, resolve_path
+from pretrain.config import bert4keras_config, resolve_path
 from pretrain.data.tokenization import load_vocab
 
 
@@ -131,40 +127,24 @@ def _load_kwargs(cfg):
     return kwargs
 
 
-# ---------------------------------------------------------------------- CLI
-
-def define_flags():
-    flags.DEFINE_string("config", None, "config name (configs/NAME.json) or path to a config JSON")
-    flags.DEFINE_string("checkpoint", None, "trainer checkpoint, Google-format "
-                        "checkpoint or Keras h5 (the published T5s model.h5) to export "
-                        "(default: the fresh initialisation)")
-    flags.DEFINE_string("output", None, "output directory (local or gs://)")
-    flags.DEFINE_enum("format", "bert4keras", ["bert4keras", "hf"], "output format: a "
-                      "bert4keras checkpoint dir, or a transformers dir (extra 'hf')")
-    flags.DEFINE_bool("check", False, "reload the export and print the max abs difference")
-    flags.mark_flags_as_required(["config", "output"])
-
-
-def main(argv):
-    del argv
-    FLAGS = flags.FLAGS
-    fs.check_output_dir(FLAGS.output)
-    cfg = load_config(FLAGS.config)
-    output = FLAGS.output if fs.is_remote(FLAGS.output) else os.path.abspath(FLAGS.output)
+def export_command(cfg, output, checkpoint=None, fmt="bert4keras", check=False):
+    """`python -m pretrain.export`: build `cfg`'s model, load `checkpoint` into
+    it (a trainer, Google-format or h5 checkpoint; None: the fresh
+    initialisation) and write it to `output` in `fmt` (bert4keras or hf)."""
+    output = output if fs.is_remote(output) else os.path.abspath(output)
     bundle = models.build_model(cfg)
-    if FLAGS.checkpoint:
-        if h5_weights.is_h5(FLAGS.checkpoint) or checkpoints.is_name_based(FLAGS.checkpoint):
-            checkpoints.load_pretrained(cfg, bundle, FLAGS.checkpoint)
+    if checkpoint:
+        if h5_weights.is_h5(checkpoint) or checkpoints.is_name_based(checkpoint):
+            checkpoints.load_pretrained(cfg, bundle, checkpoint)
         else:
-            checkpoints.restore_training_checkpoint(bundle, FLAGS.checkpoint)
-    if FLAGS.format == "hf":
+            checkpoints.restore_training_checkpoint(bundle, checkpoint)
+    if fmt == "hf":
         hf_export.export_hf(cfg, bundle, output)
-        if FLAGS.check:
+        if check:
             print("max |TF - HF| (MLM logits, pooled vector if any): %.3g" % hf_export.check_hf(
                 cfg, output, bundle))
         return
-    prefix, diff = publish_export(cfg, bundle, output, {"checkpoint": FLAGS.checkpoint},
-                                  check=FLAGS.check)
+    prefix, diff = publish_export(cfg, bundle, output, {"checkpoint": checkpoint}, check=check)
     print("wrote", prefix)
-    if FLAGS.check:
+    if check:
         print("max |trained - bert4keras reload|: %.3g" % diff)

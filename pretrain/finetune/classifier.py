@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
+from tqdm import tqdm
 from bert4keras.backend import keras
 
 from pretrain import fs
@@ -43,7 +43,7 @@ from pretrain.models import build as models
 from pretrain.training import optim
 from pretrain.training import tasks
 from pretrain.training import trainer as train
-from pretrain.runtime.strategy import make_strategy, use_xla
+from pretrain.runtime.strategy import use_xla
 from pretrain.config import ConfigError
 
 BASELINES = ("majority", "tfidf_lr", "random_init")
@@ -210,10 +210,27 @@ def _summaries(writers, epoch, steps, losses, lr, dev):
             tf.summary.scalar(k, v, step=epoch * steps)
 
 
+def _epoch(loop, iterator, steps, title):
+    """One epoch of `steps` updates in host calls of about a twentieth of it, with
+    a progress bar; returns the per-update losses, the metric sums, the last
+    learning rate."""
+    chunk, done, losses, sums = max(1, -(-steps // 20)), 0, [], {}
+    with tqdm(total=steps, desc=title, unit="step", leave=False) as bar:
+        while done < steps:
+            n = min(chunk, steps - done)
+            part, _, part_sums, lr = loop(iterator, tf.constant(n))
+            losses.append(part.numpy())
+            for k, v in part_sums.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            done += n
+            bar.update(n)
+    return np.concatenate(losses), sums, lr
+
+
 def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     """Train, keep the best dev epoch, score dev/test with it; returns the result dict.
 
-    args: the settings (see `define_flags`); data: {"labels": [...],
+    args: the settings (the flags of `python -m pretrain.finetune`); data: {"labels": [...],
     split: encoded arrays, split + "_examples": [Example]}.
     """
     labels = data["labels"]
@@ -238,8 +255,8 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     iterator = iter(batches)
     best, history = None, []
     for epoch in range(1, args["epochs"] + 1):
-        losses, _, sums, lr = loop(iterator, tf.constant(steps))
-        losses = losses.numpy()
+        losses, sums, lr = _epoch(loop, iterator, steps, "%sepoch %d/%d" % (
+            "random init " if random_init else "", epoch, args["epochs"]))
         if not np.all(np.isfinite(losses)):
             raise train.TrainingError("the loss became %s in epoch %d; lower --learning_rate"
                                       % (losses[~np.isfinite(losses)][0], epoch))
@@ -308,11 +325,24 @@ def load_data(args, log=print):
     for split in ("train", "dev", "test"):
         if not args.get(split):
             continue
-        examples = train_examples if split == "train" else finetune_data.read_examples(
-            args[split], args["task"], args["max_bad_fraction"], set(labels), log)[0]
+        if split != "train":
+            examples, data["skipped"][split] = finetune_data.read_examples(
+                args[split], args["task"], args["max_bad_fraction"], set(labels), log)
+        else:
+            examples = train_examples
         data[split] = finetune_data.encode(examples, tokenizer, args["maxlen"], label_ids)
         data[split + "_examples"] = examples
+        _log_split(split, args[split], data[split]["labels"], labels, data["skipped"][split], log)
     return data
+
+
+def _log_split(split, path, label_ids, labels, skipped, log):
+    """One line per split: examples, each label's count, the bad lines skipped."""
+    counts = np.bincount(label_ids, minlength=len(labels))
+    log("%s: %d examples from %s; labels %s; %d bad lines skipped%s" % (
+        split, len(label_ids), path, ", ".join("%s %d" % (l, c) for l, c in zip(labels, counts)),
+        sum(skipped.values()), " (%s)" % ", ".join("%s %d" % kv for kv in sorted(
+            skipped.items())) if skipped else ""))
 
 
 def run(args, strategy=None, log=print):
@@ -366,59 +396,3 @@ def report(result, log=print):
     for name, r in rows:
         log("%-24s %s" % (name, "  ".join("%8.4f %8.4f" % (r[s]["accuracy"], r[s]["macro_f1"])
                                            for s in splits)))
-
-
-# ---------------------------------------------------------------- CLI
-
-# The settings are flags, one each (there is no config file to --set into).
-
-def define_flags(flag_values=None):
-    """The command's flags, on absl's global FLAGS unless `flag_values` is given."""
-    fv = {"flag_values": flags.FLAGS if flag_values is None else flag_values}
-    flags.DEFINE_string("model", None, "Export dir to fine-tune (bert_config.json, vocab.txt, "
-                        "bert_model.ckpt, pretrain_export.json), as `pretrain.export` or a "
-                        "training run writes it: roberta_*, simbert_*, t5s_*.", **fv)
-    flags.DEFINE_enum("task", None, ["classification", "pair"], "classification: one text "
-                      "per example; pair: two texts (e.g. LCQMC), encoded as [CLS] a [SEP] b "
-                      "[SEP].", **fv)
-    flags.DEFINE_string("train", None, "Train file: TSV (text<TAB>label or text_a<TAB>text_b"
-                        "<TAB>label) or JSON lines (sentence/label or sentence1/sentence2/"
-                        "label), format auto-detected; .gz/.bz2 and gs:// are read too.", **fv)
-    flags.DEFINE_string("dev", None, "Dev file (same formats); scored after every epoch, its "
-                        "best accuracy picks the epoch that is kept.", **fv)
-    flags.DEFINE_string("test", None, "Optional test file (same formats), scored once with "
-                        "the kept epoch.", **fv)
-    flags.DEFINE_string("output", None, "Output dir: model/, metrics.json, predictions_*.tsv, "
-                        "tensorboard/ (local or gs://).", **fv)
-    flags.DEFINE_integer("epochs", 3, "Passes over the train set.", **fv)
-    flags.DEFINE_integer("batch_size", 32, "Global batch size (examples per update).", **fv)
-    flags.DEFINE_float("learning_rate", 1e-4, "Peak AdamW learning rate.", **fv)
-    flags.DEFINE_float("warmup_proportion", 0.1, "Fraction of the updates with linear warmup; "
-                       "then linear decay to 0.", **fv)
-    flags.DEFINE_integer("maxlen", 128, "Tokens per example, [CLS]/[SEP] included; longer "
-                         "texts are truncated (in a pair, the longer of the two first), shorter "
-                         "ones padded.", **fv)
-    flags.DEFINE_integer("seed", 0, "Seed of the classifier init, the shuffles and dropout.", **fv)
-    flags.DEFINE_float("dropout", 0.1, "Dropout rate on the [CLS] vector.", **fv)
-    flags.DEFINE_float("max_bad_fraction", 0.05, "Largest fraction of bad lines per file "
-                       "(each reported as file:line: reason and skipped) before stopping.", **fv)
-    flags.DEFINE_bool("baselines", False, "Also score the majority class, char n-gram TF-IDF + "
-                      "logistic regression and the same architecture from random init "
-                      "(written under OUTPUT/random_init) on the same splits.", **fv)
-    flags.DEFINE_string("tpu", None, "TPU to use ('local' on a TPU VM); omit for GPU/CPU.", **fv)
-    flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU.", **fv)
-    flags.DEFINE_bool("allow_cpu", False, "Train on the CPU although this machine has a TPU or "
-                      "GPU that TensorFlow cannot use.", **fv)
-    flags.mark_flags_as_required(["model", "task", "train", "dev", "output"], **fv)
-
-
-def main(argv):
-    del argv
-    f = flags.FLAGS
-    args = {k: f[k].value for k in ("model", "task", "train", "dev", "test", "output", "epochs",
-                                    "batch_size", "learning_rate", "warmup_proportion",
-                                    "maxlen", "seed", "dropout", "max_bad_fraction",
-                                    "baselines")}
-    fs.check_output_dir(args["output"])
-    strategy = make_strategy(f.tpu, f.tpu_timeout, allow_cpu=f.allow_cpu)
-    run(args, strategy)

@@ -21,7 +21,7 @@ from bert4keras.layers import (Add, Dense, Embedding, FeedForward, Input,
 from bert4keras.models import T5_Base, build_transformer_model
 
 from pretrain.models import precision as precision_lib
-from pretrain.config import bert4keras_config
+from pretrain.config import ConfigError, bert4keras_config
 from pretrain.models.dropout import StepSeededDropout as Dropout  # step-seeded: exact resume
 from pretrain.data.tokenization import load_vocab
 
@@ -308,7 +308,7 @@ def check_vocab_size(cfg):
         return
     n = len(load_vocab(cfg))
     if n != cfg["model"]["vocab_size"]:
-        raise ValueError("%s: model.vocab_size=%d but the tokenizer section gives %d "
+        raise ConfigError("%s: model.vocab_size=%d but the tokenizer section gives %d "
                          "tokens; make them equal" % (cfg.get("path", cfg["name"]),
                                                       cfg["model"]["vocab_size"], n))
 

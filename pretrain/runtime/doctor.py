@@ -15,7 +15,7 @@ import os
 import shutil
 
 from pretrain.runtime import hardware
-from pretrain.errors import PretrainError
+from pretrain.errors import PretrainError, UsageError
 
 # Every distribution that installs the `tensorflow` package directory; two of
 # them in one environment overwrite each other's files.
@@ -158,7 +158,8 @@ def report(hw, tf, disk_path="."):
 def main(argv):
     from absl import flags  # lazy: install.sh imports this module before absl is installed
     FLAGS = flags.FLAGS
-    del argv
+    if len(argv) != 1:
+        raise UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     hw = hardware.detect_hardware(FLAGS.sysroot)
     if FLAGS.detect:
         print(hw.device)

@@ -5,7 +5,7 @@ Data: JSON lines `{"text": str, "synonyms": [str, ...]}`, one group of
 paraphrases per record. `read_groups` streams them, joins records that were
 hard-wrapped across lines (reported with file:line), and counts and skips
 groups with fewer than two distinct sentences. A group's split
-(train/validation) is `corpus.is_heldout` of its first sentence, the rule
+(train/heldout) is `corpus.is_heldout` of its first sentence, the rule
 preprocessing uses for documents, so it never changes between runs.
 
 `pair_texts` streams two sentences of each group, shuffled and sharded;
@@ -22,6 +22,7 @@ from absl import logging
 from pretrain import fs
 from pretrain.data import corpus
 from pretrain.config import ConfigError, resolve_path, where
+from pretrain.errors import PretrainError
 from pretrain.data.tokenization import load_vocab
 
 MAX_JOINED_LINES = 8  # a record wrapped over more lines than this is treated as garbage
@@ -158,34 +159,38 @@ def read_groups(path, stats=None):
             yield Group(where, sentences)
 
 
-def group_split(group, validation_fraction):
-    """'validation' or 'train', fixed by a hash of the group's first sentence
+def group_split(group, heldout_fraction):
+    """'heldout' or 'train', fixed by a hash of the group's first sentence
     (the rule preprocessing uses for held-out documents)."""
-    return "validation" if corpus.is_heldout(group.sentences[0], validation_fraction) else "train"
+    return "heldout" if corpus.is_heldout(group.sentences[0], heldout_fraction) else "train"
 
 
-def split_groups(path, split, validation_fraction, stats=None):
-    """The groups of one split ("train", "validation" or "all")."""
-    if split not in ("train", "validation", "all"):
-        raise ValueError("split must be 'train', 'validation' or 'all', got %r" % split)
+def split_groups(path, split, heldout_fraction, stats=None):
+    """The groups of one split ("train", "heldout" or "all")."""
+    if split not in ("train", "heldout", "all"):
+        raise ValueError("split must be 'train', 'heldout' or 'all', got %r" % split)
     for group in read_groups(path, stats):
-        if split == "all" or group_split(group, validation_fraction) == split:
+        if split == "all" or group_split(group, heldout_fraction) == split:
             yield group
 
 
-def check_splits(cfg, path, splits=("train", "validation")):
-    """Raise ValueError unless each of `splits` holds a group (reads until they do).
+class EmptySplitError(PretrainError, ValueError):
+    """A split of the groups file holds no group."""
+
+
+def check_splits(cfg, path, splits=("train", "heldout")):
+    """Raise EmptySplitError unless each of `splits` holds a group (reads until they do).
 
     The trainer calls this before its first step: an empty split would otherwise
     fail only when its first batch is drawn.
     """
-    fraction = cfg["data"]["validation_fraction"]
+    fraction = cfg["data"]["heldout_fraction"]
     wanted = set(splits)
     for group in read_groups(resolve_path(path), GroupStats(verbose=False)):
         wanted.discard(group_split(group, fraction))
         if not wanted:
             return
-    raise ValueError("%s has no groups in split %s (validation_fraction=%s)"
+    raise EmptySplitError("%s has no groups in split %s (heldout_fraction=%s)"
                      % (path, ", ".join(repr(w) for w in sorted(wanted)), fraction))
 
 
@@ -223,7 +228,7 @@ def pair_seq_len(cfg, seq_len):
     seq_len = seq_len or cfg["train"]["phases"][0]["seq_len"]
     maxlen = settings(cfg)["maxlen"]
     if 2 * maxlen - 1 > seq_len:
-        raise ValueError("config %s: simbert.maxlen=%d needs seq_len >= %d for a pair "
+        raise ConfigError("config %s: simbert.maxlen=%d needs seq_len >= %d for a pair "
                          "(got %d)" % (cfg["name"], maxlen, 2 * maxlen - 1, seq_len))
     return seq_len
 
@@ -255,7 +260,7 @@ def pair_texts(cfg, path, split, seed, repeat, shuffle, shard):
     while True:
         stats = GroupStats(verbose=epoch == 0)
         seen = 0
-        for group in split_groups(path, split, cfg["data"]["validation_fraction"], stats):
+        for group in split_groups(path, split, cfg["data"]["heldout_fraction"], stats):
             seen += 1
             i, j = rng.choice(len(group.sentences), 2, replace=False)
             buffer.append((group.sentences[i], group.sentences[j]))
@@ -264,8 +269,8 @@ def pair_texts(cfg, path, split, seed, repeat, shuffle, shard):
             elif len(buffer) >= SHUFFLE_PAIRS:
                 yield from emit(drain(SHUFFLE_PAIRS - 1))
         if seen == 0:
-            raise ValueError("%s has no usable groups in split %r (validation_fraction="
-                             "%s)" % (path, split, cfg["data"]["validation_fraction"]))
+            raise EmptySplitError("%s has no usable groups in split %r (heldout_fraction="
+                                  "%s)" % (path, split, cfg["data"]["heldout_fraction"]))
         if epoch == 0:
             logging.info("simbert %s split: %s", split, stats.summary(path))
         epoch += 1

@@ -32,19 +32,21 @@ class SimbertTask(Task):
         super(SimbertTask, self).__init__(cfg, data)
 
     def dataset(self, seq_len, batch_size, split, seed, skip_batches, input_context):
-        split = "validation" if split == "eval" else split
+        split = "heldout" if split == "eval" else split
         return pair_dataset(self.cfg, self.data, batch_size, split=split, seed=seed,
                             skip_batches=skip_batches, input_context=input_context,
                             seq_len=seq_len)
 
     def check_data(self, phase, batch_size, splits):
-        splits = ["validation" if s == "eval" else s for s in splits]
+        splits = ["heldout" if s == "eval" else s for s in splits]
         try:
             simbert_data.check_splits(self.cfg, self.data, splits)
-        except (ValueError, FileNotFoundError) as e:
-            raise TrainingError("%s. data.validation_fraction sets the share of groups held "
+        except simbert_data.EmptySplitError as e:
+            raise TrainingError("%s. data.heldout_fraction sets the share of groups held "
                                 "out for eval; train.eval_steps 0 trains without eval."
                                 % e) from None
+        except FileNotFoundError as e:  # no groups file: a message, not a traceback
+            raise TrainingError(str(e)) from None
 
     @staticmethod
     def denominator(stack):

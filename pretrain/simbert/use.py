@@ -3,9 +3,9 @@
 `SimBERT.load(export_dir)` rebuilds an export with bert4keras (with the
 build_transformer_model kwargs the export records), then `encode`, `search`,
 `generate` (SimBERT's gen_synonyms: sample from the UniLM head, rank by
-vector similarity) and `python -m pretrain.simbert eval` (LCQMC-format pairs:
-Spearman and accuracy at the best threshold; groups: retrieval top-1 and the
-held-out loss terms).
+vector similarity), and `run`, the work of `python -m pretrain.simbert`
+(whose `eval` scores LCQMC-format pairs: Spearman and accuracy at the best
+threshold; and groups: retrieval top-1 and the held-out loss terms).
 
 Training goes through the one trainer: the data is `simbert_data.py` and
 `simbert/task.py` (its reader, losses and `SimbertTask`), the metrics
@@ -17,10 +17,9 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
 from bert4keras.snippets import AutoRegressiveDecoder
 
-from pretrain import config, fs
+from pretrain import fs
 from pretrain.export import checkpoints
 from pretrain.export import writer as export
 from pretrain.export import check as export_check
@@ -135,33 +134,6 @@ class SimBERT(object):
 
 # ---------------------------------------------------------------- CLI
 
-FLAGS = flags.FLAGS
-COMMANDS = ("encode", "search", "generate", "eval")
-
-
-def define_flags():
-    flags.DEFINE_string("model", None, "bert4keras export dir (bert_config.json, "
-                        "vocab.txt, bert_model.ckpt)")
-    flags.DEFINE_string("config", "simbert_tiny", "config for data settings (maxlen, "
-                        "validation_fraction, seq_len)")
-    flags.DEFINE_integer("maxlen", None, "tokens per sentence (default: config simbert.maxlen)")
-    flags.DEFINE_multi_string("text", [], "encode/search/generate: input text (repeatable)")
-    flags.DEFINE_string("input", None, "encode/search: file with one text per line")
-    flags.DEFINE_string("output", None, "encode: write the vectors here (.npy)")
-    flags.DEFINE_string("corpus", None, "search: file with one candidate per line")
-    flags.DEFINE_integer("k", 10, "search/generate: how many results")
-    flags.DEFINE_integer("n", 20, "generate: how many samples to draw")
-    flags.DEFINE_integer("topk", 5, "generate: sample among the top-k tokens (0: off)")
-    flags.DEFINE_float("topp", None, "generate: nucleus sampling mass")
-    flags.DEFINE_integer("seed", 0, "generate: numpy seed")
-    flags.DEFINE_string("pairs", None, "eval: LCQMC-format file s1<TAB>s2<TAB>label")
-    flags.DEFINE_integer("limit", None, "eval: only the first N pairs")
-    flags.DEFINE_string("groups", None, "eval: SimBERT group file for retrieval + losses")
-    flags.DEFINE_enum("groups_split", "validation", ["train", "validation", "all"],
-                      "eval: which groups of --groups to use")
-    flags.DEFINE_integer("batch_size", 32, "eval: rows per batch for the held-out losses")
-
-
 def _lines(path):
     with fs.open(path) as f:
         return [line.strip() for line in f if line.strip()]
@@ -188,63 +160,50 @@ class NotAnExportError(PretrainError, ValueError):
     """--model is no SimBERT export; the message says what to give instead."""
 
 
-def main(argv):
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise app.UsageError("usage: python -m pretrain.simbert {%s} --model DIR ..."
-                             % "|".join(COMMANDS))
-    command = argv[1]
-    if not FLAGS.model:
-        raise app.UsageError("--model EXPORT_DIR is required")
-    problem = _model_problem(FLAGS.model)
+def run(command, cfg, f):
+    """`python -m pretrain.simbert COMMAND`, with the command's flag values `f`."""
+    problem = _model_problem(f.model)
     if problem:
-        raise NotAnExportError("--model %s: %s" % (FLAGS.model, problem))
-    cfg = config.load_config(FLAGS.config)
-    if FLAGS.maxlen:
-        cfg = config.override(cfg, ["simbert.maxlen=%d" % FLAGS.maxlen])
-    sim = SimBERT.load(FLAGS.model, simbert_data.settings(cfg)["maxlen"])
-    texts = list(FLAGS.text) + (_lines(FLAGS.input) if FLAGS.input else [])
+        raise NotAnExportError("--model %s: %s" % (f.model, problem))
+    sim = SimBERT.load(f.model, simbert_data.settings(cfg)["maxlen"])
+    texts = list(f.text) + (_lines(f.input) if f.input else [])
     if command == "encode":
         vecs = sim.encode(texts)
-        if FLAGS.output:
-            with fs.open(FLAGS.output, "wb") as f:
-                np.save(f, vecs)
-            print("wrote %s: %d x %d" % (FLAGS.output, vecs.shape[0], vecs.shape[1]))
+        if f.output:
+            with fs.open(f.output, "wb") as out:
+                np.save(out, vecs)
+            print("wrote %s: %d x %d" % (f.output, vecs.shape[0], vecs.shape[1]))
         else:
             np.savetxt(sys.stdout, vecs, fmt="%.6f")
     elif command == "search":
-        if not FLAGS.corpus:
-            raise app.UsageError("search needs --corpus FILE")
-        for query, hits in zip(texts, sim.search(texts, _lines(FLAGS.corpus), FLAGS.k)):
+        for query, hits in zip(texts, sim.search(texts, _lines(f.corpus), f.k)):
             print("query: %s" % query)
             for text, score in hits:
                 print("  %.4f\t%s" % (score, text))
     elif command == "generate":
         for text in texts:
             print("input: %s" % text)
-            for cand, score in sim.generate(text, FLAGS.n, FLAGS.k, FLAGS.topk or None,
-                                            FLAGS.topp, FLAGS.seed):
+            for cand, score in sim.generate(text, f.n, f.k, f.topk or None, f.topp, f.seed):
                 print("  %.4f\t%s" % (score, cand))
     else:
-        evaluate(sim, cfg)
+        evaluate(sim, cfg, f)
 
 
-def evaluate(sim, cfg):
+def evaluate(sim, cfg, f):
     """`eval`: the pair metrics of --pairs and the group metrics of --groups."""
-    if not FLAGS.pairs and not FLAGS.groups:
-        raise app.UsageError("eval needs --pairs FILE and/or --groups FILE")
-    if FLAGS.pairs:
-        s1, s2, labels = read_pairs(FLAGS.pairs, FLAGS.limit)
+    if f.pairs:
+        s1, s2, labels = read_pairs(f.pairs, f.limit)
         m = simbert_eval.pair_metrics(simbert_eval.cosine_scores(sim.encode, s1, s2), labels)
         print("pairs: %d spearman: %.4f accuracy: %.4f threshold: %.4f" % (
             m["pairs"], m["spearman"], m["accuracy"], m["threshold"]))
-    if FLAGS.groups:
-        groups = list(split_groups(FLAGS.groups, FLAGS.groups_split,
-                                   cfg["data"]["validation_fraction"]))
+    if f.groups:
+        groups = list(split_groups(f.groups, f.groups_split,
+                                   cfg["data"]["heldout_fraction"]))
         r = simbert_eval.retrieval_top1(simbert_eval.cosine_matrix(sim.encode), groups)
-        losses = simbert_eval.heldout_losses(cfg, sim.model, FLAGS.groups, FLAGS.groups_split,
-                                             FLAGS.batch_size)
+        losses = simbert_eval.heldout_losses(cfg, sim.model, f.groups, f.groups_split,
+                                             f.batch_size)
         print("groups: %d sentences: %d retrieval_top1: %.4f seq2seq_loss: %.4f "
               "similarity_loss: %.4f similarity_acc: %.4f (batch %d, %d batches)" % (
                   len(groups), r["sentences"], r["retrieval_top1"],
                   losses["seq2seq_loss"], losses["similarity_loss"],
-                  losses["similarity_acc"], FLAGS.batch_size, losses["batches"]))
+                  losses["similarity_acc"], f.batch_size, losses["batches"]))

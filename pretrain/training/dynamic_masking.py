@@ -95,21 +95,24 @@ class DynamicMasker(object):
             shortest = tf.minimum(shortest, tf.pad(shortest[:, shift:], [[0, 0], [0, shift]],
                                                    constant_values=L))
             shift *= 2
-        sorted_len, shortest = tf.transpose(sorted_len), tf.transpose(shortest)  # [L, B]
+        # Columns are sliced in the loop, and `taken` is float32 when transposed:
+        # TF's oneDNN transpose of int32 or bool logs an error line on CPUs
+        # without AVX-512 (then runs Eigen's).
 
         def more(k, have, taken):
-            return (k < n_words) & tf.reduce_any(have + shortest[tf.minimum(k, L - 1)] <= budget)
+            return (k < n_words) & tf.reduce_any(have + shortest[:, tf.minimum(k, L - 1)]
+                                                 <= budget)
 
         def take(k, have, taken):
-            size = sorted_len[k]
+            size = sorted_len[:, k]
             ok = (size > 0) & (have + size <= budget)  # a word that overshoots is skipped
-            return k + 1, have + tf.where(ok, size, 0), taken.write(k, ok)
+            return k + 1, have + tf.where(ok, size, 0), taken.write(k, tf.cast(ok, tf.float32))
 
         _, _, taken = tf.while_loop(
-            more, take, (0, tf.zeros_like(budget), tf.TensorArray(tf.bool, size=0,
+            more, take, (0, tf.zeros_like(budget), tf.TensorArray(tf.float32, size=0,
                                                                   dynamic_size=True,
                                                                   element_shape=[None])))
-        taken = tf.transpose(taken.stack())  # [B, K]: the k-th word in random order taken
+        taken = tf.transpose(taken.stack())  # [B, K]: 1 where the k-th word (random order) is taken
         k = tf.shape(taken)[1]
         where_word = tf.stack([tf.broadcast_to(rows, [n_batch, k]), order[:, :k]], -1)
         word_taken = tf.scatter_nd(where_word, tf.cast(taken, tf.int32), [n_batch, L])

@@ -1,9 +1,26 @@
 """What the training loop watches between host calls: the metrics it logs,
-and the guard that stops a run before a NaN or inf reaches a checkpoint."""
+their log lines, and the guard that stops a run before a NaN or inf reaches
+a checkpoint.
+
+Log lines count global steps (over all phases), as TensorBoard does, with the
+phase's own count beside: `step 35/36  phase2_seq512 5/6  ...  eta 12s`.
+"""
+import logging
+
 import numpy as np
 import tensorflow as tf
 
 from pretrain.errors import TrainingError
+
+
+class _NoSaverTiming(logging.Filter):
+    """TF logs the time of each checkpoint save at INFO; a line per save says nothing."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Sharding callback duration")
+
+
+tf.get_logger().addFilter(_NoSaverTiming())
 
 
 def non_finite_names(variables):
@@ -39,6 +56,38 @@ class Window(object):
         out = {k: v / self.steps for k, v in self.sums.items()}
         out["seqs_per_sec"] = self.steps * seqs_per_update / max(self.seconds, 1e-9)
         return out
+
+    def eta(self, updates_left):
+        """Seconds for `updates_left` more updates at this window's pace."""
+        return updates_left * self.seconds / max(self.steps, 1)
+
+
+def duration(seconds):
+    """A short human duration: 42s, 3m05s, 2h07m."""
+    s = int(round(seconds))
+    if s < 60:
+        return "%ds" % s
+    if s < 3600:
+        return "%dm%02ds" % (s // 60, s % 60)
+    return "%dh%02dm" % (s // 3600, s % 3600 // 60)
+
+
+def where(phase, offset, step, total):
+    """`step G/T  PHASE s/S`: the global step of the run, then the phase's own."""
+    return "step %d/%d  %s %d/%d" % (offset + step, total, phase["name"], step, phase["steps"])
+
+
+def train_line(phase, offset, step, total, scalars, eta_seconds):
+    """The log line of a training window; the ETA is to the end of the phase."""
+    return "%s  %s  eta %s" % (where(phase, offset, step, total),
+                               "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())),
+                               duration(eta_seconds))
+
+
+def heldout_line(phase, offset, step, total, result):
+    """The log line of an evaluation on the heldout split."""
+    return "heldout %s: %s" % (where(phase, offset, step, total),
+                               "  ".join("%s=%.4f" % kv for kv in sorted(result.items())))
 
 
 def check_finite(losses, norms, non_finite, step, phase, offset, last_good):

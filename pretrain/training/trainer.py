@@ -357,8 +357,9 @@ class Trainer(object):
                 scalars = window.scalars(train["batch_size"] * accum)
                 scalars["learning_rate"] = float(lr)
                 self._write("train", offset + step, scalars)
-                logging.info("%s step %d/%d  %s", phase["name"], step, phase["steps"],
-                             "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())))
+                logging.info("%s", monitor.train_line(
+                    phase, offset, step, self.total_steps, scalars,
+                    window.eta(phase["steps"] - step)))
                 window = monitor.Window()
             if step % train["save_every"] == 0 or done:
                 self._save(manager, phase, step)
@@ -375,6 +376,11 @@ class Trainer(object):
             n = min(n, every - step % every)
         return max(1, n)
 
+    @property
+    def total_steps(self):
+        """Updates of the whole run, all phases: the last global step."""
+        return sum(p["steps"] for p in self.cfg["train"]["phases"])
+
     def evaluate(self, phase, eval_fn=None, global_step=None):
         """Held-out loss/metrics over `eval_steps` batches from the start of the split."""
         eval_fn = eval_fn or make_eval_fn(self.strategy, self.task, self.xla)
@@ -384,8 +390,10 @@ class Trainer(object):
         result.update({k: float(v) for k, v in zip(self.task.metrics, values[1:])})
         if global_step is not None:
             self._write("eval", global_step, result)
-            logging.info("eval %s at step %d: %s", phase["name"], global_step,
-                         "  ".join("%s=%.4f" % kv for kv in sorted(result.items())))
+            phases = self.cfg["train"]["phases"]
+            offset = sum(p["steps"] for p in phases[:phases.index(phase)])
+            logging.info("%s", monitor.heldout_line(phase, offset, global_step - offset,
+                                                    self.total_steps, result))
         return result
 
     def _write(self, split, step, scalars):
