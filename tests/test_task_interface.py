@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from pretrain import run
-from pretrain.config import ConfigError, REPO_ROOT, load_config
+from pretrain.config import ConfigError, REPO_ROOT, load_config, where
 from pretrain.data import tokenization
 from pretrain.errors import PretrainError
 from pretrain.export import writer as export
@@ -27,11 +27,11 @@ def check_token_copy(cfg):
     section = dict({"positions": 8}, **cfg.get(TASK, {}))
     for key in section:
         if key != "positions":
-            raise ConfigError("%s: unknown key %s.%s" % (cfg["path"], TASK, key))
+            raise ConfigError("%s: unknown key %s.%s" % (where(cfg), TASK, key))
     longest = min(p["seq_len"] for p in cfg["train"]["phases"]) - 2
     if not isinstance(section["positions"], int) or not 1 <= section["positions"] <= longest:
         raise ConfigError("%s: %s.positions must be an integer in [1, %d], got %r"
-                          % (cfg["path"], TASK, longest, section["positions"]))
+                          % (where(cfg), TASK, longest, section["positions"]))
     return section
 
 

@@ -19,12 +19,13 @@ class Task(object):
 
     Construction: `Task(cfg, data)`, cfg a validated config
     (`pretrain.config.load_config`), `data` where the task's data is (a path;
-    its meaning is the task's). Building a task does no TensorFlow work and
-    reads no data. A task's own config section (the top-level key named like
-    `data.task`, if any) is checked by a function of the task that needs no
-    TensorFlow, so the entry calls it before TensorFlow loads; the task calls
-    it again when built, raising `pretrain.config.ConfigError` naming the file
-    and key.
+    its meaning is the task's). Constructing a task does no TensorFlow work
+    and reads no data. A task's own config section (the top-level key named
+    like `data.task`, if any; config.py only checks it is a JSON object) is
+    checked by a function of the task that needs no TensorFlow, so the entry
+    (`pretrain/run.py`) calls it before TensorFlow loads; the constructor
+    calls it too. It raises `pretrain.config.ConfigError` naming the file and
+    key (`config.where(cfg)`).
 
     The model:
     - `build(precision)`: called once by the trainer under its strategy scope;
