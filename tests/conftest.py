@@ -64,7 +64,7 @@ def export_with_cli(tmp_path, config_path, model, checkpoint):
 DURATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "durations.json")
 # A test that took longer than this is `slow`; so is one not recorded yet,
 # until a recording run measures it. `-m "not slow"` is the inner loop.
-SLOW_SECONDS = 8.0
+SLOW_SECONDS = 15.0
 _measured = {}  # nodeid -> seconds, this run's, for --record-durations
 
 
