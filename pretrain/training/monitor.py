@@ -9,18 +9,20 @@ import logging
 
 import numpy as np
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from pretrain.errors import TrainingError
 
 
 class _NoSaverTiming(logging.Filter):
-    """TF logs the time of each checkpoint save at INFO; a line per save says nothing."""
+    """TF's checkpoint saver logs its sharding time at INFO (through absl), a
+    line per save that says nothing to the user."""
 
     def filter(self, record):
         return not record.getMessage().startswith("Sharding callback duration")
 
 
-tf.get_logger().addFilter(_NoSaverTiming())
+absl_logging.get_absl_logger().addFilter(_NoSaverTiming())
 
 
 def non_finite_names(variables):
