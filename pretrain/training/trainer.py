@@ -332,8 +332,9 @@ class Trainer(object):
         eval_fn = make_eval_fn(self.strategy, self.task, self.xla)
         non_finite = monitor.non_finite_names(self.bundle.encoder.weights + optimizer.weights)
         evals = train["eval_steps"] > 0
-        logging.info("phase %s: steps %d..%d, seq_len %d, batch %d x accum %d, xla=%s, "
-                     "replicas=%d%s", phase["name"], start, end, phase["seq_len"],
+        logging.info("phase %s: steps %d..%d of %d (its own %d..%d), seq_len %d, batch %d x "
+                     "accum %d, xla=%s, replicas=%d%s", phase["name"], offset + start,
+                     offset + end, self.total_steps, start, end, phase["seq_len"],
                      train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
                      "" if evals else ", no eval (train.eval_steps is 0)")
         step, window = start, monitor.Window()  # metrics since the last log line
