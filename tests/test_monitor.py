@@ -20,6 +20,8 @@ def test_lines_count_global_steps_with_the_phase_beside():
     line = monitor.train_line(PHASES[1], 30, 5, 36, {"loss": 9.73, "seqs_per_sec": 0.5},
                               window.eta(1))
     assert line == "step 35/36  phase2_seq512 5/6  loss=9.73  seqs_per_sec=0.5  eta 2s"
+    assert monitor.train_line(PHASES[0], 0, 5, 36, {"loss": 9.9}) == (
+        "step 5/36  phase1_seq128 5/30  loss=9.9")  # the first window: compiling, no ETA
     assert monitor.heldout_line(PHASES[1], 30, 6, 36, {"loss": 9.7247}) == (
         "heldout step 36/36  phase2_seq512 6/6: loss=9.7247")
     assert window.eta(1500) == 3000

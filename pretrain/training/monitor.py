@@ -79,11 +79,12 @@ def where(phase, offset, step, total):
     return "step %d/%d  %s %d/%d" % (offset + step, total, phase["name"], step, phase["steps"])
 
 
-def train_line(phase, offset, step, total, scalars, eta_seconds):
-    """The log line of a training window; the ETA is to the end of the phase."""
-    return "%s  %s  eta %s" % (where(phase, offset, step, total),
-                               "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())),
-                               duration(eta_seconds))
+def train_line(phase, offset, step, total, scalars, eta_seconds=None):
+    """The log line of a training window; the ETA is to the end of the phase
+    (None: not known yet)."""
+    return "%s  %s%s" % (where(phase, offset, step, total),
+                         "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())),
+                         "" if eta_seconds is None else "  eta " + duration(eta_seconds))
 
 
 def heldout_line(phase, offset, step, total, result):

@@ -338,6 +338,7 @@ class Trainer(object):
                      train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
                      "" if evals else ", no eval (train.eval_steps is 0)")
         step, window = start, monitor.Window()  # metrics since the last log line
+        compiled = False
         while step < end:
             self._stop_if_signalled(manager, phase, step, offset)
             n = self._loop_length(step, end)
@@ -356,10 +357,11 @@ class Trainer(object):
                 scalars = window.scalars(train["batch_size"] * accum)
                 scalars["learning_rate"] = float(lr)
                 self._write("train", offset + step, scalars)
+                # the first window's time includes compiling the step: no ETA from it
                 logging.info("%s", monitor.train_line(
                     phase, offset, step, self.total_steps, scalars,
-                    window.eta(phase["steps"] - step)))
-                window = monitor.Window()
+                    window.eta(phase["steps"] - step) if compiled else None))
+                window, compiled = monitor.Window(), True
             if step % train["save_every"] == 0 or done:
                 self._save(manager, phase, step)
             if evals and (step % train["eval_every"] == 0 or done):
