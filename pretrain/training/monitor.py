@@ -9,18 +9,20 @@ import logging
 
 import numpy as np
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from pretrain.errors import TrainingError
 
 
 class _NoSaverTiming(logging.Filter):
-    """TF logs the time of each checkpoint save at INFO; a line per save says nothing."""
+    """TF's checkpoint saver logs its sharding time at INFO (through absl), a
+    line per save that says nothing to the user."""
 
     def filter(self, record):
         return not record.getMessage().startswith("Sharding callback duration")
 
 
-tf.get_logger().addFilter(_NoSaverTiming())
+absl_logging.get_absl_logger().addFilter(_NoSaverTiming())
 
 
 def non_finite_names(variables):
@@ -77,11 +79,12 @@ def where(phase, offset, step, total):
     return "step %d/%d  %s %d/%d" % (offset + step, total, phase["name"], step, phase["steps"])
 
 
-def train_line(phase, offset, step, total, scalars, eta_seconds):
-    """The log line of a training window; the ETA is to the end of the phase."""
-    return "%s  %s  eta %s" % (where(phase, offset, step, total),
-                               "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())),
-                               duration(eta_seconds))
+def train_line(phase, offset, step, total, scalars, eta_seconds=None):
+    """The log line of a training window; the ETA is to the end of the phase
+    (None: not known yet)."""
+    return "%s  %s%s" % (where(phase, offset, step, total),
+                         "  ".join("%s=%.4g" % kv for kv in sorted(scalars.items())),
+                         "" if eta_seconds is None else "  eta " + duration(eta_seconds))
 
 
 def heldout_line(phase, offset, step, total, result):

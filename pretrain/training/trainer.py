@@ -334,11 +334,13 @@ class Trainer(object):
         eval_fn = make_eval_fn(self.strategy, self.task, self.xla)
         non_finite = monitor.non_finite_names(self.bundle.encoder.weights + optimizer.weights)
         evals = train["eval_steps"] > 0
-        logging.info("phase %s: steps %d..%d, seq_len %d, batch %d x accum %d, xla=%s, "
-                     "replicas=%d%s", phase["name"], start, end, phase["seq_len"],
+        logging.info("phase %s: steps %d..%d of %d (its own %d..%d), seq_len %d, batch %d x "
+                     "accum %d, xla=%s, replicas=%d%s", phase["name"], offset + start,
+                     offset + end, self.total_steps, start, end, phase["seq_len"],
                      train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
                      "" if evals else ", no eval (train.eval_steps is 0)")
         step, window = start, monitor.Window()  # metrics since the last log line
+        compiled = False
         while step < end:
             self._stop_if_signalled(manager, phase, step, offset)
             n = self._loop_length(step, end)
@@ -357,10 +359,11 @@ class Trainer(object):
                 scalars = window.scalars(train["batch_size"] * accum)
                 scalars["learning_rate"] = float(lr)
                 self._write("train", offset + step, scalars)
+                # the first window's time includes compiling the step: no ETA from it
                 logging.info("%s", monitor.train_line(
                     phase, offset, step, self.total_steps, scalars,
-                    window.eta(phase["steps"] - step)))
-                window = monitor.Window()
+                    window.eta(phase["steps"] - step) if compiled else None))
+                window, compiled = monitor.Window(), True
             if step % train["save_every"] == 0 or done:
                 self._save(manager, phase, step)
             if evals and (step % train["eval_every"] == 0 or done):
