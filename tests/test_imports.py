@@ -30,7 +30,7 @@ TF_FREE_FOLDERS = {"data"}
 TF_FREE_MODULES = {"simbert.data", "finetune.data", "finetune.baselines", "run", "preprocess"}
 # Standard library only at import: scripts/install.sh imports them before it has
 # installed anything else.
-STDLIB_ONLY = {"runtime.doctor", "runtime.hardware"}
+STDLIB_ONLY = {"runtime.doctor", "runtime.hardware", "runtime.tpu_runtime"}
 
 
 def _modules():
