@@ -20,12 +20,14 @@ os.environ.setdefault("TF_KERAS", "1")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys  # noqa: E402
+
 from pretrain.runtime import tpu_runtime  # noqa: E402  (stdlib only: cheap, imports no TF)
 
 # Without chips TPU_LOAD_LIBRARY=0: the TPU build of TF would load libtpu at
 # import, wait minutes for a TPU VM's metadata server, then abort.
 try:
-    _chips = tpu_runtime.configure().chips
+    _chips = tpu_runtime.configure(tpu_runtime.requested_in(sys.argv)).chips
 except tpu_runtime.TpuRuntimeError:  # a bad PRETRAIN_TPU_RUNTIME on a TPU: commands say so
     _chips = 1
 # An NVIDIA driver creates /dev/nvidiactl (WSL2: /dev/dxg); without one, or

@@ -28,14 +28,21 @@ from pretrain import cli, fs  # noqa: E402
 from pretrain.cloud import gcs
 from pretrain.data import preprocess
 from pretrain.config import load_config  # noqa: E402
+from pretrain.runtime import tpu_runtime
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
     flags.DEFINE_string("config", None, "Config name in configs/ (roberta_tiny) or a JSON path.")
-    flags.DEFINE_string("tpu", None, "TPU to use: 'local' on a Colab/Cloud TPU VM, a TPU name, "
-                        "or grpc://IP:8470. Omit for GPU/CPU.")
+    flags.DEFINE_string("tpu", None, "TPU to use: bare --tpu (or 'local') on a Colab/Cloud TPU "
+                        "VM, a TPU name, or grpc://IP:8470. Omit for GPU/CPU.")
+    flags.DEFINE_enum("tpu_runtime", None, ["auto", "pjrt", "legacy"], "TPU runtime TensorFlow "
+                      "loads: auto (default, or $PRETRAIN_TPU_RUNTIME) picks PJRT on TPU v5e, "
+                      "v5p, v6e and legacy on v2, v3, v4. Read before TensorFlow loads.")
+    flags.DEFINE_bool("xla", None, "Compile the train step with XLA; default: yes on GPUs "
+                      "(except compute capability 12.0+, which TF 2.21's XLA cannot target) and "
+                      "on a CPU whose build has XLA. TPUs always compile.")
     flags.DEFINE_bool("smoke", False, "CPU smoke run: the config's small numbers (then --set "
                       "on top), the shipped sample.")
     flags.DEFINE_string("data", None, "Records dir from pretrain.preprocess (MLM) or a groups "
@@ -93,7 +100,8 @@ def smoke_data(cfg, output):
 
 def main(argv):
     del argv
-    # Before TensorFlow loads: a bad config or --set fails in a second.
+    # Before TensorFlow loads: a missing TPU, a bad config or --set fails in a second.
+    tpu_runtime.check_local(FLAGS.tpu)
     cfg = load_config(FLAGS.config, smoke=FLAGS.smoke, overrides=FLAGS.set)
     # Expected errors (and train.Interrupted: saved, exit 128 + signal) end in cli.
     exports, data, output = run(cfg)
@@ -109,7 +117,8 @@ def run(cfg):
     """Config and flags → data → trainer; returns (exports, data, output)."""
     # lazy: TensorFlow loads only after the config and flags are checked
     from pretrain.training import trainer as train
-    from pretrain.runtime.strategy import check_paths_for_hosts, choose_precision, make_strategy
+    from pretrain.runtime.strategy import (check_paths_for_hosts, choose_precision,
+                                           make_strategy, use_xla)
 
     output = FLAGS.output or (os.path.join("runs", cfg["name"] + "-smoke") if FLAGS.smoke
                               else None)
@@ -134,6 +143,7 @@ def run(cfg):
     trainer = train.Trainer(cfg, data, output, strategy=strategy,
                             init_checkpoint=FLAGS.init_checkpoint,
                             steps_per_loop=FLAGS.steps_per_loop, precision=precision,
+                            xla=use_xla(strategy, FLAGS.xla),
                             allow_train_changes=FLAGS.allow_train_changes)
     exports = trainer.run(start_phase=_phase_index(cfg, FLAGS.phase))
     return exports, data, output

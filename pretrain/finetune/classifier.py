@@ -43,6 +43,7 @@ from pretrain.models import build as models
 from pretrain.training import optim
 from pretrain.training import tasks
 from pretrain.training import trainer as train
+from pretrain.runtime import tpu_runtime
 from pretrain.runtime.strategy import make_strategy, use_xla
 from pretrain.config import ConfigError
 
@@ -211,7 +212,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     split: encoded arrays, split + "_examples": [Example]}.
     """
     labels = data["labels"]
-    xla = use_xla(strategy)
+    xla = use_xla(strategy, args.get("xla"))
     with strategy.scope():
         bert, model = build_classifier(source, len(labels), args["dropout"], args["seed"],
                                        random_init)
@@ -399,7 +400,13 @@ def define_flags(flag_values=None):
     flags.DEFINE_bool("baselines", False, "Also score the majority class, char n-gram TF-IDF + "
                       "logistic regression and the same architecture from random init "
                       "(written under OUTPUT/random_init) on the same splits.", **fv)
-    flags.DEFINE_string("tpu", None, "TPU to use ('local' on a TPU VM); omit for GPU/CPU.", **fv)
+    flags.DEFINE_string("tpu", None, "TPU to use (bare --tpu or 'local' on a TPU VM); omit for "
+                        "GPU/CPU.", **fv)
+    flags.DEFINE_enum("tpu_runtime", None, ["auto", "pjrt", "legacy"], "TPU runtime: auto "
+                      "(default, or $PRETRAIN_TPU_RUNTIME) picks PJRT on TPU v5e/v5p/v6e, legacy "
+                      "on v2-v4.", **fv)
+    flags.DEFINE_bool("xla", None, "Compile with XLA; default: on GPUs below compute "
+                      "capability 12.0 and on a CPU whose build has XLA.", **fv)
     flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU.", **fv)
     flags.DEFINE_bool("allow_cpu", False, "Train on the CPU although this machine has a TPU or "
                       "GPU that TensorFlow cannot use.", **fv)
@@ -412,7 +419,8 @@ def main(argv):
     args = {k: f[k].value for k in ("model", "task", "train", "dev", "test", "output", "epochs",
                                     "batch_size", "learning_rate", "warmup_proportion",
                                     "maxlen", "seed", "dropout", "max_bad_fraction",
-                                    "baselines")}
+                                    "baselines", "xla")}
+    tpu_runtime.check_local(f.tpu)
     fs.check_output_dir(args["output"])
     strategy = make_strategy(f.tpu, f.tpu_timeout, allow_cpu=f.allow_cpu)
     run(args, strategy)

@@ -10,8 +10,9 @@ environment that selects it, set before TensorFlow is first imported.
   examples/keras_rs/distributed_embedding_tf.py).
 - **none** (TPU7x, Ironwood): Google publishes no TF runtime for it; a run is refused.
 
-`PRETRAIN_TPU_RUNTIME` (auto|pjrt|legacy), or `--tpu_runtime` of run.py and
-finetune, overrides the choice. A variable the user set is never overwritten.
+`--tpu_runtime auto|pjrt|legacy` of run.py and finetune, or
+`PRETRAIN_TPU_RUNTIME`, overrides the choice; the flag is read from sys.argv
+on `import pretrain`, as TensorFlow may load before absl parses flags. A variable the user set is never overwritten.
 A process that set TPU_LOAD_LIBRARY=0 (the notebook kernel, the doctor) keeps
 off the chips: it gets no PJRT variables either, since libtpu lets one process
 per host own the chips.
@@ -102,6 +103,17 @@ def original_environ(environ=None):
     return {k: v for k, v in environ.items() if _SET.get(k) != v}
 
 
+def requested_in(argv):
+    """The value of a --tpu_runtime flag in `argv`, or None."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--":
+            break
+        name, equals, value = arg.partition("=")
+        if name in ("--tpu_runtime", "-tpu_runtime"):
+            return value if equals else (argv[i + 1] if i + 1 < len(argv) else None)
+    return None
+
+
 # What configure() set itself, so that a later configure() (a --tpu_runtime
 # flag, read after `import pretrain`) can take it back before setting its own.
 _SET = {}
@@ -135,10 +147,12 @@ def configure(requested=None, environ=None, hw=None):
 
 
 def check_local(tpu, hw=None):
-    """Stop early, without TensorFlow, when `--tpu local` cannot work here."""
+    """Stop early, without TensorFlow, when `--tpu local` cannot work here
+    (no chips, TPU7x, a bad PRETRAIN_TPU_RUNTIME)."""
     if tpu not in ("", "local"):
         return
     hw = hw or hardware.detect_hardware(hardware.sysroot())
+    plan(hw)
     if not hw.tpu_chips:
         raise TpuRuntimeError("--tpu local: this machine has no TPU chips (doctor: %s). On "
                               "a Colab or Cloud TPU VM use --tpu; on a TPU Node pass its "
