@@ -233,3 +233,15 @@ def test_gpus_xla_cannot_compile_for_are_named_with_the_issues(tmp_path):
     assert "hardware:     1 NVIDIA GPU(s): NVIDIA RTX PRO 6000 Blackwell Server Edition " \
            "(compute 12.0)" in done.stdout
     assert "WARNING:      compute capability 12.0: TensorFlow 2.21's XLA" in done.stdout
+
+
+def test_precision_for_colabs_runtimes(tmp_path):
+    def gpu(line):
+        return hardware.detect_hardware(str(tmp_path), fake_nvidia_smi(tmp_path, [line]), {})
+    assert doctor.precision_for(gpu("Tesla T4, 7.5")) == "fp32"  # no bf16
+    assert doctor.precision_for(gpu("NVIDIA L4, 8.9")) == "bf16"
+    assert doctor.precision_for(gpu("NVIDIA A100-SXM4-40GB, 8.0")) == "bf16"
+    v5e = hardware.detect_hardware(str(tpu_vm(tmp_path / "v5e", 1, "0x0063")), environ={})
+    assert (v5e.tpu_chips, v5e.tpu_version, doctor.precision_for(v5e)) == (1, "v5e", "bf16")
+    cpu = hardware.detect_hardware(str(tmp_path / "cpu"), nvidia_smi="/absent", environ={})
+    assert doctor.precision_for(cpu) == "fp32"

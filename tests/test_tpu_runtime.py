@@ -53,6 +53,9 @@ def test_tpu7x_is_refused_and_no_chips_keep_libtpu_unloaded():
     cpu = hardware.Hardware("cpu", 0, None, "", [])
     assert tpu_runtime.plan(cpu, environ={}).variables == {"TPU_LOAD_LIBRARY": "0"}
     assert tpu_runtime.plan(cpu, "bogus", environ={}).runtime is None  # no chips: no matter
+    # TPU_LOAD_LIBRARY=0 beside a PJRT plugin aborts TF's import (docs/tpus_and_gpus.md)
+    assert tpu_runtime.plan(cpu, environ={"TF_PLUGGABLE_DEVICE_LIBRARY_PATH": "/l.so"}
+                            ).variables == {}
 
 
 def test_overrides_and_what_the_user_set():

@@ -176,6 +176,17 @@ def training_mode(hw, tf, force_smoke=False):
     return "smoke", ["--smoke"]
 
 
+def precision_for(hw):
+    """The precision a run picks here (as strategy.choose_precision, read from
+    the hardware): bf16 on TPUs and on GPUs with native bf16 (compute
+    capability 8.0, Ampere: A100, L4, and newer), fp32 on older GPUs (T4) and CPUs."""
+    if hw.device == "tpu":
+        return "bf16"
+    if hw.gpus and min(_capability(g) for g in hw.gpus) >= (8, 0):
+        return "bf16"
+    return "fp32"
+
+
 def report(hw, tf, disk_path="."):
     """The doctor's printout, one fact a line."""
     lines = []

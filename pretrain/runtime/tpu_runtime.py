@@ -75,7 +75,11 @@ def plan(hw, requested=None, environ=None, library=None):
     generation = hw.tpu_version
     refusal, variables = None, {}
     if not hw.tpu_chips:
-        runtime, reason, variables = None, "no TPU chips", {"TPU_LOAD_LIBRARY": "0"}
+        # With TPU_LOAD_LIBRARY=0, a PJRT plugin the user points TF at aborts
+        # TF's import ("TPU_LOAD_LIBRARY=0, not loading libtpu"): leave both alone.
+        runtime, reason = None, "no TPU chips"
+        if "TF_PLUGGABLE_DEVICE_LIBRARY_PATH" not in environ:
+            variables = {"TPU_LOAD_LIBRARY": "0"}
     elif generation == "tpu7x":
         runtime, reason, refusal = None, "no TF runtime", NO_RUNTIME % "TPU7x (Ironwood)"
     elif requested != "auto":
