@@ -22,7 +22,6 @@ Standard library only: `pretrain/__init__.py` calls `configure()` on import.
 import collections
 import importlib.util
 import os
-import sys
 
 from pretrain.errors import PretrainError
 from pretrain.runtime import hardware
@@ -118,32 +117,16 @@ def requested_in(argv):
     return None
 
 
-# What configure() set itself, so that a later configure() (a --tpu_runtime
-# flag, read after `import pretrain`) can take it back before setting its own.
+# What configure() set itself: the rest of the environment is the user's.
 _SET = {}
 
 
 def configure(requested=None, environ=None, hw=None):
-    """Set this process's TPU runtime variables; returns the Plan.
-
-    Called on `import pretrain` and again by commands with --tpu_runtime.
-    Changing the runtime after TensorFlow was imported raises TpuRuntimeError.
-    """
+    """Set this process's TPU runtime variables (on `import pretrain`, with
+    `requested` from the command line's --tpu_runtime); returns the Plan."""
     environ = os.environ if environ is None else environ
-    for name, value in list(_SET.items()):
-        if environ.get(name) == value:
-            del environ[name]
-    previous = dict(_SET)
-    _SET.clear()
     hw = hw or hardware.detect_hardware(hardware.sysroot(environ), environ=environ)
     result = plan(hw, requested, environ)
-    if "tensorflow" in sys.modules and result.variables != previous:
-        for name, value in previous.items():  # as it was
-            environ.setdefault(name, value)
-            _SET[name] = value
-        raise TpuRuntimeError("the TPU runtime (%s) must be chosen before TensorFlow is "
-                              "imported; set %s=%s in the environment instead"
-                              % (requested, ENV, requested))
     for name, value in result.variables.items():
         environ[name] = value
         _SET[name] = value
