@@ -125,7 +125,10 @@ def configure(requested=None, environ=None, hw=None):
     """Set this process's TPU runtime variables (on `import pretrain`, with
     `requested` from the command line's --tpu_runtime); returns the Plan."""
     environ = os.environ if environ is None else environ
-    hw = hw or hardware.detect_hardware(hardware.sysroot(environ), environ=environ)
+    if hw is None:  # the TPU alone: no nvidia-smi on every import
+        chips, version = hardware.tpu_chips(hardware.sysroot(environ), environ)
+        hw = hardware.Hardware("tpu" if chips else "cpu", chips, version,
+                               environ.get("TPU_ACCELERATOR_TYPE", ""), [])
     result = plan(hw, requested, environ)
     for name, value in result.variables.items():
         environ[name] = value
