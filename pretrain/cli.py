@@ -81,9 +81,23 @@ def guarded(main):
 _HELP = {"-?", "-help", "--help", "-helpshort", "--helpshort", "-helpfull", "--helpfull"}
 
 
+def bare_tpu_is_local(argv):
+    """argv with a bare `--tpu` (last, or before another flag) as `--tpu=local`:
+    the TPU of this VM, as on Colab and Cloud TPU VMs. absl string flags need a value."""
+    out = list(argv[:1])
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--":
+            return out + argv[i:]
+        after = argv[i + 1] if i + 1 < len(argv) else "-"
+        out.append(arg + "=local" if arg in ("--tpu", "-tpu") and after.startswith("-")
+                   else arg)
+    return out
+
+
 def parse_flags(argv):
     """absl's parser, but a bad command line is one `error:` line and status 2,
     and the usage a user asked for ends with status 0."""
+    argv = bare_tpu_is_local(argv)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:

@@ -30,14 +30,21 @@ from pretrain.cloud import gcs  # noqa: E402
 from pretrain.data import preprocess, records  # noqa: E402
 from pretrain.simbert import data as simbert_data  # noqa: E402
 from pretrain.config import ConfigError, as_overrides, load_config, override, where  # noqa: E402
+from pretrain.runtime import tpu_runtime  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
     flags.DEFINE_string("config", None, "Config name in configs/ (roberta_tiny) or a JSON path.")
-    flags.DEFINE_string("tpu", None, "TPU to use: 'local' on a Colab/Cloud TPU VM, a TPU name, "
-                        "or grpc://IP:8470. Omit for GPU/CPU.")
+    flags.DEFINE_string("tpu", None, "TPU to use: bare --tpu (or 'local') on a Colab/Cloud TPU "
+                        "VM, a TPU name, or grpc://IP:8470. Omit for GPU/CPU.")
+    flags.DEFINE_enum("tpu_runtime", None, ["auto", "pjrt", "legacy"], "TPU runtime TensorFlow "
+                      "loads: auto (default, or $PRETRAIN_TPU_RUNTIME) picks PJRT on TPU v5e, "
+                      "v5p, v6e and legacy on v2, v3, v4. Read before TensorFlow loads.")
+    flags.DEFINE_bool("xla", None, "Compile the train step with XLA; default: yes on GPUs "
+                      "(except compute capability 12.0+, which TF 2.21's XLA cannot target) and "
+                      "on a CPU whose build has XLA. TPUs always compile.")
     flags.DEFINE_bool("smoke", False, "CPU smoke run: the config's small numbers (then --set "
                       "on top), the shipped sample.")
     flags.DEFINE_string("data", None, "Records dir from pretrain.preprocess (MLM) or a groups "
@@ -149,7 +156,8 @@ def smoke_data(cfg, output):
 def main(argv):
     if len(argv) != 1:
         raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
-    # Before TensorFlow loads: a bad config or --set fails in a second.
+    # Before TensorFlow loads: a missing TPU, a bad config or --set fails in a second.
+    tpu_runtime.check_local(FLAGS.tpu)
     cfg = load_config(FLAGS.config, smoke=FLAGS.smoke, overrides=FLAGS.set)
     if FLAGS.steps:
         cfg = compress_schedule(cfg, FLAGS.steps)
@@ -184,7 +192,8 @@ def run(cfg):
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
     # lazy: TensorFlow loads only after the config, flags and paths are checked
     from pretrain.training import trainer as train
-    from pretrain.runtime.strategy import check_paths_for_hosts, choose_precision, make_strategy
+    from pretrain.runtime.strategy import (check_paths_for_hosts, choose_precision,
+                                           make_strategy, use_xla)
 
     # The devices before the smoke data: a TPU or GPU that TF cannot use stops here.
     strategy = make_strategy(FLAGS.tpu, FLAGS.tpu_timeout, allow_cpu=FLAGS.allow_cpu)
@@ -196,6 +205,7 @@ def run(cfg):
     trainer = train.Trainer(cfg, make_task(cfg, data), output, strategy=strategy,
                             init_checkpoint=FLAGS.init_checkpoint,
                             steps_per_loop=FLAGS.steps_per_loop, precision=precision,
+                            xla=use_xla(strategy, FLAGS.xla),
                             allow_train_changes=FLAGS.allow_train_changes)
     exports = trainer.run(start_phase=start_phase)
     return exports, data, output

@@ -139,6 +139,7 @@ def test_cli_on_this_cpu_machine_says_ok():
     out = done.stdout
     assert "tensorflow:   %s %s" % (TF_DIST, _installed(TF_DIST)) in out
     assert "  sees:       CPU:0" in out
+    assert "CUDA: %s" % ("no GPU" if tf.test.is_built_with_cuda() else "not built") in out
     assert "hardware:     no TPU chips, no NVIDIA GPUs (CPU only)" in out
     assert "verdict:      ok: TensorFlow can use the CPU" in out
     assert "free disk:" in out and "PROBLEM" not in out
@@ -196,3 +197,53 @@ def test_precision_auto_is_fp32_on_this_cpu_and_bf16_is_kept_with_a_warning(capl
     with caplog.at_level("WARNING"):
         assert choose_precision("bf16", strategy) == "bf16"
     assert "no native bf16 there" in caplog.text
+
+
+def test_cli_names_the_runtime_of_each_tpu_generation(tmp_path):
+    trees = {g: tpu_vm(tmp_path / g, 4, d) for g, d in (
+        ("v3", "0x0027"), ("v4", "0x005e"), ("v5e", "0x0063"), ("v6e", "0x006f"),
+        ("tpu7x", "0x0076"))}
+    procs = {g: subprocess.Popen([sys.executable, "-m", "pretrain.doctor", "--sysroot", str(t)],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for g, t in trees.items()}
+    out = {g: p.communicate(timeout=300)[0] for g, p in procs.items()}
+    for g in ("v3", "v4"):
+        assert "tpu runtime:  legacy (TPU %s)" % ("v2/v3" if g == "v3" else g) in out[g]
+        assert "sets:" not in out[g]
+    for g in ("v5e", "v6e"):
+        assert "tpu runtime:  PJRT (TPU %s)" % g in out[g]
+        assert "  sets:       PJRT_DEVICE=TPU" in out[g]
+        assert "  sets:       NEXT_PLUGGABLE_DEVICE_USE_C_API=true" in out[g]
+        assert "--tf_mlir_enable_mlir_bridge=true" in out[g]
+    refusal = ("TPU7x (Ironwood): Google publishes no TensorFlow runtime for this generation")
+    assert "tpu runtime:  none: " + refusal in out["tpu7x"]
+    assert "PROBLEM:      " + refusal in out["tpu7x"]
+    assert procs["tpu7x"].returncode == 1
+
+
+def test_gpus_xla_cannot_compile_for_are_named_with_the_issues(tmp_path):
+    assert doctor.xla_unsupported([(8, 0), (9, 0)]) == ""
+    why = doctor.xla_unsupported([(12, 0), (8, 9)])
+    assert why.startswith("compute capability 12.0: TensorFlow 2.21's XLA cannot compile for it")
+    assert "'sm_120'" in why and "#111958, #99592, #97387" in why and "--xla forces it" in why
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_nvidia_smi(bin_dir, ["NVIDIA RTX PRO 6000 Blackwell Server Edition, 12.0"])
+    done = subprocess.run([sys.executable, "-m", "pretrain.doctor"], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300,
+                          env=dict(os.environ, PATH="%s:%s" % (bin_dir, os.environ["PATH"])))
+    assert "hardware:     1 NVIDIA GPU(s): NVIDIA RTX PRO 6000 Blackwell Server Edition " \
+           "(compute 12.0)" in done.stdout
+    assert "WARNING:      compute capability 12.0: TensorFlow 2.21's XLA" in done.stdout
+
+
+def test_precision_for_colabs_runtimes(tmp_path):
+    def gpu(line):
+        return hardware.detect_hardware(str(tmp_path), fake_nvidia_smi(tmp_path, [line]), {})
+    assert doctor.precision_for(gpu("Tesla T4, 7.5")) == "fp32"  # no bf16
+    assert doctor.precision_for(gpu("NVIDIA L4, 8.9")) == "bf16"
+    assert doctor.precision_for(gpu("NVIDIA A100-SXM4-40GB, 8.0")) == "bf16"
+    v5e = hardware.detect_hardware(str(tpu_vm(tmp_path / "v5e", 1, "0x0063")), environ={})
+    assert (v5e.tpu_chips, v5e.tpu_version, doctor.precision_for(v5e)) == (1, "v5e", "bf16")
+    cpu = hardware.detect_hardware(str(tmp_path / "cpu"), nvidia_smi="/absent", environ={})
+    assert doctor.precision_for(cpu) == "fp32"

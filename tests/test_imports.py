@@ -33,7 +33,7 @@ TF_FREE_MODULES = {"simbert.data", "finetune.data", "finetune.baselines", "run",
                    "simbert.__main__"}
 # Standard library only at import: scripts/install.sh imports them before it has
 # installed anything else.
-STDLIB_ONLY = {"runtime.doctor", "runtime.hardware"}
+STDLIB_ONLY = {"runtime.doctor", "runtime.hardware", "runtime.tpu_runtime"}
 
 
 def _modules():

@@ -9,12 +9,13 @@ The model, its training and what OUTPUT holds: pretrain/finetune/classifier.py.
 from absl import flags
 
 from pretrain import cli, fs
+from pretrain.runtime import tpu_runtime
 
 FLAGS = flags.FLAGS
 # The settings are flags, one each (there is no config file to --set into).
 SETTINGS = ("model", "task", "train", "dev", "test", "output", "epochs", "batch_size",
             "learning_rate", "warmup_proportion", "maxlen", "seed", "dropout",
-            "max_bad_fraction", "baselines")
+            "max_bad_fraction", "baselines", "xla")
 
 
 def define_flags(flag_values=None):
@@ -50,7 +51,13 @@ def define_flags(flag_values=None):
     flags.DEFINE_bool("baselines", False, "Also score the majority class, char n-gram TF-IDF + "
                       "logistic regression and the same architecture from random init "
                       "(written under OUTPUT/random_init) on the same splits.", **fv)
-    flags.DEFINE_string("tpu", None, "TPU to use ('local' on a TPU VM); omit for GPU/CPU.", **fv)
+    flags.DEFINE_string("tpu", None, "TPU to use (bare --tpu or 'local' on a TPU VM); omit for "
+                        "GPU/CPU.", **fv)
+    flags.DEFINE_enum("tpu_runtime", None, ["auto", "pjrt", "legacy"], "TPU runtime: auto "
+                      "(default, or $PRETRAIN_TPU_RUNTIME) picks PJRT on TPU v5e/v5p/v6e, legacy "
+                      "on v2-v4.", **fv)
+    flags.DEFINE_bool("xla", None, "Compile with XLA; default: on GPUs below compute "
+                      "capability 12.0 and on a CPU whose build has XLA.", **fv)
     flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU.", **fv)
     flags.DEFINE_bool("allow_cpu", False, "Train on the CPU although this machine has a TPU or "
                       "GPU that TensorFlow cannot use.", **fv)
@@ -61,6 +68,7 @@ def main(argv):
     if len(argv) != 1:
         raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     args = {k: FLAGS[k].value for k in SETTINGS}
+    tpu_runtime.check_local(FLAGS.tpu)
     fs.check_output_dir(args["output"])
     cli.check_input("--model", args["model"], what="export dir")
     for split in ("train", "dev", "test"):

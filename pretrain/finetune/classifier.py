@@ -234,7 +234,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
     split: encoded arrays, split + "_examples": [Example]}.
     """
     labels = data["labels"]
-    xla = use_xla(strategy)
+    xla = use_xla(strategy, args.get("xla"))
     with strategy.scope():
         bert, model = build_classifier(source, len(labels), args["dropout"], args["seed"],
                                        random_init)

@@ -13,6 +13,7 @@ from absl import logging
 from pretrain.runtime import compat
 from pretrain.runtime import doctor
 from pretrain.runtime import hardware
+from pretrain.runtime import tpu_runtime
 from pretrain.errors import TrainingError
 
 
@@ -36,9 +37,7 @@ def make_strategy(tpu=None, timeout_s=300, allow_cpu=False):
     name = "local" if tpu in ("", "local") else tpu
     hint = ("On a Colab or Cloud TPU VM use --tpu local; on a TPU Node pass its "
             "name or grpc://IP:8470.")
-    if name == "local" and not hardware.tpu_chips()[0]:
-        raise TrainingError("--tpu local: this machine has no TPU chips. %s%s" % (
-            hint, _doctor_says()))
+    tpu_runtime.check_local(name)  # no chips, or TPU7x: one line, before TF touches the TPU
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=name)
     except Exception as e:  # name lookups go through the Cloud TPU API
@@ -147,14 +146,25 @@ def choose_precision(requested, strategy):
     return requested
 
 
-def use_xla(strategy):
-    """Whether the replica step compiles with XLA on this strategy's devices."""
-    # XLA cannot compile MirroredStrategy over logical CPU devices (TF 2.21);
+def use_xla(strategy, force=None):
+    """Whether the replica step compiles with XLA on this strategy's devices
+    (`force`: the --xla flag, None for the default)."""
     # TPUs compile the whole step with XLA anyway.
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return False
+    if force is not None:
+        return force
+    gpus = tf.config.list_physical_devices("GPU")
+    # XLA cannot compile MirroredStrategy over logical CPU devices (TF 2.21).
     if isinstance(strategy, (tf.distribute.MirroredStrategy,
-                             tf.distribute.MultiWorkerMirroredStrategy)):
-        return bool(tf.config.list_logical_devices("GPU"))
-    # One device: a GPU compiles; a CPU only where the build has XLA for it.
-    return bool(tf.config.list_logical_devices("GPU")) or compat.cpu_xla()
+                             tf.distribute.MultiWorkerMirroredStrategy)) or gpus:
+        if not gpus:
+            return False
+        why = doctor.xla_unsupported([
+            tuple(tf.config.experimental.get_device_details(g).get("compute_capability")
+                  or (0, 0)) for g in gpus])
+        if why:
+            logging.warning("XLA off: GPU %s", why)
+        return not why
+    # One CPU: only where the build has XLA for it.
+    return compat.cpu_xla()
