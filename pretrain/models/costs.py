@@ -20,7 +20,7 @@ import math
 
 from pretrain.config import max_predictions_for
 from pretrain.models import build
-from pretrain.runtime import devices
+from pretrain.runtime import devices, hardware
 
 GRADIENT_COPIES = 2
 OPTIMIZER_SLOTS = {"lamb": 2, "adamw": 2}
@@ -198,3 +198,26 @@ def markdown_rows(cfg, params, device, items):
         cfg["name"], device.name, p.phase, p.seq_len, p.precision,
         _mb(p.weights + p.gradients + p.slots), _mb(p.activation_per_seq),
         p.max_micro_batch, p.accum_micro_batch, p.accum_steps) for p in items]
+
+
+def over_memory_warning(cfg, phase, params, replicas, precision, device=None):
+    """The warning a run prints before compiling `phase` when its plan per
+    replica exceeds this machine's accelerator (`devices.from_hardware`), naming
+    the micro-batch that would fit; None when it fits or the device is unknown."""
+    device = device or devices.from_hardware(hardware.detect_hardware())
+    if device is None or not device.memory_per_replica:
+        return None
+    p = plan(cfg, params, device, phase, precision, replicas=replicas)
+    if p.fits:
+        return None
+    fix = ("even a micro-batch of 1 does not fit" if p.max_micro_batch < 1 else
+           "a micro-batch of at most %d per replica fits: for the same global batch %d, "
+           "--set train.batch_size=%d --set train.grad_accum_steps=%d" % (
+               p.max_micro_batch, p.global_batch, p.accum_micro_batch * replicas,
+               p.accum_steps))
+    return ("memory plan: phase %s (seq %d, %s) needs about %s per replica at micro-batch %d "
+            "(weights, gradients and optimizer slots %s, activations %s) but %s has %s usable "
+            "per replica; %s (python -m pretrain.model_summary --config %s --device %s)" % (
+                p.phase, p.seq_len, precision, _mb(p.total), p.micro_batch,
+                _mb(p.weights + p.gradients + p.slots), _mb(p.activations), device.name,
+                _mb(p.usable), fix, cfg["name"], device.name))
