@@ -17,6 +17,7 @@ import tempfile
 from absl import flags
 
 from pretrain import cli
+from pretrain.runtime import doctor, hardware
 
 FLAGS = flags.FLAGS
 
@@ -48,13 +49,11 @@ def main(argv):
     if FLAGS.reference:
         acceptance.reference(FLAGS.records, FLAGS.reference, FLAGS.micro_batch, FLAGS.steps)
         return 0
-    from pretrain.runtime import doctor, hardware  # lazy: next to the TensorFlow ones
-    from pretrain.runtime.strategy import choose_precision, make_strategy
     hw = hardware.detect_hardware()
     doctor_lines = doctor.report(hw, doctor.tf_status())
     print("\n".join(doctor_lines), flush=True)
-    strategy = make_strategy(FLAGS.tpu, allow_cpu=FLAGS.allow_cpu)
-    precision = choose_precision(FLAGS.precision, strategy)
+    strategy, precision = acceptance.devices_and_precision(FLAGS.tpu, FLAGS.precision,
+                                                          FLAGS.allow_cpu)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = FLAGS.workdir or tmp
         result = acceptance.selftest(workdir, strategy, hw, precision, FLAGS.micro_batch,

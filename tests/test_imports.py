@@ -27,7 +27,8 @@ FLOORS = ["cloud", "runtime", "data", "models", "export", "training", "simbert",
 # TensorFlow-free at import: preprocessing (and its spawned workers), config
 # loading, the command plumbing and the data side of the tasks.
 TF_FREE_FOLDERS = {"data"}
-TF_FREE_MODULES = {"simbert.data", "finetune.data", "finetune.baselines", "run", "preprocess"}
+TF_FREE_MODULES = {"simbert.data", "finetune.data", "finetune.baselines", "run", "preprocess",
+                   "selftest"}
 # Standard library only at import: scripts/install.sh imports them before it has
 # installed anything else.
 STDLIB_ONLY = {"runtime.doctor", "runtime.hardware"}

@@ -129,3 +129,17 @@ def test_activation_slope_agrees_with_measured_peak_rss():
     slope = (_peak_growth(large, 128) - _peak_growth(small, 128)) / float(large - small)
     estimate = costs.activation_bytes(cfg, 128, "fp32")
     assert 0.5 <= slope / estimate <= 1.25, (slope, estimate)
+
+
+def test_over_memory_warning_names_the_micro_batch_that_fits():
+    cfg = load_config("roberta_tiny")
+    phase = cfg["train"]["phases"][0]
+    small = devices.Device("small", 1, 2 * 10 ** 9, None, None, False, "test")
+    message = costs.over_memory_warning(cfg, phase, 7560864, 1, "fp32", device=small)
+    p = costs.plan(cfg, 7560864, small, phase, "fp32", replicas=1)
+    assert not p.fits
+    assert "a micro-batch of at most %d per replica fits" % p.max_micro_batch in message
+    assert "--set train.batch_size=%d --set train.grad_accum_steps=%d" % (
+        p.accum_micro_batch, p.accum_steps) in message
+    assert costs.over_memory_warning(cfg, phase, 7560864, 8, "fp32",
+                                     device=devices.get("v3-8")) is None

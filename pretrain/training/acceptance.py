@@ -43,6 +43,7 @@ from pretrain.export import writer
 from pretrain.models import build as models
 from pretrain.models import costs
 from pretrain.runtime import devices
+from pretrain.runtime.strategy import choose_precision, make_strategy
 from pretrain.training import trainer as train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -168,6 +169,12 @@ def restore_check(trainer, output):
 def rel_diff(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+def devices_and_precision(tpu, precision, allow_cpu):
+    """(strategy, 'fp32' or 'bf16') as a training run would choose them."""
+    strategy = make_strategy(tpu, allow_cpu=allow_cpu)
+    return strategy, choose_precision(precision, strategy)
 
 
 def device_info(strategy, hw):
