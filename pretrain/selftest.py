@@ -52,12 +52,11 @@ def main(argv):
     hw = hardware.detect_hardware()
     doctor_lines = doctor.report(hw, doctor.tf_status())
     print("\n".join(doctor_lines), flush=True)
-    strategy, precision = acceptance.devices_and_precision(FLAGS.tpu, FLAGS.precision,
-                                                          FLAGS.allow_cpu)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = FLAGS.workdir or tmp
-        result = acceptance.selftest(workdir, strategy, hw, precision, FLAGS.micro_batch,
-                                     FLAGS.steps, log=lambda m: print(m, flush=True))
+        result = acceptance.selftest(workdir, hw, FLAGS.tpu, FLAGS.precision, FLAGS.allow_cpu,
+                                     FLAGS.micro_batch, FLAGS.steps,
+                                     log=lambda m: print(m, flush=True))
     acceptance.write_json(result, FLAGS.output)
     print("\n" + "\n".join(acceptance.format_report(result, doctor_lines)))
     print("wrote %s" % os.path.abspath(FLAGS.output))

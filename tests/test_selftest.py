@@ -32,8 +32,9 @@ def test_selftest_passes_on_the_cpu(tmp_path):
 
 
 def test_selftest_fails_when_the_device_side_is_wrong(tmp_path):
-    # 1e-3 added to every word embedding on the device side only.
-    proc, result = _selftest(tmp_path, PRETRAIN_SELFTEST_PERTURB="1e-3")
+    # Noise of standard deviation 0.01 on the word embeddings (initialised
+    # with 0.02), on the device side only.
+    proc, result = _selftest(tmp_path, PRETRAIN_SELFTEST_PERTURB="0.01")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not result["passed"] and "fp32_loss" in result["failed"]
     assert result["checks"]["fp32_loss"]["pass"] is False

@@ -3,12 +3,13 @@ this machine's accelerator, checked against the host CPU.
 
 The workload: roberta_tiny on the shipped sample (data/sample/), seed 12345,
 one phase at seq 128 with dropout off (so a loss depends only on the weights
-and the batch, the same on every device), `steps` updates of LAMB at the
-micro-batch the memory plan picks. It runs, through the project's own
+and the batch, the same on every device), `steps` updates of LAMB (peak rate
+5e-3 after 5 warmup updates) at the micro-batch the memory plan picks. It runs, through the project's own
 trainer, reader and export:
 
 1. the host reference: the first `REFERENCE_STEPS` updates in fp32 on the CPU,
-   without XLA, one intra-op thread, in a child process that sees no GPU;
+   without XLA, one intra-op thread, in a child process that sees no GPU and
+   runs before this process initialises the accelerator;
 2. the device run in fp32; its first losses must equal the reference's within
    `FP32_RTOL` (set from the CPU-vs-CPU noise, see below);
 3. the device run in its precision (bf16 where the device has it natively);
@@ -36,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from pretrain.config import load_config, max_predictions_for
+from pretrain.errors import TrainingError
 from pretrain.data import preprocess
 from pretrain.export import check as export_check
 from pretrain.export import checkpoints
@@ -52,15 +54,17 @@ SEQ_LEN = 128
 REFERENCE_STEPS = 5
 FP32_RTOL = 1e-4
 PRECISION_RTOL = 0.02
-# A test's way to make the device side wrong on purpose: this value is added
-# to the word embeddings of the device runs (never the host reference).
+# A test's way to make the device side wrong on purpose: Gaussian noise of
+# this standard deviation is added to the word embeddings of the device runs
+# (never the host reference). Not a constant: the embedding LayerNorm and the
+# softmax of the tied MLM head would cancel it.
 PERTURB_ENV = "PRETRAIN_SELFTEST_PERTURB"
 
 
 def workload(micro_batch, steps, replicas=1):
     """The selftest's config: roberta_tiny, one phase at seq 128, no dropout."""
-    phase = {"name": "selftest", "seq_len": SEQ_LEN, "steps": steps, "warmup_steps": 2,
-             "learning_rate": 1e-3}
+    phase = {"name": "selftest", "seq_len": SEQ_LEN, "steps": steps, "warmup_steps": 5,
+             "learning_rate": 5e-3}
     return load_config("roberta_tiny", smoke=True, overrides=[
         "train.phases=%s" % json.dumps([phase]), "model.hidden_dropout_prob=0",
         "model.attention_probs_dropout_prob=0", "train.eval_steps=0",
@@ -83,7 +87,7 @@ def train_run(cfg, records, output, strategy=None, precision="fp32", xla=None,
                             precision=precision, xla=xla)
     if perturb:
         table = trainer.bundle.bert.layers["Embedding-Token"].embeddings
-        table.assign_add(tf.fill(tf.shape(table), float(perturb)))
+        table.assign_add(float(perturb) * tf.random.stateless_normal(table.shape, [1, 2]))
     export = trainer.run_phase(0, max_steps=max_steps)
     return trainer, [loss for _, _, loss in trainer.history], export
 
@@ -171,17 +175,13 @@ def rel_diff(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
 
 
-def devices_and_precision(tpu, precision, allow_cpu):
-    """(strategy, 'fp32' or 'bf16') as a training run would choose them."""
-    strategy = make_strategy(tpu, allow_cpu=allow_cpu)
-    return strategy, choose_precision(precision, strategy)
-
-
-def device_info(strategy, hw):
-    """(the device table's row or None, name to print, replicas)."""
-    row = devices.from_hardware(hw)
-    replicas = strategy.num_replicas_in_sync
-    return row, (row.name if row else hw.device), replicas
+def expected_replicas(hw, row):
+    """Replicas the strategy will have, known before TensorFlow touches the
+    device: the host reference runs first, in a child process, because libtpu
+    lets one process per host own the chips."""
+    if hw.device == "gpu":
+        return max(1, len(hw.gpus))
+    return row.replicas if row is not None and hw.device == "tpu" else 1
 
 
 def choose_micro_batch(row, requested, precision):
@@ -191,26 +191,37 @@ def choose_micro_batch(row, requested, precision):
         return requested
     if row is None or row.name == "cpu":
         return 8
+    precision = "bf16" if precision != "fp32" and row.bf16 else "fp32"
     cfg = workload(8, 20)
     params = models.build_model(cfg).mlm_model.count_params()
     p = costs.plan(cfg, params, row, cfg["train"]["phases"][0], precision, replicas=1)
     return int(max(1, min(64, p.max_micro_batch or 1)))
 
 
-def selftest(workdir, strategy, hw, precision, micro_batch=None, steps=20, log=print):
+def selftest(workdir, hw, tpu=None, precision="auto", allow_cpu=False, micro_batch=None,
+             steps=20, log=print):
     """Run everything; returns the result dict (selftest.json)."""
     perturb = float(os.environ.get(PERTURB_ENV) or 0.0)
-    row, name, replicas = device_info(strategy, hw)
+    row = devices.from_hardware(hw)
+    name, replicas = (row.name if row else hw.device), expected_replicas(hw, row)
     micro = choose_micro_batch(row, micro_batch, precision)
     cfg = workload(micro, steps, replicas)
     log("workload: roberta_tiny, seq %d, micro-batch %d x %d replica(s), %d updates, LAMB, "
-        "dropout 0, seed %d; device %s, precision %s" % (SEQ_LEN, micro, replicas, steps,
-                                                         cfg["train"]["seed"], name, precision))
+        "dropout 0, seed %d; device %s" % (SEQ_LEN, micro, replicas, steps,
+                                           cfg["train"]["seed"], name))
     t0 = time.time()
     records = make_records(cfg, os.path.join(workdir, "records"))
     log("records: %s (%.0f s)" % (records, time.time() - t0))
     ref = run_reference(records, workdir, micro * replicas, steps)
     log("host reference (CPU, fp32, no XLA, 1 thread): %s" % _losses(ref))
+    strategy = make_strategy(tpu, allow_cpu=allow_cpu)
+    precision = choose_precision(precision, strategy)
+    if (micro * replicas) % strategy.num_replicas_in_sync:
+        raise TrainingError("the selftest expected %d replicas on %s, the strategy has %d; "
+                            "pass --micro_batch" % (replicas, name,
+                                                    strategy.num_replicas_in_sync))
+    replicas = strategy.num_replicas_in_sync
+    log("device: %s, %d replica(s), precision %s" % (name, replicas, precision))
     fp32_out = os.path.join(workdir, "fp32")
     fp32, fp32_losses, export = train_run(cfg, records, fp32_out, strategy, "fp32",
                                           perturb=perturb)
@@ -244,7 +255,8 @@ def selftest(workdir, strategy, hw, precision, micro_batch=None, steps=20, log=p
                         "export": export, "reload_max_abs_diff": reload_diff,
                         "tolerance": export_check.RELOAD_TOLERANCE}
     result = {"device": name, "replicas": replicas, "precision": precision,
-              "micro_batch": micro, "steps": steps, "seq_len": SEQ_LEN}
+              "micro_batch": cfg["train"]["batch_size"] // replicas,
+              "steps": steps, "seq_len": SEQ_LEN}
     result.update(speed(cfg, run, run_out, row, precision))
     checks["speed_measured"] = {"pass": bool(result["seq_per_s"] and result["mfu"] is not None)}
     result["checks"] = checks
