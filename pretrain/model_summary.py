@@ -20,8 +20,6 @@ import numpy as np
 from absl import app, flags
 
 from pretrain import cli
-from pretrain.export import writer as export
-from pretrain.models import build as models
 from pretrain.models import costs
 from pretrain.models.costs import flops_per_token, mlm_flops_per_sequence  # noqa: F401
 from pretrain.runtime import devices
@@ -50,6 +48,9 @@ def summary(cfg, seq_lens=None, measure_checkpoint=True, vocab_size=None):
     vocab_size: build with this many embedding rows instead of the config's
     (say the 13,686 of the published T5s vocabulary).
     """
+    # lazy: TensorFlow loads only to build the model, after the flags are checked
+    from pretrain.export import writer as export
+    from pretrain.models import build as models
     if vocab_size:
         cfg = dict(cfg, model=dict(cfg["model"], vocab_size=vocab_size))
     bundle = models.build_model(cfg, check_vocab=False)

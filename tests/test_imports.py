@@ -28,7 +28,7 @@ FLOORS = ["cloud", "runtime", "data", "models", "export", "training", "simbert",
 # loading, the command plumbing and the data side of the tasks.
 TF_FREE_FOLDERS = {"data"}
 TF_FREE_MODULES = {"simbert.data", "finetune.data", "finetune.baselines", "run", "preprocess",
-                   "selftest"}
+                   "selftest", "model_summary", "models.costs"}
 # Standard library only at import: scripts/install.sh imports them before it has
 # installed anything else.
 STDLIB_ONLY = {"runtime.doctor", "runtime.hardware"}

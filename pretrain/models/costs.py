@@ -1,6 +1,6 @@
 """What a model costs to train: forward FLOPs, and memory per replica.
 
-The FLOP counts are analytic (matmuls only) and follow what `build.mlm_model`
+TensorFlow-free at import. The FLOP counts are analytic (matmuls only) and follow what `build.mlm_model`
 computes. The memory plan is analytic too: per replica it adds
 
 - weights: the fp32 variables (under mixed bf16 also a bf16 copy for compute);
@@ -19,7 +19,6 @@ import collections
 import math
 
 from pretrain.config import max_predictions_for
-from pretrain.models import build
 from pretrain.runtime import devices, hardware
 
 GRADIENT_COPIES = 2
@@ -63,6 +62,8 @@ def mlm_flops_per_sequence(cfg, seq_len, predictions, sparse=True):
     attention rows and FFN, on the P masked rows only. Otherwise: every
     position everywhere, as a full-sequence MLM head does.
     """
+    # lazy: TensorFlow; the plan and the FLOP counts import without it (fast --help)
+    from pretrain.models import build
     encoder, head = flops_per_token(cfg, seq_len)
     if not sparse:
         return seq_len * (encoder + head)
