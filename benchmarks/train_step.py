@@ -29,6 +29,7 @@ from pretrain.models import build as models
 from pretrain.training import optim
 from pretrain.training import tasks
 from pretrain.training import trainer as train
+from pretrain.training.acceptance import matmul_peak
 from pretrain.config import load_config, max_predictions_for  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -40,23 +41,6 @@ flags.DEFINE_bool("xla", True, "Compile the step with XLA.")
 flags.DEFINE_enum("rng_alg", None, ["auto_select", "philox", "threefry"],
                   "Dropout-mask generator (default: the trainer's, dropout.rng_alg).")
 flags.DEFINE_float("dropout", None, "Override both dropout rates (e.g. 0: no masks).")
-
-
-def matmul_peak(n=2048, reps=10):
-    """fp32 GFLOP/s of an n x n matmul chain (the machine's practical peak)."""
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n]) / n ** 0.5
-
-    @tf.function
-    def chain(x):
-        for _ in range(reps):
-            x = tf.matmul(x, b)
-        return x
-
-    chain(a).numpy()
-    t0 = time.perf_counter()
-    chain(a).numpy()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 class DenseMlmTask(tasks.MlmTask):
@@ -122,7 +106,7 @@ def main(argv):
     B, L = FLAGS.batch, FLAGS.seq_len
     P = max_predictions_for(cfg, L)
     stack = synthetic_batch(cfg, B, L)
-    peak = matmul_peak()
+    peak = matmul_peak(reps=10) / 1e9  # GFLOP/s
     sparse_flops = 3 * B * model_summary.mlm_flops_per_sequence(cfg, L, P, sparse=True)
     dense_flops = 3 * B * model_summary.mlm_flops_per_sequence(cfg, L, P, sparse=False)
     t_sparse = time_step(cfg, tasks.MlmTask, stack, FLAGS.steps, FLAGS.xla, rng_alg)

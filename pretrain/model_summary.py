@@ -1,10 +1,15 @@
-"""Model sizes and costs: parameters, checkpoint bytes and forward FLOPs.
+"""Model sizes and costs: parameters, checkpoint bytes, forward FLOPs, and
+the memory plan per replica of a device.
 
 `summary(cfg)` builds the model once and, optionally, exports it to a
-temporary directory to weigh the checkpoint; the FLOP counts are analytic
-(matmuls only) and follow what `models.mlm_model` computes.
+temporary directory to weigh the checkpoint; the FLOP counts and the memory
+plan are analytic (pretrain/models/costs.py). With `--device` it prints, per
+phase and precision, the memory of the weights, gradients, optimizer slots
+and activations at the config's micro-batch, the largest micro-batch that
+fits, and the accumulation steps that reach the config's global batch.
 
     python -m pretrain.model_summary --config roberta_tiny [--json] [--vocab_size N]
+    python -m pretrain.model_summary --config roberta_tiny --device v5e-1[,v3-8,...]
 """
 import json
 import os
@@ -15,6 +20,9 @@ import numpy as np
 from absl import flags
 
 from pretrain import cli
+from pretrain.models import costs
+from pretrain.models.costs import flops_per_token, mlm_flops_per_sequence  # noqa: F401
+from pretrain.runtime import devices
 from pretrain.config import load_config
 
 # The published checkpoint sizes to compare with (MB as printed on the
@@ -29,52 +37,6 @@ def count_params(bert):
         for w in getattr(layer, "weights", []):
             seen[id(w)] = int(np.prod(w.shape))
     return sum(seen.values())
-
-
-def _layer_flops(cfg, seq_len):
-    """Forward FLOPs of one transformer layer: (per position for keys and
-    values, per query row for everything else)."""
-    m = cfg["model"]
-    h, ff = m["hidden_size"], m["intermediate_size"]
-    inner = m["num_attention_heads"] * (m["attention_head_size"] or h // m["num_attention_heads"])
-    n_in = len(m["hidden_act"]) if isinstance(m["hidden_act"], list) else 1
-    kv = 2 * 2 * h * inner
-    row = 2 * 2 * h * inner + 2 * (n_in + 1) * h * ff + 2 * 2 * seq_len * inner
-    return kv, row
-
-
-def flops_per_token(cfg, seq_len):
-    """Forward multiply-adds x2 per token: encoder, and the MLM head per prediction.
-
-    Counts matmuls only (embedding lookups, norms, softmax are negligible).
-    Attention adds 2 * 2 * seq_len * heads * head_size per layer (QK^T and AV).
-    A training step costs about 3x the forward.
-    """
-    m = cfg["model"]
-    h, e = m["hidden_size"], m["embedding_size"] or m["hidden_size"]
-    mapping = 2 * e * h if e != h else 0
-    encoder = m["num_hidden_layers"] * sum(_layer_flops(cfg, seq_len)) + mapping
-    head = 2 * (h * e + e * m["vocab_size"])
-    return encoder, head
-
-
-def mlm_flops_per_sequence(cfg, seq_len, predictions, sparse=True):
-    """Forward FLOPs of one sequence for the MLM loss.
-
-    sparse: what `mlm_model` computes (see `models.masked_hidden`): the vocabulary
-    head, and for encoder models the last layer's queries, output projection,
-    attention rows and FFN, on the P masked rows only. Otherwise: every
-    position everywhere, as a full-sequence MLM head does.
-    """
-    # lazy: TensorFlow loads only when a model is built or inspected, after --help
-    from pretrain.models import build as models
-    encoder, head = flops_per_token(cfg, seq_len)
-    if not sparse:
-        return seq_len * (encoder + head)
-    if not models.sparse_last_layer(cfg):
-        return seq_len * encoder + predictions * head
-    row = _layer_flops(cfg, seq_len)[1]
-    return seq_len * (encoder - row) + predictions * (row + head)
 
 
 def summary(cfg, seq_lens=None, measure_checkpoint=True, vocab_size=None):
@@ -127,8 +89,19 @@ def format_summary(s):
     return "\n".join(lines)
 
 
+def device_plans(cfg, params, names, precisions=("fp32", "bf16")):
+    """{device name: [costs.Plan per phase and precision]} for `names`."""
+    return {name: costs.plans(cfg, params, devices.get(name), precisions) for name in names}
+
+
 def define_flags():
     flags.DEFINE_string("config", None, "config name (configs/NAME.json) or path to a config JSON")
+    flags.DEFINE_list("device", [], "Also print the memory plan per replica on these devices "
+                      "(comma-separated): %s. cpu is this machine's RAM." % ", ".join(
+                          devices.NAMES))
+    flags.DEFINE_bool("markdown", False, "With --device: print the plans as Markdown table "
+                      "rows (config, device, phase, seq, precision, weights+gradients+slots, "
+                      "activations per sequence, largest micro-batch, micro-batch x accum).")
     flags.DEFINE_bool("json", False, "print JSON instead of text")
     flags.DEFINE_bool("measure_checkpoint", True, "export to a temp dir and measure the "
                       "checkpoint and its zip-compressed size")
@@ -141,9 +114,24 @@ def main(argv):
     if len(argv) != 1:
         raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     FLAGS = flags.FLAGS
-    s = summary(load_config(FLAGS.config), measure_checkpoint=FLAGS.measure_checkpoint,
-                vocab_size=FLAGS.vocab_size)
-    print(json.dumps(s, indent=2) if FLAGS.json else format_summary(s))
+    unknown = [d for d in FLAGS.device if d not in devices.NAMES]
+    if unknown:
+        raise cli.UsageError("--device %s: not one of %s" % (",".join(unknown),
+                                                             ", ".join(devices.NAMES)))
+    cfg = load_config(FLAGS.config)
+    s = summary(cfg, measure_checkpoint=FLAGS.measure_checkpoint, vocab_size=FLAGS.vocab_size)
+    if FLAGS.vocab_size:
+        cfg = dict(cfg, model=dict(cfg["model"], vocab_size=FLAGS.vocab_size))
+    plans = device_plans(cfg, s["params"], FLAGS.device)
+    if FLAGS.json:
+        s["memory_plans"] = {k: [p._asdict() for p in v] for k, v in plans.items()}
+        print(json.dumps(s, indent=2))
+        return
+    if not FLAGS.markdown:
+        print(format_summary(s))
+    for name, items in plans.items():
+        write = costs.markdown_rows if FLAGS.markdown else costs.format_plans
+        print("\n".join(write(cfg, s["params"], devices.get(name), items)))
 
 
 if __name__ == "__main__":

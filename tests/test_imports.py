@@ -30,7 +30,7 @@ FLOORS = ["cloud", "runtime", "data", "models", "export", "training", "simbert",
 TF_FREE_FOLDERS = {"data"}
 TF_FREE_MODULES = {"simbert.data", "finetune.data", "finetune.baselines", "run", "preprocess",
                    "doctor", "gcs", "model_summary", "export.__main__", "finetune.__main__",
-                   "simbert.__main__"}
+                   "simbert.__main__", "selftest", "models.costs"}
 # Standard library only at import: scripts/install.sh imports them before it has
 # installed anything else.
 STDLIB_ONLY = {"runtime.doctor", "runtime.hardware", "runtime.tpu_runtime"}

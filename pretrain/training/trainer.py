@@ -31,6 +31,7 @@ from pretrain.export import checkpoints
 from pretrain.runtime import compat
 from pretrain.models import dropout
 from pretrain.training import inputs
+from pretrain.models import costs
 from pretrain.training import monitor
 from pretrain.training import optim
 from pretrain.training import run_dir
@@ -182,6 +183,7 @@ class Trainer(object):
         # masks come from step seeds (a global seed of 0 also breaks tf.data's
         # tensor-seeded shuffles). The precision policy is the model's alone:
         # the global policy is unchanged afterwards.
+        self.precision = precision
         with self.strategy.scope():
             self.bundle = task.build(precision)
         self.variables = self.task.model.trainable_variables
@@ -293,6 +295,11 @@ class Trainer(object):
             if start >= phase["steps"]:
                 logging.info("phase %s already complete", phase["name"])
                 return self._export(phase)
+            warning = costs.over_memory_warning(  # before compiling: what fits instead
+                self.cfg, phase, self.task.model.count_params(),
+                self.strategy.num_replicas_in_sync, self.precision)
+            if warning:
+                logging.warning(warning)
             compiled = self.xla or isinstance(self.strategy, tf.distribute.TPUStrategy)
             loop = make_train_loop(self.strategy, make_replica_step(
                 self.task, optimizer, self.variables, train["seed"], dropout.rng_alg(compiled)),
