@@ -27,6 +27,7 @@ import numpy as np
 from bert4keras.backend import K
 
 from pretrain.export import check as export_check
+from pretrain.export import st_folder
 from pretrain.export.checkpoints import variable_pairs
 from pretrain.data.tokenization import load_vocab
 
@@ -109,14 +110,27 @@ def hf_weights(cfg, bundle):
     return config, state, pooler
 
 
-def export_hf(cfg, bundle, out_dir):
-    """Write a `from_pretrained`-loadable directory (+ vocab, tokenizer config)."""
+def export_hf(cfg, bundle, out_dir, pooling=None, max_seq_length=None):
+    """Write a `from_pretrained`-loadable directory (+ vocab, tokenizer config).
+
+    A model with a pooler (SimBERT), or any model given `pooling` ("cls" or
+    "mean"), is also written as a sentence-transformers folder (`st_folder`):
+    SimBERT's is [CLS] -> its linear pooler -> unit length, as `SimBERT.encode`.
+    max_seq_length: the sentence-transformers truncation (default: the config's
+    data.maxlen, else max_position_embeddings).
+    """
     # lazy: torch and transformers are the optional extra "hf"
     import torch
     from safetensors.torch import save_file
     from transformers import (BertConfig, BertForMaskedLM, BertTokenizer,
                               ElectraConfig, ElectraForMaskedLM)
     config, state, pooler = hf_weights(cfg, bundle)
+    if pooler and cfg["model"]["with_pool"] != "linear":
+        raise ValueError("the sentence-transformers folder reproduces a linear pooler only, "
+                         "got with_pool=%r" % (cfg["model"]["with_pool"],))
+    if pooler and pooling not in (None, "cls"):
+        raise ValueError("a model with a pooler pools [CLS]; --pooling %s does not apply"
+                         % pooling)
     if "embedding_size" in config:
         model = ElectraForMaskedLM(ElectraConfig(**config))
     else:
@@ -139,6 +153,13 @@ def export_hf(cfg, bundle, out_dir):
         with open(os.path.join(out_dir, "pooler_config.json"), "w") as f:
             json.dump({"activation": cfg["model"]["with_pool"], "input": "[CLS] hidden state",
                        "file": POOLER_FILE}, f, indent=2)
+        pooling = "cls"
+    if pooling is not None:
+        m = cfg["model"]
+        st_folder.write_st_folder(
+            out_dir, m["hidden_size"], pooling,
+            max_seq_length or cfg["data"].get("maxlen") or m["max_position_embeddings"],
+            dense={k.split(".")[1]: torch.from_numpy(v) for k, v in pooler.items()} or None)
     return out_dir
 
 

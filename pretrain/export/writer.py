@@ -141,6 +141,9 @@ def define_flags():
     flags.DEFINE_string("output", None, "output directory (local or gs://)")
     flags.DEFINE_enum("format", "bert4keras", ["bert4keras", "hf"], "output format: a "
                       "bert4keras checkpoint dir, or a transformers dir (extra 'hf')")
+    flags.DEFINE_enum("pooling", None, ["cls", "mean"], "--format hf: also write a "
+                      "sentence-transformers folder pooling [CLS] or the mean over real tokens "
+                      "(a SimBERT export is always one: [CLS] -> its pooler)")
     flags.DEFINE_bool("check", False, "reload the export and print the max abs difference")
     flags.mark_flags_as_required(["config", "output"])
 
@@ -158,7 +161,7 @@ def main(argv):
         else:
             checkpoints.restore_training_checkpoint(bundle, FLAGS.checkpoint)
     if FLAGS.format == "hf":
-        hf_export.export_hf(cfg, bundle, output)
+        hf_export.export_hf(cfg, bundle, output, pooling=FLAGS.pooling)
         if FLAGS.check:
             print("max |TF - HF| (MLM logits, pooled vector if any): %.3g" % hf_export.check_hf(
                 cfg, output, bundle))
