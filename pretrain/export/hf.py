@@ -27,7 +27,7 @@ import numpy as np
 from bert4keras.backend import K
 
 from pretrain.export import check as export_check
-from pretrain.export import st_folder
+from pretrain.export import model_card, st_folder
 from pretrain.export.checkpoints import variable_pairs
 from pretrain.data.tokenization import load_vocab
 
@@ -110,14 +110,16 @@ def hf_weights(cfg, bundle):
     return config, state, pooler
 
 
-def export_hf(cfg, bundle, out_dir, pooling=None, max_seq_length=None):
+def export_hf(cfg, bundle, out_dir, pooling=None, max_seq_length=None, facts=None,
+              license="other"):
     """Write a `from_pretrained`-loadable directory (+ vocab, tokenizer config).
 
     A model with a pooler (SimBERT), or any model given `pooling` ("cls" or
     "mean"), is also written as a sentence-transformers folder (`st_folder`):
     SimBERT's is [CLS] -> its linear pooler -> unit length, as `SimBERT.encode`.
     max_seq_length: the sentence-transformers truncation (default: the config's
-    data.maxlen, else max_position_embeddings).
+    data.maxlen, else max_position_embeddings). facts: the run's
+    (`model_card.run_facts`) for the README.md model card.
     """
     # lazy: torch and transformers are the optional extra "hf"
     import torch
@@ -160,6 +162,9 @@ def export_hf(cfg, bundle, out_dir, pooling=None, max_seq_length=None):
             out_dir, m["hidden_size"], pooling,
             max_seq_length or cfg["data"].get("maxlen") or m["max_position_embeddings"],
             dense={k.split(".")[1]: torch.from_numpy(v) for k, v in pooler.items()} or None)
+    n_params = sum(p.numel() for p in model.parameters()) + sum(v.size for v in pooler.values())
+    model_card.write_card(out_dir, cfg, n_params, type(model).__name__, facts,
+                          sentence=pooling is not None, license=license)
     return out_dir
 
 

@@ -21,6 +21,7 @@ from pretrain.export import checkpoints
 from pretrain.export import check as export_check
 from pretrain.export import h5_weights
 from pretrain.export import hf as hf_export
+from pretrain.export import model_card
 from pretrain.models import build as models
 from pretrain.export.checkpoints import CONFIG_NAME, INFO_NAME
 from pretrain.config import bert4keras_config, load_config, resolve_path
@@ -144,6 +145,13 @@ def define_flags():
     flags.DEFINE_enum("pooling", None, ["cls", "mean"], "--format hf: also write a "
                       "sentence-transformers folder pooling [CLS] or the mean over real tokens "
                       "(a SimBERT export is always one: [CLS] -> its pooler)")
+    flags.DEFINE_string("run", None, "--format hf: the run dir whose run.json, records "
+                        "manifests and TensorBoard events the model card (README.md) states "
+                        "(default: the run dir holding --checkpoint, if any)")
+    flags.DEFINE_multi_string("finetune", [], "--format hf: a pretrain.finetune output dir "
+                              "(metrics.json) of this model, for the model card (repeatable)")
+    flags.DEFINE_string("license", "other", "--format hf: the model card's license (the "
+                        "weights carry the terms of their training data)")
     flags.DEFINE_bool("check", False, "reload the export and print the max abs difference")
     flags.mark_flags_as_required(["config", "output"])
 
@@ -161,7 +169,10 @@ def main(argv):
         else:
             checkpoints.restore_training_checkpoint(bundle, FLAGS.checkpoint)
     if FLAGS.format == "hf":
-        hf_export.export_hf(cfg, bundle, output, pooling=FLAGS.pooling)
+        run = FLAGS.run or model_card.find_run_dir(FLAGS.checkpoint)
+        facts = model_card.run_facts(run, finetune_dirs=FLAGS.finetune) if run else None
+        hf_export.export_hf(cfg, bundle, output, pooling=FLAGS.pooling, facts=facts,
+                            license=FLAGS.license)
         if FLAGS.check:
             print("max |TF - HF| (MLM logits, pooled vector if any): %.3g" % hf_export.check_hf(
                 cfg, output, bundle))
