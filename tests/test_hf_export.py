@@ -102,3 +102,21 @@ def test_pooling_flag_writes_a_mean_pooled_roberta(tmp_path):
     mean = (hidden * mask).sum(1) / mask.sum(1)
     want = torch.nn.functional.normalize(mean, dim=-1).numpy()
     assert np.abs(model.encode(texts) - want).max() <= 1e-5
+
+
+def test_cli_refuses_what_has_no_faithful_export_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO_ROOT
+    for args, needle in (
+            (["--config", "t5s_tiny"], "error: T5s has no faithful transformers class"),
+            (["--config", "simbert_tiny", "--pooling", "mean"],
+             "error: a model with a pooler pools [CLS]; --pooling mean does not apply")):
+        done = subprocess.run([sys.executable, "-m", "pretrain.export", "--format", "hf",
+                               "--output", str(tmp_path / "out")] + args,
+                              capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+        assert done.returncode == 2, done.stderr[-2000:]
+        errors = [l for l in done.stderr.splitlines() if l.startswith("error: ")]
+        assert len(errors) == 1 and errors[0].startswith(needle), done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+        assert not (tmp_path / "out").exists()

@@ -30,22 +30,27 @@ from pretrain.export import check as export_check
 from pretrain.export import model_card, st_folder
 from pretrain.export.checkpoints import variable_pairs
 from pretrain.data.tokenization import load_vocab
+from pretrain.errors import PretrainError
 
 POOLER_FILE = "pooler.safetensors"
+
+
+class HFExportError(PretrainError, ValueError):
+    """The model or the flags have no faithful HF export; the message says why."""
 
 
 def _check_supported(cfg):
     m = cfg["model"]
     if m["type"] == "t5s":
-        raise ValueError("T5s has no faithful transformers class (T5EncoderModel lacks "
+        raise HFExportError("T5s has no faithful transformers class (T5EncoderModel lacks "
                          "segment embeddings, the low-rank mapping and the MLM head, and "
                          "uses tanh-GELU); export it with --format bert4keras")
     if m["hidden_act"] != "gelu":
-        raise ValueError("HF export supports hidden_act 'gelu' (erf) only, got %r"
+        raise HFExportError("HF export supports hidden_act 'gelu' (erf) only, got %r"
                          % (m["hidden_act"],))
     size = m["attention_head_size"]
     if size is not None and size * m["num_attention_heads"] != m["hidden_size"]:
-        raise ValueError("HF BERT needs attention_head_size = hidden_size / heads")
+        raise HFExportError("HF BERT needs attention_head_size = hidden_size / heads")
 
 
 def _factorised(cfg):
@@ -121,17 +126,21 @@ def export_hf(cfg, bundle, out_dir, pooling=None, max_seq_length=None, facts=Non
     data.maxlen, else max_position_embeddings). facts: the run's
     (`model_card.run_facts`) for the README.md model card.
     """
-    # lazy: torch and transformers are the optional extra "hf"
-    import torch
-    from safetensors.torch import save_file
-    from transformers import (BertConfig, BertForMaskedLM, BertTokenizer,
-                              ElectraConfig, ElectraForMaskedLM)
     config, state, pooler = hf_weights(cfg, bundle)
+    try:
+        # lazy: torch and transformers are the optional extra "hf"
+        import torch
+        from safetensors.torch import save_file
+        from transformers import (BertConfig, BertForMaskedLM, BertTokenizer,
+                                  ElectraConfig, ElectraForMaskedLM)
+    except ImportError as e:
+        raise HFExportError("--format hf needs the extra 'hf' (%s); see docs/export.md, "
+                            "'Installing the HF and ONNX extras without CUDA'" % e) from None
     if pooler and cfg["model"]["with_pool"] != "linear":
-        raise ValueError("the sentence-transformers folder reproduces a linear pooler only, "
+        raise HFExportError("the sentence-transformers folder reproduces a linear pooler only, "
                          "got with_pool=%r" % (cfg["model"]["with_pool"],))
     if pooler and pooling not in (None, "cls"):
-        raise ValueError("a model with a pooler pools [CLS]; --pooling %s does not apply"
+        raise HFExportError("a model with a pooler pools [CLS]; --pooling %s does not apply"
                          % pooling)
     if "embedding_size" in config:
         model = ElectraForMaskedLM(ElectraConfig(**config))

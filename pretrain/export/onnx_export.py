@@ -16,6 +16,7 @@ transformers model that `check_hf` already holds to the TF model; the legacy
 TorchScript exporter is not used: it bakes the traced padding length into
 transformers' mask code. `check_onnx` compares onnxruntime with the TF model.
 """
+import importlib.util
 import os
 
 import numpy as np
@@ -58,6 +59,11 @@ def _traced(hf_dir):
 
 def write_onnx(hf_dir):
     """Trace the HF export in `hf_dir` to hf_dir/onnx/model.onnx; returns its path."""
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise hf_export.HFExportError(
+            "--format onnx needs %s (pip install -e \".[hf,onnx]\"; see docs/export.md)"
+            % " and ".join(missing))
     # lazy: torch is the optional extra "hf"; torch.onnx needs onnx + onnxscript ("onnx")
     import torch
     model = _traced(hf_dir)
