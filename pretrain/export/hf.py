@@ -11,12 +11,15 @@ Which class, and why it is faithful:
 - SimBERT's pooler is Dense with a *linear* activation; BertPooler applies
   tanh, so it is written separately as `pooler.safetensors` (`dense.weight`,
   `dense.bias`): pooled = F.linear(last_hidden_state[:, 0], W, b). The UniLM
-  mask is not reproduced in HF (its encoder takes padding masks only).
+  mask is not reproduced in HF (its encoder takes padding masks only). The
+  same weights are the `Dense` module of the sentence-transformers folder
+  (`st_folder`) that a SimBERT export also is.
 - T5s has no faithful HF class (segment embeddings, the low-rank mapping and
   the MLM head are not in T5EncoderModel, which also uses tanh-GELU), so it is
   refused with that reason.
 
-Names come from the Google checkpoint names of `checkpoints.variable_pairs`, so
+Every export gets a model card, README.md (`model_card`). Names come from the
+Google checkpoint names of `checkpoints.variable_pairs`, so
 this module never touches bert4keras layers directly.
 """
 import json
