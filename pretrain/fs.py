@@ -111,8 +111,13 @@ def copy(src, dst):
         shutil.copyfile(src, dst)
 
 
-def check_output_dir(path, flag="--output"):
-    """Raise OutputPathError unless `path` is a directory or can be made one."""
+def check_output_dir(path, flag="--output", owns=None, what="output"):
+    """Raise OutputPathError unless `path` is a directory or can be made one.
+
+    With `owns(names)` (the names in the directory), a directory that is not
+    empty must be this command's own earlier output (`what`): a command may
+    replace what it wrote, never a user's files it did not write.
+    """
     if is_remote(path):
         blocked = path if exists(path) and not isdir(path) else None
     else:
@@ -123,3 +128,20 @@ def check_output_dir(path, flag="--output"):
     if blocked:
         raise OutputPathError("%s %s: %s is a file, not a directory; give a directory path "
                               "(it is created if missing)" % (flag, path, blocked))
+    names = sorted(listdir(path)) if owns is not None and isdir(path) else []
+    if names and not owns(names):
+        shown = ", ".join(names[:5]) + (" and %d more" % (len(names) - 5) if len(names) > 5
+                                         else "")
+        raise OutputPathError("%s %s is not empty and is not an earlier %s: it holds %s; "
+                              "give a new or empty directory (nothing was written)"
+                              % (flag, path, what, shown))
+
+
+def check_output_file(path, owns, what, flag="--output"):
+    """Raise OutputPathError if `path` is a directory, or an existing file that
+    `owns(path)` does not recognise as this command's earlier `what`."""
+    if isdir(path):
+        raise OutputPathError("%s %s is a directory; give a file path" % (flag, path))
+    if exists(path) and not owns(path):
+        raise OutputPathError("%s %s exists and is not an earlier %s; give a new path "
+                              "(it was left unchanged)" % (flag, path, what))

@@ -122,7 +122,8 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
     job["n_chunks"] = len(chunks)
     settings = preprocess_state.job_settings(job, files, shard_mb, input_format)
 
-    fs.check_output_dir(output_dir)
+    fs.check_output_dir(output_dir, owns=preprocess_state.is_records_dir,
+                        what="preprocessing output")
     state = fs.join(output_dir, preprocess_state.STATE_DIR)
     settings_path = fs.join(state, "settings.json")
     fresh = not fs.exists(settings_path)

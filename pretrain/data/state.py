@@ -99,6 +99,13 @@ def old_flags(old, new):
     return " (%s)" % " ".join(flags)
 
 
+def is_records_dir(names):
+    """Whether a directory holding `names` is preprocessing's own output (a rerun
+    resumes or, with replace, rebuilds it): the state dir and seq* dirs only."""
+    return STATE_DIR in names and all(
+        n == STATE_DIR or (n.startswith("seq") and n[3:].isdigit()) for n in names)
+
+
 def remove_records(output_dir):
     """Delete what preprocessing writes in output_dir (state and seq* dirs)."""
     if not fs.exists(output_dir):
