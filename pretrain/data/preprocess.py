@@ -273,8 +273,24 @@ def define_flags():
                       "Word segmenter for whole-word masking (auto: rjieba if installed).")
     flags.DEFINE_integer("min_count", 1, "`vocab`: keep tokens seen at least this often.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
-    for name in ("config", "input", "output"):
-        flags.mark_flag_as_required(name)
+    flags.DEFINE_string("verify", None, "Instead of preprocessing: read every shard of this "
+                        "records dir against its manifests (size, record count, CRCs), list "
+                        "the damaged ones and exit 2 if there are any, else 0.")
+    flags.register_multi_flags_validator(
+        ["config", "input", "output", "verify"],
+        lambda f: f["verify"] is not None or None not in (f["config"], f["input"], f["output"]),
+        "--config, --input and --output are required (unless --verify DIR)")
+
+
+def verify(data_dir):
+    """`--verify`: print each damaged shard; raise if there is one."""
+    checked, bad = records.verify_dir(data_dir)
+    for path, problem in bad:
+        print("damaged %s: %s" % (path, problem))
+    if bad:
+        raise records.damaged_error(data_dir, bad, checked)
+    print("%d shards in %s match their manifests" % (checked, data_dir))
+    return 0
 
 
 def _exit_on_sigterm(signum, frame):
@@ -288,6 +304,8 @@ def main(argv):
         raise PreprocessError("unexpected arguments: %s (usage: python -m pretrain.preprocess "
                               "[vocab] --config ... --input ... --output ...)"
                               % " ".join(argv[1:]))
+    if FLAGS.verify:
+        return verify(FLAGS.verify)
     fs.check_output_dir(FLAGS.output)
     cfg = load_config(FLAGS.config, overrides=FLAGS.set)
     common = dict(workers=FLAGS.workers, text_field=FLAGS.text_field,
