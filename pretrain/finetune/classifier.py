@@ -290,9 +290,11 @@ def load_data(args, log=print):
     if positions and args["maxlen"] > positions:
         raise ConfigError("--maxlen %d is longer than the model's max_position_embeddings %d"
                           % (args["maxlen"], positions))
-    train_examples, skipped = finetune_data.read_examples(args["train"], args["task"],
-                                                          args["max_bad_fraction"], log=log)
-    labels = finetune_data.label_list(train_examples)
+    declared = args.get("labels")
+    train_examples, skipped = finetune_data.read_examples(
+        args["train"], args["task"], args["max_bad_fraction"],
+        set(declared) if declared else None, log, declared=bool(declared))
+    labels = list(declared) if declared else finetune_data.label_list(train_examples)
     if len(labels) < 2:
         raise finetune_data.DataError("%s: one label only (%s); a classifier needs two or more"
                                       % (args["train"], labels[0]))
@@ -303,9 +305,14 @@ def load_data(args, log=print):
         if not args.get(split):
             continue
         examples = train_examples if split == "train" else finetune_data.read_examples(
-            args[split], args["task"], args["max_bad_fraction"], set(labels), log)[0]
+            args[split], args["task"], args["max_bad_fraction"], set(labels), log,
+            declared=bool(declared))[0]
         data[split] = finetune_data.encode(examples, tokenizer, args["maxlen"], label_ids)
         data[split + "_examples"] = examples
+    if not declared:
+        for warning in finetune_data.label_warnings(train_examples, {
+                s: (args[s], data[s + "_examples"]) for s in ("dev", "test") if s in data}):
+            log("warning: " + warning)
     return data
 
 
@@ -413,6 +420,11 @@ def define_flags(flag_values=None):
     flags.DEFINE_float("dropout", 0.1, "Dropout rate on the [CLS] vector.", **fv)
     flags.DEFINE_float("max_bad_fraction", 0.05, "Largest fraction of bad lines per file "
                        "(each reported as file:line: reason and skipped) before stopping.", **fv)
+    flags.DEFINE_list("labels", None, "The label set, e.g. 0,1 (its order is the class "
+                      "order): a row with another label is a bad line (file:line, counted, "
+                      "skipped within --max_bad_fraction). Without it the train labels are "
+                      "the classes, and one under 1%% of train rows or absent from dev/test is "
+                      "warned of.", **fv)
     flags.DEFINE_bool("baselines", False, "Also score the majority class, char n-gram TF-IDF + "
                       "logistic regression and the same architecture from random init "
                       "(written under OUTPUT/random_init) on the same splits.", **fv)
@@ -429,7 +441,7 @@ def main(argv):
     args = {k: f[k].value for k in ("model", "task", "train", "dev", "test", "output", "epochs",
                                     "batch_size", "learning_rate", "warmup_proportion",
                                     "maxlen", "seed", "dropout", "max_bad_fraction",
-                                    "baselines")}
+                                    "baselines", "labels")}
     fs.check_output_dir(args["output"], owns=lambda names: _is_output(args["output"], names),
                         what="fine-tuning output")
     strategy = make_strategy(f.tpu, f.tpu_timeout, allow_cpu=f.allow_cpu)
