@@ -78,6 +78,13 @@ def test_cli_with_labels_trains_two_classes(splits, tmp_path):
         "model.intermediate_size": 64, "model.embedding_size": 16}))
     model = str(tmp_path / "export")
     export.export_bert4keras(cfg, models.build_model(cfg), model)
+    # Without --labels the typo still becomes a class, but is named in a warning.
+    from pretrain.finetune import classifier
+    lines = []
+    data = classifier.load_data(dict(model=model, task="pair", maxlen=32, max_bad_fraction=0.05,
+                                     **splits), log=lines.append)
+    assert data["labels"] == ["0", "1", "l"]
+    assert [l for l in lines if l.startswith("warning: label 'l': ")], lines
     out = str(tmp_path / "ft")
     result = subprocess.run(
         [sys.executable, "-m", "pretrain.finetune", "--model", model, "--task", "pair",
