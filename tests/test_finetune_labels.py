@@ -11,29 +11,28 @@ import pytest
 from conftest import REPO_ROOT, shared_path
 from pretrain.finetune import data as finetune_data
 
-TYPO_ROWS = range(7, 1000, 100)  # 10 of 1000 train rows get `l` for `1`
+TYPO_ROWS = range(7, 1000, 100)  # 10 of 1000 train rows get the label `l` (a typo of `1`)
 
 
-def _rows(name, start, n):
+def _lines(name, start, n):
     with open(shared_path("similarity", "lcqmc", name), encoding="utf-8") as f:
-        return [line.rstrip("\n").split("\t") for line in f][start:start + n]
+        return f.readlines()[start:start + n]
 
 
-def _write(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines("\t".join(r) + "\n" for r in rows)
+def _write(path, lines):
+    path.write_text("".join(lines), encoding="utf-8")
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lcqmc")
-    train = _rows("lcqmc_dev.tsv", 0, 1000)
+    train = _lines("lcqmc_dev.tsv", 0, 1000)
     for i in TYPO_ROWS:
-        train[i] = train[i][:2] + ["l"]
+        train[i] = train[i].rsplit("\t", 1)[0] + "\tl\n"
     return {"train": _write(tmp / "train.tsv", train),
-            "dev": _write(tmp / "dev.tsv", _rows("lcqmc_dev.tsv", 1000, 300)),
-            "test": _write(tmp / "test.tsv", _rows("lcqmc_test.tsv", 0, 300))}
+            "dev": _write(tmp / "dev.tsv", _lines("lcqmc_dev.tsv", 1000, 300)),
+            "test": _write(tmp / "test.tsv", _lines("lcqmc_test.tsv", 0, 300))}
 
 
 def test_declared_labels_make_a_typo_a_bad_line(splits):
