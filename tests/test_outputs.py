@@ -141,6 +141,9 @@ def test_preprocess_refuses_a_users_folder_and_resumes_its_own(tmp_path):
         preprocess.run(cfg, str(corpus), users, **one)
     _unchanged(users, files)
     assert sorted(os.listdir(users)) == ["notes.txt", "old", "train.tsv"]
+    with pytest.raises(fs.OutputPathError, match="not an earlier vocab output.*notes.txt"):
+        preprocess.run_vocab(cfg, str(corpus), users, workers=1, progress=False)
+    _unchanged(users, files)
     out = str(tmp_path / "records")
     first = preprocess.run(cfg, str(corpus), out, **one)
     assert preprocess.run(cfg, str(corpus), out, **one)["docs"] == first["docs"]

@@ -205,6 +205,9 @@ def _add(totals, stats):
     totals["skipped"].update(stats["skipped"])
 
 
+VOCAB_FILES = ("vocab.txt", "keep_tokens.json", "token_counts.json")
+
+
 def run_vocab(cfg, inputs, output_dir, workers=1, min_count=1, text_field=None,
               input_format="auto", shard_mb=8.0, progress=True):
     """Shrink the config's BERT vocab to the tokens `inputs` use.
@@ -215,6 +218,8 @@ def run_vocab(cfg, inputs, output_dir, workers=1, min_count=1, text_field=None,
     if cfg["tokenizer"]["keep_tokens"] or cfg["tokenizer"]["simplified"]:
         raise PreprocessError("the vocab command shrinks a full vocab: use a config without "
                               "tokenizer.keep_tokens/simplified")
+    fs.check_output_dir(output_dir, owns=lambda names: set(names) <= set(VOCAB_FILES),
+                        what="vocab output (%s)" % ", ".join(VOCAB_FILES))
     job, vocab, files = _job(cfg, inputs, output_dir, "count", text_field=text_field,
                              seq_lens=cfg["data"]["seq_lens"][:1])
     tasks = corpus.plan_chunks(files, int(shard_mb * (1 << 20)), input_format)
