@@ -145,3 +145,44 @@ def check_output_file(path, owns, what, flag="--output"):
     if exists(path) and not owns(path):
         raise OutputPathError("%s %s exists and is not an earlier %s; give a new path "
                               "(it was left unchanged)" % (flag, path, what))
+
+
+# What a command's own earlier output holds (the `owns` of check_output_dir),
+# here so the TF-free command entries can check before TensorFlow loads.
+EXPORT_INFO = "pretrain_export.json"  # pretrain.export.checkpoints.INFO_NAME
+EXPORT_FILES = ("bert_config.json", EXPORT_INFO, "vocab.txt", "spm.model", "checkpoint",
+                "model.h5")
+
+
+def is_export(names, partial=False):
+    """Whether a directory holding `names` is an earlier export (which a new one
+    may replace): its info file (unless `partial`: one being written), and
+    nothing an export does not write (bert_model.ckpt.* besides those)."""
+    return (partial or EXPORT_INFO in names) and all(
+        n in EXPORT_FILES or n.startswith("bert_model.ckpt.") for n in names)
+
+
+def is_hf_export(names):
+    return "config.json" in names and "tokenizer_config.json" in names
+
+
+def is_finetune_output(out, names):
+    """Whether `names` in `out` are all what `pretrain.finetune` writes there:
+    model/ a fine-tuned export, random_init/ the same layout."""
+    for name in names:
+        path = join(out, name)
+        if name in ("model", "model.old", "model.partial"):
+            if not is_export(listdir(path), partial=name != "model"):
+                return False
+        elif name == "random_init":
+            if not is_finetune_output(path, listdir(path)):
+                return False
+        elif name not in ("metrics.json", "tensorboard") and not (
+                name.startswith("predictions_") and name.endswith(".tsv")):
+            return False
+    return True
+
+
+def is_npy(path):
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"

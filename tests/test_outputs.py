@@ -104,7 +104,6 @@ def test_finetune_refuses_a_users_folder(tmp_path):
 
 
 def test_finetune_recognises_its_own_output(tmp_path):
-    from pretrain.finetune import classifier
     out = str(tmp_path / "ft")
     for d in ("model", "random_init/model", "tensorboard/train"):
         os.makedirs(os.path.join(out, d))
@@ -112,9 +111,9 @@ def test_finetune_recognises_its_own_output(tmp_path):
                  "model/bert_model.ckpt.index", "random_init/model/pretrain_export.json",
                  "metrics.json", "predictions_dev.tsv", "random_init/metrics.json"):
         open(os.path.join(out, name), "w").close()
-    assert classifier._is_output(out, os.listdir(out))
+    assert fs.is_finetune_output(out, os.listdir(out))
     open(os.path.join(out, "model", "notes.txt"), "w").close()  # a user's file in model/
-    assert not classifier._is_output(out, os.listdir(out))
+    assert not fs.is_finetune_output(out, os.listdir(out))
 
 
 def test_simbert_encode_refuses_to_overwrite_a_file_it_did_not_write(tmp_path):
@@ -126,7 +125,15 @@ def test_simbert_encode_refuses_to_overwrite_a_file_it_did_not_write(tmp_path):
     assert mine.read_text() == "my vectors\n"
     earlier = tmp_path / "earlier.npy"
     np.save(str(earlier), np.zeros(3))
-    assert fs.check_output_file(str(earlier), lambda p: True, "x") is None
+    assert fs.is_npy(str(earlier)) and not fs.is_npy(str(mine))
+    assert fs.check_output_file(str(earlier), fs.is_npy, ".npy") is None
+
+
+def test_the_export_names_are_the_exporters():
+    from pretrain.export import checkpoints, h5_weights
+    assert fs.EXPORT_INFO == checkpoints.INFO_NAME
+    assert {checkpoints.CONFIG_NAME, h5_weights.H5_NAME} <= set(fs.EXPORT_FILES)
+    assert fs.is_export([checkpoints.INFO_NAME, checkpoints.CKPT_NAME + ".index"])
 
 
 def test_preprocess_refuses_a_users_folder_and_resumes_its_own(tmp_path):

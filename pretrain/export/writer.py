@@ -123,22 +123,6 @@ def _move_dir(src, dst):
     fs.rmtree(src)
 
 
-def is_export(names, partial=False):
-    """Whether a directory holding `names` is an earlier export (which a new one
-    may replace): its info file (unless `partial`: one being written), and
-    nothing an export does not write."""
-    return (partial or INFO_NAME in names) and all(
-        n in EXPORT_FILES or n.startswith(checkpoints.CKPT_NAME + ".") for n in names)
-
-
-EXPORT_FILES = (CONFIG_NAME, INFO_NAME, "vocab.txt", "spm.model", "checkpoint",
-                h5_weights.H5_NAME)
-
-
-def _is_hf_export(names):
-    return "config.json" in names and "tokenizer_config.json" in names
-
-
 def _load_kwargs(cfg):
     """JSON-able build_transformer_model kwargs a user passes to load the export."""
     kwargs = dict(models.model_kwargs(cfg))
@@ -165,9 +149,9 @@ def main(argv):
     del argv
     FLAGS = flags.FLAGS
     if FLAGS.format == "hf":
-        fs.check_output_dir(FLAGS.output, owns=_is_hf_export, what="transformers export")
+        fs.check_output_dir(FLAGS.output, owns=fs.is_hf_export, what="transformers export")
     else:
-        fs.check_output_dir(FLAGS.output, owns=is_export, what="export (%s)" % INFO_NAME)
+        fs.check_output_dir(FLAGS.output, owns=fs.is_export, what="export (%s)" % INFO_NAME)
     cfg = load_config(FLAGS.config)
     output = FLAGS.output if fs.is_remote(FLAGS.output) else os.path.abspath(FLAGS.output)
     bundle = models.build_model(cfg)

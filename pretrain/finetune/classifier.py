@@ -352,23 +352,6 @@ def run_baselines(args, strategy, data, log=print):
     return out
 
 
-def _is_output(out, names):
-    """Whether `names` in `out` are all what `run` writes there (which a rerun
-    replaces): model/ must be a fine-tuned export, random_init/ the same layout."""
-    for name in names:
-        path = os.path.join(out, name)
-        if name in ("model", "model.old", "model.partial"):
-            if not export.is_export(fs.listdir(path), partial=name != "model"):
-                return False
-        elif name == "random_init":
-            if not _is_output(path, fs.listdir(path)):
-                return False
-        elif name not in ("metrics.json", "tensorboard") and not (
-                name.startswith("predictions_") and name.endswith(".tsv")):
-            return False
-    return True
-
-
 def report(result, log=print):
     """The `SPLIT accuracy:` / `SPLIT macro_f1:` lines, then the baselines table."""
     model = result["model"]
@@ -442,7 +425,7 @@ def main(argv):
                                     "batch_size", "learning_rate", "warmup_proportion",
                                     "maxlen", "seed", "dropout", "max_bad_fraction",
                                     "baselines", "labels")}
-    fs.check_output_dir(args["output"], owns=lambda names: _is_output(args["output"], names),
+    fs.check_output_dir(args["output"], owns=lambda names: fs.is_finetune_output(args["output"], names),
                         what="fine-tuning output")
     strategy = make_strategy(f.tpu, f.tpu_timeout, allow_cpu=f.allow_cpu)
     run(args, strategy)

@@ -183,11 +183,6 @@ def _model_problem(path):
     return None
 
 
-def _is_npy(path):
-    with fs.open(path, "rb") as f:
-        return f.read(6) == b"\x93NUMPY"
-
-
 class NotAnExportError(PretrainError, ValueError):
     """--model is no SimBERT export; the message says what to give instead."""
 
@@ -200,7 +195,7 @@ def main(argv):
     if not FLAGS.model:
         raise app.UsageError("--model EXPORT_DIR is required")
     if command == "encode" and FLAGS.output:
-        fs.check_output_file(FLAGS.output, _is_npy, "NumPy .npy file")
+        fs.check_output_file(FLAGS.output, fs.is_npy, "NumPy .npy file")
     problem = _model_problem(FLAGS.model)
     if problem:
         raise NotAnExportError("--model %s: %s" % (FLAGS.model, problem))
