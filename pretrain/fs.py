@@ -111,8 +111,13 @@ def copy(src, dst):
         shutil.copyfile(src, dst)
 
 
-def check_output_dir(path, flag="--output"):
-    """Raise OutputPathError unless `path` is a directory or can be made one."""
+def check_output_dir(path, flag="--output", owns=None, what="output"):
+    """Raise OutputPathError unless `path` is a directory or can be made one.
+
+    With `owns(names)` (the names in the directory), a directory that is not
+    empty must be this command's own earlier output (`what`): a command may
+    replace what it wrote, never a user's files it did not write.
+    """
     if is_remote(path):
         blocked = path if exists(path) and not isdir(path) else None
     else:
@@ -123,3 +128,61 @@ def check_output_dir(path, flag="--output"):
     if blocked:
         raise OutputPathError("%s %s: %s is a file, not a directory; give a directory path "
                               "(it is created if missing)" % (flag, path, blocked))
+    names = sorted(listdir(path)) if owns is not None and isdir(path) else []
+    if names and not owns(names):
+        shown = ", ".join(names[:5]) + (" and %d more" % (len(names) - 5) if len(names) > 5
+                                         else "")
+        raise OutputPathError("%s %s is not empty and is not an earlier %s: it holds %s; "
+                              "give a new or empty directory (nothing was written)"
+                              % (flag, path, what, shown))
+
+
+def check_output_file(path, owns, what, flag="--output"):
+    """Raise OutputPathError if `path` is a directory, or an existing file that
+    `owns(path)` does not recognise as this command's earlier `what`."""
+    if isdir(path):
+        raise OutputPathError("%s %s is a directory; give a file path" % (flag, path))
+    if exists(path) and not owns(path):
+        raise OutputPathError("%s %s exists and is not an earlier %s; give a new path "
+                              "(it was left unchanged)" % (flag, path, what))
+
+
+# What a command's own earlier output holds (the `owns` of check_output_dir),
+# here so the TF-free command entries can check before TensorFlow loads.
+EXPORT_INFO = "pretrain_export.json"  # pretrain.export.checkpoints.INFO_NAME
+EXPORT_FILES = ("bert_config.json", EXPORT_INFO, "vocab.txt", "spm.model", "checkpoint",
+                "model.h5")
+
+
+def is_export(names, partial=False):
+    """Whether a directory holding `names` is an earlier export (which a new one
+    may replace): its info file (unless `partial`: one being written), and
+    nothing an export does not write (bert_model.ckpt.* besides those)."""
+    return (partial or EXPORT_INFO in names) and all(
+        n in EXPORT_FILES or n.startswith("bert_model.ckpt.") for n in names)
+
+
+def is_hf_export(names):
+    return "config.json" in names and "tokenizer_config.json" in names
+
+
+def is_finetune_output(out, names):
+    """Whether `names` in `out` are all what `pretrain.finetune` writes there:
+    model/ a fine-tuned export, random_init/ the same layout."""
+    for name in names:
+        path = join(out, name)
+        if name in ("model", "model.old", "model.partial"):
+            if not is_export(listdir(path), partial=name != "model"):
+                return False
+        elif name == "random_init":
+            if not is_finetune_output(path, listdir(path)):
+                return False
+        elif name not in ("metrics.json", "tensorboard") and not (
+                name.startswith("predictions_") and name.endswith(".tsv")):
+            return False
+    return True
+
+
+def is_npy(path):
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"

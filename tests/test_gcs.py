@@ -19,6 +19,7 @@ import google_crc32c
 import pytest
 
 from conftest import read_tree
+from pretrain import fs
 from pretrain.cloud import gcs
 
 pytest.importorskip("gcp_storage_emulator", reason="pip install gcp-storage-emulator (extras dev)")
@@ -207,6 +208,14 @@ def test_download_round_trip_skip_and_interrupted_download(bucket, tmp_path):
     assert all(local[k] == v for k, v in leftovers.items())
     assert gcs.download_dir(uri, str(fresh)).transferred == 4 - len(leftovers)
     assert read_tree(str(fresh)) == local
+
+    # A user's folder (a file the objects do not name) is refused before anything is written.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(fs.OutputPathError, match="not empty.*notes.txt"):
+        gcs.download_dir(uri, str(mine))
+    assert os.listdir(str(mine)) == ["notes.txt"]
 
 
 def test_preflight_ok_leaves_nothing_and_missing_bucket_fails_clearly(bucket):

@@ -41,6 +41,7 @@ from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import storage
 
+from pretrain import fs
 from pretrain.cloud import resumable as gcs_resumable
 from pretrain.errors import PretrainError, UsageError
 
@@ -328,13 +329,21 @@ def download_blob(blob, local, progress=None):
 
 
 def download_dir(src, dst, workers=8, client=None, progress=None):
-    """Download every object under gs:// `src` into local `dst`, skipping identical files."""
+    """Download every object under gs:// `src` into local `dst`, skipping identical files.
+
+    A `dst` that is not empty must be an earlier download of `src` (it holds
+    only names the objects have): a differing file there is replaced, so a
+    user's folder is refused before anything is written.
+    """
     bucket_name, prefix = split_gs(src)
     client = client or make_client()
     remote = _list_objects(client, bucket_name, prefix)
     if not remote:
         raise GcsError("no objects under %s: is the path right, and did the run finish "
                        "its export?" % src)
+    tops = {rel.split("/")[0] for rel in remote}
+    fs.check_output_dir(dst, "--dst", owns=lambda names: all(
+        n in tops or n.endswith(PARTIAL) for n in names), what="download of %s" % src)
     summary = Summary("downloaded")
     started = time.time()
     _stop.clear()

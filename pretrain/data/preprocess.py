@@ -123,7 +123,8 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
     job["n_chunks"] = len(chunks)
     settings = preprocess_state.job_settings(job, files, shard_mb, input_format)
 
-    fs.check_output_dir(output_dir)
+    fs.check_output_dir(output_dir, owns=preprocess_state.is_records_dir,
+                        what="preprocessing output")
     state = fs.join(output_dir, preprocess_state.STATE_DIR)
     settings_path = fs.join(state, "settings.json")
     fresh = not fs.exists(settings_path)
@@ -209,6 +210,9 @@ def _add(totals, stats):
     totals["skipped"].update(stats["skipped"])
 
 
+VOCAB_FILES = ("vocab.txt", "keep_tokens.json", "token_counts.json")
+
+
 def run_vocab(cfg, inputs, output_dir, workers=1, min_count=1, text_field=None,
               input_format="auto", shard_mb=8.0, progress=True):
     """Shrink the config's BERT vocab to the tokens `inputs` use.
@@ -219,6 +223,8 @@ def run_vocab(cfg, inputs, output_dir, workers=1, min_count=1, text_field=None,
     if cfg["tokenizer"]["keep_tokens"] or cfg["tokenizer"]["simplified"]:
         raise PreprocessError("the vocab command shrinks a full vocab: use a config without "
                               "tokenizer.keep_tokens/simplified")
+    fs.check_output_dir(output_dir, owns=lambda names: set(names) <= set(VOCAB_FILES),
+                        what="vocab output (%s)" % ", ".join(VOCAB_FILES))
     job, vocab, files = _job(cfg, inputs, output_dir, "count", text_field=text_field,
                              seq_lens=cfg["data"]["seq_lens"][:1])
     tasks = corpus.plan_chunks(files, int(shard_mb * (1 << 20)), input_format)
@@ -279,8 +285,24 @@ def define_flags():
                       "Word segmenter for whole-word masking (auto: rjieba if installed).")
     flags.DEFINE_integer("min_count", 1, "`vocab`: keep tokens seen at least this often.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
-    for name in ("config", "input", "output"):
-        flags.mark_flag_as_required(name)
+    flags.DEFINE_string("verify", None, "Instead of preprocessing: read every shard of this "
+                        "records dir against its manifests (size, record count, CRCs), list "
+                        "the damaged ones and exit 2 if there are any, else 0.")
+    flags.register_multi_flags_validator(
+        ["config", "input", "output", "verify"],
+        lambda f: f["verify"] is not None or None not in (f["config"], f["input"], f["output"]),
+        "--config, --input and --output are required (unless --verify DIR)")
+
+
+def verify(data_dir):
+    """`--verify`: print each damaged shard; raise if there is one."""
+    checked, bad = records.verify_dir(data_dir)
+    for path, problem in bad:
+        print("damaged %s: %s" % (path, problem))
+    if bad:
+        raise records.damaged_error(data_dir, bad, checked)
+    print("%d shards in %s match their manifests" % (checked, data_dir))
+    return 0
 
 
 def _exit_on_sigterm(signum, frame):
@@ -294,6 +316,8 @@ def main(argv):
         raise PreprocessError("unexpected arguments: %s (usage: python -m pretrain.preprocess "
                               "[vocab] --config ... --input ... --output ...)"
                               % " ".join(argv[1:]))
+    if FLAGS.verify:
+        return verify(FLAGS.verify)
     fs.check_output_dir(FLAGS.output)
     cfg = load_config(FLAGS.config, overrides=FLAGS.set)
     common = dict(workers=FLAGS.workers, text_field=FLAGS.text_field,

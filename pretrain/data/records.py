@@ -17,6 +17,7 @@ against TensorFlow's own parser. The tf.data reader is `pretrain/training/inputs
 import gzip
 import json
 import struct
+import zlib
 from concurrent import futures
 
 import google_crc32c
@@ -87,6 +88,58 @@ def iter_records(path):
             if len(data) < n or _masked_crc(data) != f.read(4):
                 raise IOError("%s: truncated or corrupt record" % path)
             yield data
+
+
+def shard_problem(path, shard):
+    """Why the shard at `path` differs from its manifest entry `shard` (None
+    when it is whole): missing, another size, unreadable, a record count that
+    differs. Reads every record, checking its CRCs (and gzip's)."""
+    if not fs.exists(path):
+        return "missing"
+    size = fs.size(path)
+    if shard.get("bytes", size) != size:  # older manifests recorded no size
+        return "%d bytes, the manifest recorded %d" % (size, shard["bytes"])
+    count = 0
+    try:
+        for _ in iter_records(path):
+            count += 1
+    except (IOError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        return "unreadable after %d records: %s" % (count, str(e).replace(path + ": ", ""))
+    if count != shard["count"]:
+        return "%d records, the manifest recorded %d" % (count, shard["count"])
+    return None
+
+
+def verify_dir(data_dir, seq_lens=None, workers=8):
+    """(shards checked, [(path, problem)] of the damaged ones) of every length's
+    manifest in `data_dir` (or of `seq_lens`); see `shard_problem`."""
+    if seq_lens is None:
+        seq_lens = sorted(int(n[3:]) for n in fs.listdir(data_dir)
+                          if n.startswith("seq") and n[3:].isdigit()
+                          and fs.exists(fs.join(data_dir, n, MANIFEST)))
+        if not seq_lens:
+            raise ManifestError("%s holds no seq*/%s: not a records dir written by "
+                                "`python -m pretrain.preprocess`" % (data_dir, MANIFEST))
+    jobs = []
+    for L in seq_lens:
+        manifest = read_manifest(data_dir, L)
+        jobs += [(fs.join(seq_dir(data_dir, L), s["name"]), s)
+                 for split in ("train", "eval") for s in manifest[split]["shards"]]
+    with futures.ThreadPoolExecutor(workers) as pool:  # zlib and CRCs release the GIL
+        problems = list(pool.map(lambda job: shard_problem(*job), jobs))
+    return len(jobs), [(path, p) for (path, _), p in zip(jobs, problems) if p]
+
+
+class DamagedShardError(ManifestError):
+    """Shards whose bytes do not match their manifest."""
+
+
+def damaged_error(data_dir, bad, checked):
+    """One line naming the damaged shards and how to rewrite them."""
+    return DamagedShardError(
+        "%d of %d shards in %s are damaged: %s. To rewrite them, delete them and re-run "
+        "the same `python -m pretrain.preprocess` command into this data dir" % (len(bad), checked, data_dir,
+                                      "; ".join("%s: %s" % b for b in bad)))
 
 
 # ---------------------------------------------------------------- manifest

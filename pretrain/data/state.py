@@ -4,9 +4,10 @@
     OUTPUT/.preprocess/chunk-*.json     a finished chunk's counts (`marker_path`)
     OUTPUT/seq{L}/manifest.json         per length, from the markers (`write_manifests`)
 
-A rerun with the same settings skips the chunks whose marker and shards
-exist (`done_chunks`); other settings are refused with a message naming the
-old and new values and the flags that give the old ones (`settings_change`,
+A rerun with the same settings skips the chunks whose marker exists and
+whose shards have the sizes it recorded (`done_chunks`), so a truncated shard
+is rewritten; other settings are refused with a message naming the old and
+new values and the flags that give the old ones (`settings_change`,
 `old_flags`).
 """
 import collections
@@ -33,10 +34,16 @@ def done_chunks(job, chunks):
                 stats = json.load(f)
             per_length = stats["lengths"]
             if all(str(L) in per_length and per_length[str(L)] and all(
-                    fs.exists(fs.join(records.seq_dir(job["output"], L), s["name"]))
+                    _whole(fs.join(records.seq_dir(job["output"], L), s["name"]), s)
                     for s in per_length[str(L)].values()) for L, _ in job["lengths"]):
                 done[c.index] = stats
     return done
+
+
+def _whole(path, shard):
+    """A done chunk's shard is there with the size its marker recorded (older
+    markers recorded none): a truncated or missing one makes the chunk redone."""
+    return fs.exists(path) and shard.get("bytes", fs.size(path)) == fs.size(path)
 
 
 def job_settings(job, files, shard_mb, input_format):
@@ -97,6 +104,13 @@ def old_flags(old, new):
     if not flags:
         return " (it comes from the config)"
     return " (%s)" % " ".join(flags)
+
+
+def is_records_dir(names):
+    """Whether a directory holding `names` is preprocessing's own output (a rerun
+    resumes or, with replace, rebuilds it): the state dir and seq* dirs only."""
+    return STATE_DIR in names and all(
+        n == STATE_DIR or (n.startswith("seq") and n[3:].isdigit()) for n in names)
 
 
 def remove_records(output_dir):

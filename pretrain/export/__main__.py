@@ -40,7 +40,10 @@ def define_flags():
 def main(argv):
     if len(argv) != 1:
         raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
-    fs.check_output_dir(FLAGS.output)
+    if FLAGS.format == "bert4keras":
+        fs.check_output_dir(FLAGS.output, owns=fs.is_export, what="export (%s)" % fs.EXPORT_INFO)
+    else:
+        fs.check_output_dir(FLAGS.output, owns=fs.is_hf_export, what="transformers export")
     cfg = load_config(FLAGS.config)
     # a prefix (its .index), an export or run dir, or an h5 file
     cli.check_input("--checkpoint", FLAGS.checkpoint, ("", ".index"), "checkpoint")

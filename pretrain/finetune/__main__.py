@@ -15,7 +15,7 @@ FLAGS = flags.FLAGS
 # The settings are flags, one each (there is no config file to --set into).
 SETTINGS = ("model", "task", "train", "dev", "test", "output", "epochs", "batch_size",
             "learning_rate", "warmup_proportion", "maxlen", "seed", "dropout",
-            "max_bad_fraction", "baselines", "xla")
+            "max_bad_fraction", "baselines", "xla", "labels")
 
 
 def define_flags(flag_values=None):
@@ -48,6 +48,11 @@ def define_flags(flag_values=None):
     flags.DEFINE_float("dropout", 0.1, "Dropout rate on the [CLS] vector.", **fv)
     flags.DEFINE_float("max_bad_fraction", 0.05, "Largest fraction of bad lines per file "
                        "(each reported as file:line: reason and skipped) before stopping.", **fv)
+    flags.DEFINE_list("labels", None, "The label set, e.g. 0,1 (its order is the class "
+                      "order): a row with another label is a bad line (file:line, counted, "
+                      "skipped within --max_bad_fraction). Without it the train labels are "
+                      "the classes, and one under 1%% of train rows or absent from dev/test is "
+                      "warned of.", **fv)
     flags.DEFINE_bool("baselines", False, "Also score the majority class, char n-gram TF-IDF + "
                       "logistic regression and the same architecture from random init "
                       "(written under OUTPUT/random_init) on the same splits.", **fv)
@@ -69,7 +74,9 @@ def main(argv):
         raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     args = {k: FLAGS[k].value for k in SETTINGS}
     tpu_runtime.check_local(FLAGS.tpu)
-    fs.check_output_dir(args["output"])
+    fs.check_output_dir(args["output"],
+                        owns=lambda names: fs.is_finetune_output(args["output"], names),
+                        what="fine-tuning output")
     cli.check_input("--model", args["model"], what="export dir")
     for split in ("train", "dev", "test"):
         cli.check_input("--" + split, args[split])

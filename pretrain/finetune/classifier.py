@@ -313,9 +313,11 @@ def load_data(args, log=print):
     if positions and args["maxlen"] > positions:
         raise ConfigError("--maxlen %d is longer than the model's max_position_embeddings %d"
                           % (args["maxlen"], positions))
-    train_examples, skipped = finetune_data.read_examples(args["train"], args["task"],
-                                                          args["max_bad_fraction"], log=log)
-    labels = finetune_data.label_list(train_examples)
+    declared = args.get("labels")
+    train_examples, skipped = finetune_data.read_examples(
+        args["train"], args["task"], args["max_bad_fraction"],
+        set(declared) if declared else None, log, declared=bool(declared))
+    labels = list(declared) if declared else finetune_data.label_list(train_examples)
     if len(labels) < 2:
         raise finetune_data.DataError("%s: one label only (%s); a classifier needs two or more"
                                       % (args["train"], labels[0]))
@@ -327,12 +329,17 @@ def load_data(args, log=print):
             continue
         if split != "train":
             examples, data["skipped"][split] = finetune_data.read_examples(
-                args[split], args["task"], args["max_bad_fraction"], set(labels), log)
+                args[split], args["task"], args["max_bad_fraction"], set(labels), log,
+                declared=bool(declared))
         else:
             examples = train_examples
         data[split] = finetune_data.encode(examples, tokenizer, args["maxlen"], label_ids)
         data[split + "_examples"] = examples
         _log_split(split, args[split], data[split]["labels"], labels, data["skipped"][split], log)
+    if not declared:
+        for warning in finetune_data.label_warnings(train_examples, {
+                s: (args[s], data[s + "_examples"]) for s in ("dev", "test") if s in data}):
+            log("warning: " + warning)
     return data
 
 

@@ -12,7 +12,10 @@ Formats, sniffed per file as preprocessing does (`corpus.sniff_format`):
 A line that cannot be an example is reported as `file:line: reason`, counted
 by reason and skipped; more than `max_bad_fraction` of a file's lines bad is
 a `DataError` (the `--max_bad_fraction` rule of preprocessing). Labels are
-strings; dev and test labels must occur in train.
+strings; dev and test labels must occur in train. With a declared label set
+(`--labels`) a row with another label is a bad line too; without one, a
+label too rare in train or missing from dev/test is warned of
+(`label_warnings`): a typo in a few rows would otherwise become a class.
 """
 import collections
 import json
@@ -62,10 +65,16 @@ def _json_example(line, task):
     return [t.strip() for t in texts], str(record["label"]).strip()
 
 
-def read_examples(path, task, max_bad_fraction=0.05, labels=None, log=print):
+RARE_LABEL = 0.01  # a train label under this fraction of rows is warned of
+FIRST_LINES = 5  # lines named per warning
+
+
+def read_examples(path, task, max_bad_fraction=0.05, labels=None, log=print,
+                  declared=False):
     """[Example] of one file, and {reason: count} of the lines skipped.
 
-    labels: the train label set; an example with another label is bad.
+    labels: the allowed labels, the train set's or (`declared`) those given
+    by --labels; an example with another label is bad.
     """
     fmt = corpus.sniff_format(path)
     examples, skipped, reported = [], collections.Counter(), 0
@@ -89,8 +98,9 @@ def read_examples(path, task, max_bad_fraction=0.05, labels=None, log=print):
                 elif not label:
                     parsed = "empty label"
                 elif labels is not None and label not in labels:
-                    parsed = "label %r is not among the train labels (%s)" % (
-                        label, ", ".join(sorted(labels)))
+                    parsed = "label %r is not among the %s (%s)" % (
+                        label, "--labels" if declared else "train labels",
+                        ", ".join(sorted(labels)))
             if isinstance(parsed, str):
                 skipped[parsed.split(" (")[0]] += 1
                 if reported < MAX_REPORTED:
@@ -124,6 +134,30 @@ def label_list(examples):
     if all(l.lstrip("-").isdigit() for l in labels):
         return sorted(labels, key=int)
     return sorted(labels)
+
+
+def label_warnings(train, others):
+    """Warnings naming each label that is under RARE_LABEL of the `train`
+    examples, or absent from a split of `others` ({split: (path, [Example])}),
+    with its first train lines."""
+    by_label = collections.defaultdict(list)
+    for e in train:
+        by_label[e.label].append(e.where)
+    out = []
+    for label in label_list(train):
+        wheres = by_label[label]
+        why = []
+        if len(wheres) < RARE_LABEL * len(train):
+            why.append("only %d of %d train rows (%.2f%%)" % (
+                len(wheres), len(train), 100.0 * len(wheres) / len(train)))
+        for split, (path, examples) in sorted(others.items()):
+            if not any(e.label == label for e in examples):
+                why.append("absent from %s (%s)" % (split, path))
+        if why:
+            out.append("label %r: %s; first at %s. A typo? Give the label set with --labels "
+                       "to count rows outside it as bad lines" % (
+                           label, ", ".join(why), ", ".join(wheres[:FIRST_LINES])))
+    return out
 
 
 def make_tokenizer(export_dir, do_lower_case):

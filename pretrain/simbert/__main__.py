@@ -8,7 +8,7 @@ paraphrase with a SimBERT export, or score it (pretrain/simbert/use.py).
 """
 from absl import flags
 
-from pretrain import cli, config
+from pretrain import cli, config, fs
 from pretrain.config import note_renamed
 
 FLAGS = flags.FLAGS
@@ -52,6 +52,8 @@ def main(argv):
     if command == "eval" and not FLAGS.pairs and not FLAGS.groups:
         raise cli.UsageError("eval needs --pairs FILE and/or --groups FILE")
     cli.check_input("--model", FLAGS.model, what="export dir")
+    if command == "encode" and FLAGS.output:
+        fs.check_output_file(FLAGS.output, fs.is_npy, "NumPy .npy file")
     for flag in ("input", "corpus", "pairs", "groups"):
         cli.check_input("--" + flag, FLAGS[flag].value)
     if FLAGS.groups_split == "validation":

@@ -7,6 +7,8 @@ input pipeline of a `tf.distribute.InputContext` reads of that. `distribute`
 hands a per-pipeline dataset function to a strategy, stacking micro-batches
 when the step accumulates gradients.
 """
+import contextlib
+
 import tensorflow as tf
 from absl import logging
 
@@ -178,6 +180,22 @@ def mlm_dataset(data_dir, cfg, seq_len, batch_size, split="train", seed=0, skip_
         ds = ds.enumerate()
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+@contextlib.contextmanager
+def naming_damaged_shards(data_dir, seq_len):
+    """Reading `data_dir`'s records: tf.data's DataLossError names no file, so
+    on one the shards of `seq_len` are checked against their manifest and the
+    damaged ones named in a one-line DamagedShardError."""
+    try:
+        yield
+    except tf.errors.DataLossError:
+        if not fs.exists(fs.join(records.seq_dir(data_dir, seq_len), records.MANIFEST)):
+            raise  # not a records dir (SimBERT groups)
+        checked, bad = records.verify_dir(data_dir, [seq_len])
+        if not bad:
+            raise
+        raise records.damaged_error(data_dir, bad, checked) from None
 
 
 def distributed_dataset(strategy, task, phase, cfg, split, start_step, accum):

@@ -352,7 +352,8 @@ class Trainer(object):
             self._stop_if_signalled(manager, phase, step, offset)
             n = self._loop_length(step, end)
             t0 = time.time()
-            losses, norms, metric_sums, lr = loop(iterator, tf.constant(n))
+            with inputs.naming_damaged_shards(self.data, phase["seq_len"]):
+                losses, norms, metric_sums, lr = loop(iterator, tf.constant(n))
             losses, norms = losses.numpy(), norms.numpy()
             monitor.check_finite(losses, norms, non_finite, step, phase, offset,
                                  manager.latest_checkpoint)
@@ -395,7 +396,8 @@ class Trainer(object):
         """Held-out loss/metrics over `eval_steps` batches from the start of the split."""
         eval_fn = eval_fn or make_eval_fn(self.strategy, self.task, self.xla)
         ds = inputs.distributed_dataset(self.strategy, self.task, phase, self.cfg, "eval", 0, None)
-        values = eval_fn(iter(ds), tf.constant(self.cfg["train"]["eval_steps"]))
+        with inputs.naming_damaged_shards(self.data, phase["seq_len"]):
+            values = eval_fn(iter(ds), tf.constant(self.cfg["train"]["eval_steps"]))
         result = {"loss": float(values[0])}
         result.update({k: float(v) for k, v in zip(self.task.metrics, values[1:])})
         if global_step is not None:
