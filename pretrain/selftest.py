@@ -43,7 +43,8 @@ def define_flags():
 
 
 def main(argv):
-    del argv
+    if len(argv) != 1:
+        raise cli.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     # lazy: TensorFlow loads only after the flags are parsed (fast --help)
     from pretrain.training import acceptance
     if FLAGS.reference:

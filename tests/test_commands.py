@@ -36,7 +36,7 @@ CASES = {
          "data.seq_lens and data.max_predictions"),
     ],
     "pretrain.preprocess": [
-        (["--config", "roberta_tiny", "--input", SAMPLE], "--output must have a value"),
+        (["--config", "roberta_tiny", "--input", SAMPLE], "--output are required"),
         (["--config", "roberta_tiny", "--input", SAMPLE, "--output", "{TMP}/r",
           "--workers", "two"], "--workers=two"),
         (["--config", "roberta_tiny", "--input", "{TMP}/none*.txt", "--output", "{TMP}/r",
@@ -47,8 +47,8 @@ CASES = {
     ],
     "pretrain.export": [
         (["--config", "roberta_tiny"], "--output must have a value"),
-        (["--config", "roberta_tiny", "--output", "{TMP}/e", "--format", "onnx"],
-         "--format=onnx"),
+        (["--config", "roberta_tiny", "--output", "{TMP}/e", "--format", "tflite"],
+         "--format=tflite"),
         (["--config", "roberta_tiny", "--output", "{TMP}/e", "--checkpoint", "{TMP}/ckpt-3"],
          "--checkpoint {TMP}/ckpt-3: no such checkpoint"),
         (["--config", "{BAD}", "--output", "{TMP}/e"], "{BAD}: model.type"),

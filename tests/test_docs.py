@@ -18,11 +18,11 @@ PAGES = [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, 
 PENDING_PAGES = {"docs/tpus_and_gpus.md", "docs/export.md", "docs/selftest.md"}
 # Keys the pages name on purpose as examples of what the config check refuses.
 REFUSED_EXAMPLES = {"train.bogus", "model.hiden_size"}
-SECTIONS = ("model", "tokenizer", "data", "train", "smoke")
+SECTIONS = ("model", "tokenizer", "data", "train", "smoke", "simbert")
 FLAG = re.compile(r"^--(?:\[no\])?([A-Za-z][\w-]*)")
 HELP_FLAG = re.compile(r"--(?:\[no\])?([A-Za-z][\w-]*)")
 KEY = re.compile(r"^(?:%s)(?:\.\w+)+$" % "|".join(SECTIONS))
-FILE_NAME = re.compile(r"\.(h5|json|txt|tsv|npy|png|py|md|ckpt)$")  # model.h5 is a file, not a key
+FILE_NAME = re.compile(r"\.(h5|json|txt|tsv|npy|png|py|md|ckpt|safetensors|onnx)$")  # model.h5 is a file, not a key
 
 
 def code_of(text):

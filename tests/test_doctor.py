@@ -176,6 +176,7 @@ def test_gpu_box_whose_tensorflow_sees_no_gpu_stops_unless_allow_cpu(tmp_path):
     bin_dir.mkdir()
     fake_nvidia_smi(bin_dir, ["NVIDIA A100-SXM4-40GB, 8.0"])
     env = dict(os.environ, PATH="%s:%s" % (bin_dir, os.environ["PATH"]))
+    (tmp_path / "no-records").mkdir()  # exists, so the device check is what stops the run
     args = ["--data", str(tmp_path / "no-records"), "--output", str(tmp_path / "out")]
     done = _run(args, env)
     assert done.returncode != 0
