@@ -191,7 +191,7 @@ def naming_damaged_shards(data_dir, seq_len):
         yield
     except tf.errors.DataLossError:
         if not fs.exists(fs.join(records.seq_dir(data_dir, seq_len), records.MANIFEST)):
-            raise  # not a records dir (SimBERT groups)
+            raise  # not a records dir: another task's data
         checked, bad = records.verify_dir(data_dir, [seq_len])
         if not bad:
             raise
