@@ -352,7 +352,7 @@ class Trainer(object):
             self._stop_if_signalled(manager, phase, step, offset)
             n = self._loop_length(step, end)
             t0 = time.time()
-            with inputs.naming_damaged_shards(self.data, phase["seq_len"]):
+            with inputs.naming_damaged_shards(self.task.data, phase["seq_len"]):
                 losses, norms, metric_sums, lr = loop(iterator, tf.constant(n))
             losses, norms = losses.numpy(), norms.numpy()
             monitor.check_finite(losses, norms, non_finite, step, phase, offset,
@@ -396,7 +396,7 @@ class Trainer(object):
         """Held-out loss/metrics over `eval_steps` batches from the start of the split."""
         eval_fn = eval_fn or make_eval_fn(self.strategy, self.task, self.xla)
         ds = inputs.distributed_dataset(self.strategy, self.task, phase, self.cfg, "eval", 0, None)
-        with inputs.naming_damaged_shards(self.data, phase["seq_len"]):
+        with inputs.naming_damaged_shards(self.task.data, phase["seq_len"]):
             values = eval_fn(iter(ds), tf.constant(self.cfg["train"]["eval_steps"]))
         result = {"loss": float(values[0])}
         result.update({k: float(v) for k, v in zip(self.task.metrics, values[1:])})
