@@ -50,6 +50,18 @@ def with_ratios(sums, ratios):
     return out
 
 
+def task_baseline(cache, task, phase, train):
+    """(the task's baseline on the eval batches of the phase's seq_len, its log
+    line the first time or None); `cache`: seq_len -> baseline, filled here."""
+    seq_len = phase["seq_len"]
+    if seq_len in cache:
+        return cache[seq_len], None
+    cache[seq_len] = base = task.baseline(seq_len, train["batch_size"], train["eval_steps"],
+                                          train["seed"])
+    return base, base and "heldout baseline, seq_len %d: %s" % (seq_len, "  ".join(
+        "%s=%.4f" % kv for kv in sorted(base.items())))
+
+
 class Window(object):
     """Training metrics summed over the host calls between two log lines;
     `ratios`: the task's (see `with_ratios`)."""

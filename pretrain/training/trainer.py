@@ -60,10 +60,10 @@ def make_replica_step(task, optimizer, variables, seed=0, rng_alg="philox"):
     rng_alg: the dropout generator (`dropout.rng_alg`); fixed for a run, as
     the masks, hence resumed losses, depend on it.
 
-    Returns (loss, metrics, grad_norm), identical on every replica; metrics
-    hold the task's `metrics` over the denominator, the parts of its `ratios`
-    as plain sums, and the learning rate the update used. The optimizer sums the
-    gradients over replicas and clips (pretrain/training/optim.py).
+    Returns (loss, metrics, grad_norm), identical on every replica; metrics: the
+    task's `metrics` over the denominator, its ratios' parts as plain sums, and
+    the update's learning rate. The optimizer sums the gradients over replicas
+    and clips (pretrain/training/optim.py).
     """
 
     def replica_step(stack):
@@ -397,7 +397,10 @@ class Trainer(object):
         result = monitor.with_ratios(dict(zip(("loss",) + self.task.sums,
                                               (float(v) for v in values))), self.task.ratios)
         if global_step is not None:
-            baseline = self._baseline(phase)
+            baseline, line = monitor.task_baseline(self._baselines, self.task, phase, self.cfg[
+                "train"]) if self.is_chief else ({}, None)
+            if line:
+                logging.info("%s", line)
             self._write("eval", global_step, dict(result, **baseline))
             phases = self.cfg["train"]["phases"]
             offset = sum(p["steps"] for p in phases[:phases.index(phase)])
@@ -408,18 +411,6 @@ class Trainer(object):
                                               phase=phase["name"], **baseline)
                 run_dir.write_run_record(self.output_dir, self.record)
         return result
-
-    def _baseline(self, phase):
-        """The task's baseline on the eval batches of this seq_len, logged once."""
-        seq_len, train = phase["seq_len"], self.cfg["train"]
-        if seq_len not in self._baselines:
-            baseline = self.task.baseline(seq_len, train["batch_size"], train["eval_steps"],
-                                          train["seed"]) if self.is_chief else {}
-            self._baselines[seq_len] = baseline
-            if baseline:
-                logging.info("heldout baseline, seq_len %d: %s", seq_len, "  ".join(
-                    "%s=%.4f" % kv for kv in sorted(baseline.items())))
-        return self._baselines[seq_len]
 
     def _write(self, split, step, scalars):
         with self.writers[split].as_default():
