@@ -59,7 +59,7 @@ class DenseMlmTask(tasks.MlmTask):
         index = tf.stack([b, batch["masked_lm_positions"]], -1)
         labels = tf.scatter_nd(index, batch["masked_lm_ids"], shape)
         weights = tf.scatter_nd(index, batch["masked_lm_weights"], shape)
-        return tasks.masked_lm_sums(logits, labels, weights)
+        return tasks.masked_lm_sums(logits, labels, weights, batch["input_ids"], self.mask_id)
 
 
 def synthetic_batch(cfg, batch, seq_len, seed=0):

@@ -6,8 +6,9 @@ held-out MLM accuracy against steps.
 
 It preprocesses the corpus (seq 128; --masking, with --dupe_factor copies
 when static; --heldout_fraction of documents held out), trains one phase with the config's optimizer (LAMB) through the real
-trainer, then prints the eval curve from the TensorBoard events and chance
-level (1 / vocab). Re-running the command resumes. The export it ends with
+trainer, then prints the eval curve from the TensorBoard events: loss and
+accuracy over all selected positions and by kind ([MASK], kept, random),
+against chance (1 / vocab) and the frequency baseline on the [MASK] positions. Re-running the command resumes. The export it ends with
 (RUN/export/quality_seq128) is the warm start of scripts/simbert_quality.py.
 """
 import os
@@ -79,13 +80,24 @@ def main(argv):
     export = trainer.run()[-1]
     curves = plot_curves.read_scalars(os.path.join(run_dir, "tensorboard", "eval"))
     chance = 1.0 / cfg["model"]["vocab_size"]
-    print("\nheld-out MLM (%d batches of %d), chance accuracy %.5f" % (
-        FLAGS.eval_steps, FLAGS.batch_size, chance))
-    print("%8s %10s %10s" % ("step", "mlm_loss", "mlm_acc"))
-    losses = dict(curves.get("mlm_loss", []))
-    for step, acc in curves.get("mlm_acc", []):
-        print("%8d %10.4f %10.4f" % (step, losses.get(step, float("nan")), acc))
-    plot_curves.plot(run_dir, os.path.join(FLAGS.output, "curves.png"), ["mlm_loss", "mlm_acc"])
+    baseline = {k: (curves.get(k) or [(0, float("nan"))])[-1][1]
+                for k in ("baseline_acc", "baseline_loss")}
+    print("\nheld-out MLM (%d batches of %d), chance accuracy %.5f; frequency baseline "
+          "on the [MASK] positions: accuracy %.4f, loss %.4f" % (
+              FLAGS.eval_steps, FLAGS.batch_size, chance, baseline["baseline_acc"],
+              baseline["baseline_loss"]))
+    print("accuracy and loss over all selected positions, then by kind: [MASK], kept, random")
+    print("%8s" % "step" + "".join("%10s" % k for k in ("loss", "acc", "acc_mask", "acc_kept",
+                                                          "acc_rand", "loss_mask")))
+    columns = [dict(curves.get(k, [])) for k in (
+        "mlm_loss", "mlm_acc", "mlm_acc_masked", "mlm_acc_kept", "mlm_acc_random",
+        "mlm_loss_masked")]
+    for step, _ in curves.get("mlm_acc", []):
+        print("%8d" % step + "".join("%10.4f" % c.get(step, float("nan")) for c in columns))
+    print("watch acc_mask against the baseline %.4f: above it, the model has learned more "
+          "than token frequencies" % baseline["baseline_acc"])
+    plot_curves.plot(run_dir, os.path.join(FLAGS.output, "curves.png"),
+                     ["mlm_loss", "mlm_acc", "mlm_loss_masked", "mlm_acc_masked"])
     print("export:", export)
     logging.info("curves: %s", os.path.join(FLAGS.output, "curves.png"))
 

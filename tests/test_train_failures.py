@@ -204,7 +204,7 @@ def _interrupt_run(cfg, records_dir, out, signum, after_step):
     seen = []
     for line in proc.stderr:
         seen.append(line)
-        if re.search(r"p1_seq128 step %d/" % after_step, line):
+        if re.search(r"\] step %d/\d+ +p1_seq128 " % after_step, line):  # a training line
             proc.send_signal(signum)
             break
     stdout, stderr = proc.communicate(timeout=300)

@@ -41,11 +41,35 @@ def non_finite_names(variables):
     return lambda: [v.name for v, bad in zip(floats, flags().numpy()) if bad]
 
 
-class Window(object):
-    """Training metrics summed over the host calls between two log lines."""
+def with_ratios(sums, ratios):
+    """`sums` with the parts of a task's `ratios` replaced by their ratios (NaN
+    where the denominator is 0: no position of that kind)."""
+    out = dict(sums)
+    for _, num, den in ratios:
+        out.pop(num, None), out.pop(den, None)
+    for name, num, den in ratios:
+        out[name] = sums[num] / sums[den] if sums[den] > 0 else float("nan")
+    return out
 
-    def __init__(self):
-        self.steps, self.seconds, self.sums = 0, 0.0, {}
+
+def task_baseline(cache, task, phase, train):
+    """(the task's baseline on the eval batches of the phase's seq_len, its log
+    line the first time or None); `cache`: seq_len -> baseline, filled here."""
+    seq_len = phase["seq_len"]
+    if seq_len in cache:
+        return cache[seq_len], None
+    cache[seq_len] = base = task.baseline(seq_len, train["batch_size"], train["eval_steps"],
+                                          train["seed"])
+    return base, base and "heldout baseline, seq_len %d: %s" % (seq_len, "  ".join(
+        "%s=%.4f" % kv for kv in sorted(base.items())))
+
+
+class Window(object):
+    """Training metrics summed over the host calls between two log lines;
+    `ratios`: the task's (see `with_ratios`)."""
+
+    def __init__(self, ratios=()):
+        self.steps, self.seconds, self.sums, self.ratios = 0, 0.0, {}, ratios
 
     def add(self, n, seconds, losses, norms, metric_sums):
         self.steps += n
@@ -55,7 +79,8 @@ class Window(object):
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
 
     def scalars(self, seqs_per_update):
-        out = {k: v / self.steps for k, v in self.sums.items()}
+        # a ratio's parts are both divided by the steps: the ratio is the window's
+        out = with_ratios({k: v / self.steps for k, v in self.sums.items()}, self.ratios)
         out["seqs_per_sec"] = self.steps * seqs_per_update / max(self.seconds, 1e-9)
         return out
 

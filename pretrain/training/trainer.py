@@ -61,13 +61,15 @@ def make_replica_step(task, optimizer, variables, seed=0, rng_alg="philox"):
     rng_alg: the dropout generator (`dropout.rng_alg`); fixed for a run, as
     the masks, hence resumed losses, depend on it.
 
-    Returns (loss, metrics, grad_norm), identical on every replica; metrics
-    include the learning rate the update used. The optimizer sums the
-    gradients over replicas and clips (pretrain/training/optim.py).
+    Returns (loss, metrics, grad_norm), identical on every replica; metrics: the
+    task's `metrics` over the denominator, its ratios' parts as plain sums, and
+    the update's learning rate. The optimizer sums the gradients over replicas
+    and clips (pretrain/training/optim.py).
     """
 
     def replica_step(stack):
         ctx = tf.distribute.get_replica_context()
+        names, n_means = task.sums, len(task.metrics)
         accum = tf.shape(next(iter(stack.values())))[0]
         denom = ctx.all_reduce("sum", task.denominator(stack))
         denom = tf.maximum(denom, 1e-9)
@@ -81,16 +83,17 @@ def make_replica_step(task, optimizer, variables, seed=0, rng_alg="philox"):
                 scaled = part / denom
             new = tape.gradient(scaled, variables)
             grads = [g + _dense(n, v) for g, n, v in zip(grads, new, variables)]
-            metric_sums = [m + metrics[k] for m, k in zip(metric_sums, task.metrics)]
+            metric_sums = [m + metrics[k] for m, k in zip(metric_sums, names)]
             return i + 1, grads, loss_sum + part, metric_sums
 
         init = (tf.constant(0), [tf.zeros_like(v) for v in variables],
-                tf.constant(0.0), [tf.constant(0.0) for _ in task.metrics])
+                tf.constant(0.0), [tf.constant(0.0) for _ in names])
         _, grads, loss_sum, metric_sums = tf.while_loop(
             lambda i, *_: i < accum, micro, init)
         grad_norm, lr = optimizer.apply_gradients_with_norm(grads, variables)
         sums = ctx.all_reduce("sum", [loss_sum] + metric_sums)
-        metrics = {k: s / denom for k, s in zip(task.metrics, sums[1:])}
+        metrics = {k: s / denom for k, s in zip(names[:n_means], sums[1:])}
+        metrics.update(zip(names[n_means:], sums[1 + n_means:]))  # ratio parts: summed
         metrics["learning_rate"] = lr
         return sums[0] / denom, metrics, grad_norm
 
@@ -130,24 +133,28 @@ def make_train_loop(strategy, replica_step, metric_names, xla):
 
 
 def make_eval_fn(strategy, task, xla):
+    """`evaluate(iterator, n)`: [loss] + task.sums over n batches: the loss and
+    `metrics` averaged over batches, the parts of `ratios` summed."""
+    n_means = 1 + len(task.metrics)
+
     def replica_eval(batch):
         ctx = tf.distribute.get_replica_context()
         denom = ctx.all_reduce("sum", task.denominator(
             {k: v[tf.newaxis] for k, v in batch.items()}))
         loss, metrics = task.loss_sums(batch, training=False)
-        sums = ctx.all_reduce("sum", [loss] + [metrics[k] for k in task.metrics])
-        return [s / tf.maximum(denom, 1e-9) for s in sums]
+        sums = ctx.all_reduce("sum", [loss] + [metrics[k] for k in task.sums])
+        return [s / tf.maximum(denom, 1e-9) for s in sums[:n_means]] + sums[n_means:]
 
     step_fn = tf.function(replica_eval, jit_compile=True) if xla else replica_eval
 
     @tf.function
     def evaluate(iterator, n):
-        total = [tf.constant(0.0) for _ in range(len(task.metrics) + 1)]
+        total = [tf.constant(0.0) for _ in range(len(task.sums) + 1)]
         for _ in tf.range(n):
             out = strategy.run(step_fn, args=(next(iterator),))
             total = [t + strategy.experimental_local_results(o)[0]
                      for t, o in zip(total, out)]
-        return [t / tf.cast(n, tf.float32) for t in total]
+        return [t / tf.cast(n, tf.float32) for t in total[:n_means]] + total[n_means:]
 
     return evaluate
 
@@ -191,6 +198,7 @@ class Trainer(object):
             os.path.join(output_dir, "tensorboard", s)) if self.is_chief
             else tf.summary.create_noop_writer() for s in ("train", "eval")}
         self.history = []  # (global_step, phase name, loss) for tests and scripts
+        self._baselines = {}  # seq_len -> the task's baseline on its eval batches
         self._checked_from = None  # data of phases from this index on checked
         self._signal = None  # SIGINT/SIGTERM seen; the loop stops at the next host call
         self._handling_signals = False
@@ -303,7 +311,7 @@ class Trainer(object):
             compiled = self.xla or isinstance(self.strategy, tf.distribute.TPUStrategy)
             loop = make_train_loop(self.strategy, make_replica_step(
                 self.task, optimizer, self.variables, train["seed"], dropout.rng_alg(compiled)),
-                self.task.metrics, self.xla)
+                self.task.sums, self.xla)
             end = phase["steps"] if max_steps is None else min(phase["steps"], start + max_steps)
             step = self._train(index, loop, optimizer, phase_step, manager, start, end)
             return self._export(phase) if step >= phase["steps"] else None
@@ -346,7 +354,7 @@ class Trainer(object):
                      offset + end, self.total_steps, start, end, phase["seq_len"],
                      train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
                      "" if evals else ", no eval (train.eval_steps is 0)")
-        step, window = start, monitor.Window()  # metrics since the last log line
+        step, window = start, monitor.Window(self.task.ratios)  # since the last log line
         compiled = False
         while step < end:
             self._stop_if_signalled(manager, phase, step, offset)
@@ -371,7 +379,7 @@ class Trainer(object):
                 logging.info("%s", monitor.train_line(
                     phase, offset, step, self.total_steps, scalars,
                     window.eta(phase["steps"] - step) if compiled else None))
-                window, compiled = monitor.Window(), True
+                window, compiled = monitor.Window(self.task.ratios), True
             if step % train["save_every"] == 0 or done:
                 self._save(manager, phase, step)
             if evals and (step % train["eval_every"] == 0 or done):
@@ -398,14 +406,22 @@ class Trainer(object):
         ds = inputs.distributed_dataset(self.strategy, self.task, phase, self.cfg, "eval", 0, None)
         with inputs.naming_damaged_shards(self.task.data, phase["seq_len"]):
             values = eval_fn(iter(ds), tf.constant(self.cfg["train"]["eval_steps"]))
-        result = {"loss": float(values[0])}
-        result.update({k: float(v) for k, v in zip(self.task.metrics, values[1:])})
+        result = monitor.with_ratios(dict(zip(("loss",) + self.task.sums,
+                                              (float(v) for v in values))), self.task.ratios)
         if global_step is not None:
-            self._write("eval", global_step, result)
+            baseline, line = monitor.task_baseline(self._baselines, self.task, phase, self.cfg[
+                "train"]) if self.is_chief else ({}, None)
+            if line:
+                logging.info("%s", line)
+            self._write("eval", global_step, dict(result, **baseline))
             phases = self.cfg["train"]["phases"]
             offset = sum(p["steps"] for p in phases[:phases.index(phase)])
             logging.info("%s", monitor.heldout_line(phase, offset, global_step - offset,
                                                     self.total_steps, result))
+            if self.is_chief:  # run.json and the exports record the latest eval
+                self.record["heldout"] = dict(result, global_step=global_step,
+                                              phase=phase["name"], **baseline)
+                run_dir.write_run_record(self.output_dir, self.record)
         return result
 
     def _write(self, split, step, scalars):
