@@ -15,21 +15,18 @@ Per batch size: the median of `--repeats` timed calls after 3 warm-up calls,
 printed as milliseconds per sentence in a Markdown table.
 """
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pretrain  # noqa: F401  (selects tf_keras before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
 
-import pretrain  # noqa: E402,F401
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from pretrain.config import load_config  # noqa: E402
-from pretrain.export import check as export_check  # noqa: E402
-from pretrain.export import onnx_export  # noqa: E402
-from pretrain.models import build as models  # noqa: E402
+from pretrain.config import load_config
+from pretrain.export import check as export_check
+from pretrain.export import onnx_export
+from pretrain.models import build as models
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "roberta_tiny", "Config name or path (bert/roberta/SimBERT).")
