@@ -20,8 +20,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# run.py's log line per update window: "<phase> step 3/10  ... loss=7.123 ..."
-STEP = re.compile(r"\] (\S+) step (\d+)/\d+ .*\bloss=(\S+)")
+# a training line: `step G/T  PHASE s/S  ... loss=...` (phase, its own step, loss)
+STEP = re.compile(r"\] step \d+/\d+ +(\S+) (\d+)/\d+ .*\bloss=(\S+)")
 
 
 def free_ports(n):

@@ -68,7 +68,7 @@ def test_simbert_export_is_a_sentence_transformer(tmp_path):
     b4k, hf = str(tmp_path / "b4k"), str(tmp_path / "hf")
     writer.publish_export(cfg, bundle, b4k, check=False)
     hf_export.export_hf(cfg, bundle, hf)
-    project = SimBERT.load(b4k, maxlen=cfg["data"]["maxlen"])
+    project = SimBERT.load(b4k, maxlen=cfg["simbert"]["maxlen"])
     model = st.SentenceTransformer(hf, device="cpu")
     assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Dense", "Normalize"]
     texts = sorted(set(s1[:64]) | set(s2[:64]))
@@ -94,7 +94,7 @@ def test_pooling_flag_writes_a_mean_pooled_roberta(tmp_path):
     texts = [a for a, _ in export_check.sample_pairs(6)]
     # the oracle: transformers' encoder, mean over real tokens, unit length
     enc = AutoTokenizer.from_pretrained(out)(texts, padding=True, truncation=True,
-                                             max_length=cfg["data"]["maxlen"],
+                                             max_length=cfg["simbert"]["maxlen"],
                                              return_tensors="pt")
     with torch.no_grad():
         hidden = AutoModel.from_pretrained(out)(**enc).last_hidden_state

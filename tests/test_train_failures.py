@@ -82,7 +82,8 @@ def test_manifest_mismatch_stops_before_the_first_step(tmp_path, records_dir):
 
 
 def test_tpu_flag_without_a_tpu_fails_fast_and_clearly():
-    with pytest.raises(train.TrainingError, match="--tpu local"):
+    from pretrain.errors import PretrainError
+    with pytest.raises(PretrainError, match="--tpu local"):
         make_strategy("local", timeout_s=60)
 
 

@@ -16,7 +16,7 @@ SAMPLE = os.path.join(REPO_ROOT, "data", "sample", "clue_small.txt")
 
 def _make(cfg, corpus, out):
     return preprocess.run(cfg, [corpus], out, seq_lens=[128], dupe_factor=1, workers=1,
-                          seed=1, eval_fraction=0.1, shard_mb=0.05, progress=False)
+                          seed=1, heldout_fraction=0.1, shard_mb=0.05, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def define_flags():
                       "dir plus onnx/model.onnx (extras 'hf' and 'onnx')")
     flags.DEFINE_enum("pooling", None, ["cls", "mean"], "--format hf: also write a "
                       "sentence-transformers folder pooling [CLS] or the mean over real tokens "
-                      "(a SimBERT export is always one: [CLS] -> its pooler)")
+                      "(a model with a pooler is always one: [CLS] -> its pooler)")
     flags.DEFINE_string("run", None, "--format hf: the run dir whose run.json, records "
                         "manifests and TensorBoard events the model card (README.md) states "
                         "(default: the run dir holding --checkpoint, if any)")

@@ -13,7 +13,7 @@ Which class, and why it is faithful:
   `dense.bias`): pooled = F.linear(last_hidden_state[:, 0], W, b). The UniLM
   mask is not reproduced in HF (its encoder takes padding masks only). The
   same weights are the `Dense` module of the sentence-transformers folder
-  (`st_folder`) that a SimBERT export also is.
+  (`st_folder`) that an export with a pooler also is.
 - T5s has no faithful HF class (segment embeddings, the low-rank mapping and
   the MLM head are not in T5EncoderModel, which also uses tanh-GELU), so it is
   refused with that reason.
@@ -122,9 +122,9 @@ def export_hf(cfg, bundle, out_dir, pooling=None, max_seq_length=None, facts=Non
               license="other"):
     """Write a `from_pretrained`-loadable directory (+ vocab, tokenizer config).
 
-    A model with a pooler (SimBERT), or any model given `pooling` ("cls" or
+    A model with a pooler, or any model given `pooling` ("cls" or
     "mean"), is also written as a sentence-transformers folder (`st_folder`):
-    SimBERT's is [CLS] -> its linear pooler -> unit length, as `SimBERT.encode`.
+    With a pooler it is [CLS] -> the linear pooler -> unit length.
     max_seq_length: the sentence-transformers truncation (default: the config's
     data.maxlen, else max_position_embeddings). facts: the run's
     (`model_card.run_facts`) for the README.md model card.

@@ -88,7 +88,7 @@ def _architecture(cfg, n_params, hf_class):
             ("feed-forward size", m["intermediate_size"]), ("vocabulary", m["vocab_size"]),
             ("max positions", m["max_position_embeddings"]), ("parameters", n_params)]
     if m["with_pool"]:
-        rows.append(("pooler", "%s ([CLS] -> Dense, SimBERT)" % m["with_pool"]))
+        rows.append(("pooler", "%s ([CLS] -> Dense)" % m["with_pool"]))
     if m["application"] != "encoder":
         rows.append(("trained as", m["application"] + " (the HF encoder takes padding masks "
                      "only: encode single sentences, segment 0)"))
@@ -201,7 +201,7 @@ def render(cfg, n_params, hf_class, facts=None, sentence=False, license="other")
              "- The transformers model reproduces the bert4keras one within 2e-5 on the "
              "MLM logits (float32, CPU)."]
     if cfg["model"]["application"] == "unilm":
-        body.append("- The UniLM (seq2seq) attention mask of SimBERT's generation head is not "
+        body.append("- The UniLM (seq2seq) attention mask of the generation head is not "
                     "reproduced in transformers; generate with bert4keras.")
     return "\n".join(header + body) + "\n"
 

@@ -5,7 +5,7 @@
 writes the HF export (`pretrain.export.hf`: config, tokenizer, model card) and
 `onnx/model.onnx`: inputs `input_ids`, `attention_mask`, `token_type_ids`
 (int64, [batch, sequence], both axes dynamic); outputs `last_hidden_state`
-and, for an MLM model, `logits` (the MLM head), or for SimBERT `pooled` (its
+and, for an MLM model, `logits` (the MLM head), or for a model with a pooler `pooled` (its
 linear pooler over [CLS], not normalised).
 
 Why through torch: tf2onnx 1.17 converts bert4keras's graph on TF 2.21 but
@@ -106,7 +106,7 @@ def session(path, threads=None):
 
 
 def onnx_outputs(path, ids, segs, sess=None):
-    """The export's outputs in bert4keras's order: [pooled] for SimBERT, else [MLM logits]."""
+    """The export's outputs in bert4keras's order: [pooled] with a pooler, else [MLM logits]."""
     sess = sess or session(path)
     feed = {"input_ids": ids.astype(np.int64), "attention_mask": (ids > 0).astype(np.int64),
             "token_type_ids": segs.astype(np.int64)}
@@ -115,7 +115,7 @@ def onnx_outputs(path, ids, segs, sess=None):
 
 def check_onnx(cfg, out_dir, bundle, n_pairs=8, maxlen=64):
     """Max |TF - onnxruntime| on real sentence pairs (MLM logits on real tokens,
-    or SimBERT's pooled vector, segment ids 0 as in `hf_export.check_hf`)."""
+    or the pooled vector, segment ids 0 as in `hf_export.check_hf`)."""
     ids, segs = export_check.encode_pairs(out_dir, export_check.sample_pairs(n_pairs), maxlen,
                                           do_lower_case=cfg["tokenizer"]["do_lower_case"])
     if cfg["model"]["application"] == "unilm":

@@ -5,9 +5,9 @@ project's sentence vectors. The folder is sentence-transformers' module list
 (`modules.json`), each module's settings in its own sub-directory:
 
     0  Transformer  the export itself (config.json, model.safetensors, tokenizer)
-    1  Pooling      [CLS] (SimBERT, `--pooling cls`) or the mean over real tokens
-    2  Dense        SimBERT only: its *linear* pooler, weights `linear.{weight,bias}`
-    3  Normalize    unit length, as `pretrain.simbert.use.SimBERT.encode` returns
+    1  Pooling      [CLS] (a pooler model, `--pooling cls`) or the mean over real tokens
+    2  Dense        a model with a pooler only: its *linear* pooler, weights `linear.{weight,bias}`
+    3  Normalize    unit length, as the project's sentence encoder returns
 
 The legacy spelling (`sentence_transformers.models.*`, `pooling_mode_*_token`
 booleans) is the one every sentence-transformers release from 2.x on reads.
@@ -30,7 +30,7 @@ def write_st_folder(out_dir, hidden_size, pooling, max_seq_length, dense=None):
     """Add the sentence-transformers files to the HF export in `out_dir`.
 
     pooling: "cls" or "mean". dense: {"weight": [out, in], "bias": [out]} torch
-    tensors of a linear layer applied to the pooled vector (SimBERT's pooler).
+    tensors of a linear layer applied to the pooled vector (the model's pooler).
     """
     # lazy: torch and safetensors are the optional extra "hf"
     from safetensors.torch import save_file

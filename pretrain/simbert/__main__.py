@@ -51,9 +51,9 @@ def main(argv):
         raise cli.UsageError("search needs --corpus FILE")
     if command == "eval" and not FLAGS.pairs and not FLAGS.groups:
         raise cli.UsageError("eval needs --pairs FILE and/or --groups FILE")
-    cli.check_input("--model", FLAGS.model, what="export dir")
     if command == "encode" and FLAGS.output:
         fs.check_output_file(FLAGS.output, fs.is_npy, "NumPy .npy file")
+    cli.check_input("--model", FLAGS.model, what="export dir")
     for flag in ("input", "corpus", "pairs", "groups"):
         cli.check_input("--" + flag, FLAGS[flag].value)
     if FLAGS.groups_split == "validation":
