@@ -94,7 +94,7 @@ def test_pooling_flag_writes_a_mean_pooled_roberta(tmp_path):
     texts = [a for a, _ in export_check.sample_pairs(6)]
     # the oracle: transformers' encoder, mean over real tokens, unit length
     enc = AutoTokenizer.from_pretrained(out)(texts, padding=True, truncation=True,
-                                             max_length=cfg["simbert"]["maxlen"],
+                                             max_length=model.max_seq_length,
                                              return_tensors="pt")
     with torch.no_grad():
         hidden = AutoModel.from_pretrained(out)(**enc).last_hidden_state

@@ -126,7 +126,7 @@ def export_hf(cfg, bundle, out_dir, pooling=None, max_seq_length=None, facts=Non
     "mean"), is also written as a sentence-transformers folder (`st_folder`):
     With a pooler it is [CLS] -> the linear pooler -> unit length.
     max_seq_length: the sentence-transformers truncation (default: the config's
-    data.maxlen, else max_position_embeddings). facts: the run's
+    task's own section's maxlen, else max_position_embeddings). facts: the run's
     (`model_card.run_facts`) for the README.md model card.
     """
     config, state, pooler = hf_weights(cfg, bundle)
@@ -170,9 +170,10 @@ def export_hf(cfg, bundle, out_dir, pooling=None, max_seq_length=None, facts=Non
         pooling = "cls"
     if pooling is not None:
         m = cfg["model"]
+        task_section = cfg.get(cfg["data"]["task"]) or {}  # e.g. a sentence task's maxlen
         st_folder.write_st_folder(
             out_dir, m["hidden_size"], pooling,
-            max_seq_length or cfg["data"].get("maxlen") or m["max_position_embeddings"],
+            max_seq_length or task_section.get("maxlen") or m["max_position_embeddings"],
             dense={k.split(".")[1]: torch.from_numpy(v) for k, v in pooler.items()} or None)
     n_params = sum(p.numel() for p in model.parameters()) + sum(v.size for v in pooler.values())
     model_card.write_card(out_dir, cfg, n_params, type(model).__name__, facts,
