@@ -65,6 +65,25 @@ def renamed_flag(old, new):
     return flags.FLAGS[old].value
 
 
+def define_device_flags(flag_values=None):
+    """The flags of a command that trains: which TPU, its runtime, XLA, and
+    whether a machine whose accelerator TensorFlow cannot use may train on
+    its CPU."""
+    fv = {"flag_values": flags.FLAGS if flag_values is None else flag_values}
+    flags.DEFINE_string("tpu", None, "TPU to use: bare --tpu (or 'local') on a Colab/Cloud TPU "
+                        "VM, a TPU name, or grpc://IP:8470. Omit for GPU/CPU.", **fv)
+    flags.DEFINE_enum("tpu_runtime", None, ["auto", "pjrt", "legacy"], "TPU runtime TensorFlow "
+                      "loads: auto (default, or $PRETRAIN_TPU_RUNTIME) picks PJRT on TPU v5e, "
+                      "v5p, v6e and legacy on v2, v3, v4. Read before TensorFlow loads.", **fv)
+    flags.DEFINE_bool("xla", None, "Compile the train step with XLA; default: yes on GPUs "
+                      "(except compute capability 12.0+, which TF 2.21's XLA cannot target) and "
+                      "on a CPU whose build has XLA. TPUs always compile.", **fv)
+    flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU before failing.", **fv)
+    flags.DEFINE_bool("allow_cpu", False, "Train on the CPU even though this machine has a TPU "
+                      "or GPU that TensorFlow cannot use (by default the run stops and says "
+                      "why).", **fv)
+
+
 def guarded(main):
     """`main` with expected errors turned into their message and exit code."""
     def run(argv):

@@ -37,14 +37,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     flags.DEFINE_string("config", None, "Config name in configs/ (roberta_tiny) or a JSON path.")
-    flags.DEFINE_string("tpu", None, "TPU to use: bare --tpu (or 'local') on a Colab/Cloud TPU "
-                        "VM, a TPU name, or grpc://IP:8470. Omit for GPU/CPU.")
-    flags.DEFINE_enum("tpu_runtime", None, ["auto", "pjrt", "legacy"], "TPU runtime TensorFlow "
-                      "loads: auto (default, or $PRETRAIN_TPU_RUNTIME) picks PJRT on TPU v5e, "
-                      "v5p, v6e and legacy on v2, v3, v4. Read before TensorFlow loads.")
-    flags.DEFINE_bool("xla", None, "Compile the train step with XLA; default: yes on GPUs "
-                      "(except compute capability 12.0+, which TF 2.21's XLA cannot target) and "
-                      "on a CPU whose build has XLA. TPUs always compile.")
+    cli.define_device_flags()
     flags.DEFINE_bool("smoke", False, "CPU smoke run: the config's small numbers (then --set "
                       "on top), the shipped sample.")
     flags.DEFINE_string("data", None, "Records dir from pretrain.preprocess (MLM) or a groups "
@@ -63,10 +56,6 @@ def define_flags():
     flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                       "bf16 = mixed bfloat16; auto picks bf16 on TPUs and Ampere or newer "
                       "GPUs, fp32 elsewhere.")
-    flags.DEFINE_bool("allow_cpu", False, "Train on the CPU even though this machine has a TPU "
-                      "or GPU that TensorFlow cannot use (by default the run stops and says "
-                      "why).")
-    flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU before failing.")
     flags.DEFINE_bool("allow_train_changes", False, "Resume although the config's train section "
                       "changed (e.g. more steps in the last phase); batch_size, grad_accum_steps, "
                       "seed and a phase's name/seq_len can never change.")

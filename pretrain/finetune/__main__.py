@@ -56,16 +56,7 @@ def define_flags(flag_values=None):
     flags.DEFINE_bool("baselines", False, "Also score the majority class, char n-gram TF-IDF + "
                       "logistic regression and the same architecture from random init "
                       "(written under OUTPUT/random_init) on the same splits.", **fv)
-    flags.DEFINE_string("tpu", None, "TPU to use (bare --tpu or 'local' on a TPU VM); omit for "
-                        "GPU/CPU.", **fv)
-    flags.DEFINE_enum("tpu_runtime", None, ["auto", "pjrt", "legacy"], "TPU runtime: auto "
-                      "(default, or $PRETRAIN_TPU_RUNTIME) picks PJRT on TPU v5e/v5p/v6e, legacy "
-                      "on v2-v4.", **fv)
-    flags.DEFINE_bool("xla", None, "Compile with XLA; default: on GPUs below compute "
-                      "capability 12.0 and on a CPU whose build has XLA.", **fv)
-    flags.DEFINE_integer("tpu_timeout", 300, "Seconds to wait for the TPU.", **fv)
-    flags.DEFINE_bool("allow_cpu", False, "Train on the CPU although this machine has a TPU or "
-                      "GPU that TensorFlow cannot use.", **fv)
+    cli.define_device_flags(flag_values)
     flags.mark_flags_as_required(["model", "task", "train", "dev", "output"], **fv)
 
 
