@@ -73,7 +73,7 @@ def test_model_summary_device_prints_micro_batch_and_accumulation():
 
 
 _STEP = textwrap.dedent("""
-    import json, resource, sys
+    import json, os, sys, threading, time
     import pretrain
     import numpy as np
     import tensorflow as tf
@@ -97,10 +97,23 @@ _STEP = textwrap.dedent("""
     opt._create_all_weights(task.model.trainable_variables)
     step = tf.function(trainer.make_replica_step(task, opt, task.model.trainable_variables),
                        jit_compile=compat.cpu_xla())  # the trainer's choice on a CPU
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The resident size is sampled, not read from ru_maxrss: a peak reached
+    # before the step (or a kernel that keeps no high-water mark) hides the
+    # step's own growth there.
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+    peak, done = [rss()], threading.Event()
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+    before = rss()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     float(step(stack)[0]); float(step(stack)[0])
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"growth": (after - before) * 1024}))
+    done.set()
+    sampler.join()
+    print(json.dumps({"growth": max(peak[0], rss()) - before}))
 """)
 
 
