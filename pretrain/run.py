@@ -29,7 +29,8 @@ from pretrain import cli, fs  # noqa: E402
 from pretrain.cloud import gcs  # noqa: E402
 from pretrain.data import preprocess, records  # noqa: E402
 from pretrain.simbert import data as simbert_data  # noqa: E402
-from pretrain.config import ConfigError, as_overrides, load_config, override, where  # noqa: E402
+from pretrain.config import (ConfigError, as_overrides, load_config, override,  # noqa: E402
+                             resolve_path, where)  # noqa: E402
 from pretrain.runtime import tpu_runtime  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -59,6 +60,10 @@ def define_flags():
     flags.DEFINE_bool("allow_train_changes", False, "Resume although the config's train section "
                       "changed (e.g. more steps in the last phase); batch_size, grad_accum_steps, "
                       "seed and a phase's name/seq_len can never change.")
+    flags.DEFINE_bool("allow_data_change", False, "Resume although --data holds other records "
+                      "than the run was trained on (the run dir records their fingerprint: "
+                      "manifest settings, shard names and sizes); the resumed run is then not "
+                      "the exact continuation.")
     cli.define_set_flag()
     flags.mark_flag_as_required("config")
 
@@ -89,6 +94,16 @@ def check_task(cfg):
         simbert_data.settings(cfg)
     else:
         raise ConfigError("%s: data.task must be 'mlm' or 'simbert', got %r" % (where(cfg), task))
+
+
+def check_tokenizer(cfg):
+    """The tokenizer files the config names exist (local ones; gs:// are read later)."""
+    for key in ("vocab", "spm_model", "keep_tokens"):
+        path = resolve_path(cfg["tokenizer"][key])
+        if path and not fs.is_remote(path) and not fs.exists(path):
+            raise ConfigError("%s: tokenizer.%s: %s does not exist; give the file the records "
+                              "were made with (--set tokenizer.%s=PATH)"
+                              % (where(cfg), key, path, key))
 
 
 def make_task(cfg, data):
@@ -162,6 +177,7 @@ def main(argv):
 
 def run(cfg):
     """Config and flags → data → task → trainer; returns (exports, data, output)."""
+    check_tokenizer(cfg)
     check_task(cfg)
     output = FLAGS.output or (os.path.join("runs", cfg["name"] + "-smoke") if FLAGS.smoke
                               else None)
@@ -195,7 +211,8 @@ def run(cfg):
                             init_checkpoint=FLAGS.init_checkpoint,
                             steps_per_loop=FLAGS.steps_per_loop, precision=precision,
                             xla=use_xla(strategy, FLAGS.xla),
-                            allow_train_changes=FLAGS.allow_train_changes)
+                            allow_train_changes=FLAGS.allow_train_changes,
+                            allow_data_change=FLAGS.allow_data_change)
     exports = trainer.run(start_phase=start_phase)
     return exports, data, output
 

@@ -15,6 +15,7 @@ about 3 CPU-seconds and 550 MB of memory per process. Tests check the bytes
 against TensorFlow's own parser. The tf.data reader is `pretrain/training/inputs.py`.
 """
 import gzip
+import hashlib
 import json
 import struct
 import zlib
@@ -151,6 +152,23 @@ def write_manifest(data_dir, seq_len, manifest):
         f.write("\n")
     fs.rename(path + ".tmp", path)
     return path
+
+
+def fingerprint(data_dir, seq_lens):
+    """{"seqL": digest} of the records a run reads: each manifest's settings,
+    shard names, sizes and record counts, not where they are (a copied
+    records dir is the same data). Lengths without a manifest are left out."""
+    out = {}
+    for L in seq_lens:
+        if not fs.exists(fs.join(seq_dir(data_dir, L), MANIFEST)):
+            continue
+        manifest = read_manifest(data_dir, L)
+        manifest.pop("path")
+        manifest.pop("sources", None)  # the corpus paths
+        manifest["vocab"] = {k: v for k, v in manifest["vocab"].items() if k != "source"}
+        text = json.dumps(manifest, sort_keys=True, ensure_ascii=False)
+        out["seq%d" % L] = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return out
 
 
 def read_manifest(data_dir, seq_len):

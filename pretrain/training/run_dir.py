@@ -36,37 +36,91 @@ RUN_RECORD = "run.json"
 PACKAGES = ("tensorflow", "tf_keras", "bert4keras", "numpy", "pretrain")
 
 
-def check_output_dir(cfg, output_dir, allow_train_changes=False, write=True):
+def check_output_dir(cfg, output_dir, allow_train_changes=False, write=True, records=None,
+                     allow_data_change=False):
     """Refuse to mix two configs' runs in one directory, or to resume with a
-    train section that moves the data position or the schedule unasked.
-    `write`: record this run's config there (the chief's job)."""
+    train section that moves the data position or the schedule unasked, or
+    on other data. `records`: {"path", "fingerprint"} of the data this start
+    reads (`Task.fingerprint`); None skips that check. `write`: record this
+    run's config (and `records`) there, the chief's job once every check of
+    the start has passed."""
     # so does the task's own config section (null when the config has none)
     identity = {k: cfg.get(k) for k in _RUN_IDENTITY + (cfg["data"]["task"],)}
     identity["smoke"] = cfg.get("smoke", False)
     path = os.path.join(output_dir, "run_config.json")
+    previous = {}
     if fs.exists(path):
         with fs.open(path) as f:
             previous = json.load(f)
         if {k: previous.get(k) for k in identity} != identity:
-            diff = sorted(k for k in identity if previous.get(k) != identity[k])
+            diff = [k for k in sorted(identity) if previous.get(k) != identity[k]]
             raise TrainingError(
                 "%s holds a run of config %r (smoke=%s) that differs from %r (smoke=%s) in "
                 "%s. Choose another --output, or delete that directory to start over."
                 % (output_dir, previous.get("name"), previous.get("smoke"), cfg["name"],
-                   identity["smoke"], ", ".join(diff)))
-        if previous.get("train") == cfg["train"]:
-            return
-        if "train" not in previous:
-            logging.warning("%s has no train section (an older run dir): saving this one; "
-                            "later resumes are checked against it", path)
-        else:
-            _check_train_changes(previous["train"], cfg["train"], output_dir,
-                                 allow_train_changes)
+                   identity["smoke"], _changes(diff, previous, identity)))
+        if previous.get("train") != cfg["train"]:
+            if "train" not in previous:
+                logging.warning("%s has no train section (an older run dir): saving this "
+                                "one; later resumes are checked against it", path)
+            else:
+                _check_train_changes(previous["train"], cfg["train"], output_dir,
+                                     allow_train_changes)
+    if records is not None:
+        records = _check_records(previous.get("records"), records, output_dir,
+                                 allow_data_change)
+    elif "records" in previous:
+        records = previous["records"]
     if not write:
         return
+    saved = dict(identity, train=cfg["train"])
+    if records:
+        saved["records"] = records
     fs.makedirs(output_dir)
     with fs.open(path, "w") as f:
-        json.dump(dict(identity, train=cfg["train"]), f, indent=2, ensure_ascii=False)
+        json.dump(saved, f, indent=2, ensure_ascii=False)
+
+
+def _changes(sections, old, new):
+    """"data.masked_lm_prob: 0.15 -> 0.2, name: a -> b" for the changed sections."""
+    out = []
+    for section in sections:
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += ["%s.%s: %s -> %s" % (section, k, a.get(k, "unset"), b.get(k, "unset"))
+                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append("%s: %s -> %s" % (section, a, b))
+    return ", ".join(out)
+
+
+def _check_records(old, new, output_dir, allow):
+    """The records to record: `new`, after refusing other data unless `allow`.
+    Lengths only one side has are not compared (a later phase's records may
+    be made later)."""
+    if not old or not new["fingerprint"]:
+        return new if new["fingerprint"] else old
+    a, b = old["fingerprint"], new["fingerprint"]
+    shared = sorted(set(a) & set(b)) if isinstance(a, dict) and isinstance(b, dict) else None
+    differ = ([k for k in shared if a[k] != b[k]] if shared is not None else a != b)
+    if differ and not allow:
+        raise TrainingError(
+            "%s holds a run trained on the records in %s (%s), but --data %s holds other "
+            "records (%s): a resume on them would not continue the same run. Give the run's "
+            "own --data, choose another --output, or pass --allow_data_change to resume on "
+            "these records." % (output_dir, old["path"], _digests(a, differ), new["path"],
+                                _digests(b, differ)))
+    if differ:
+        logging.warning("%s: resuming on other records (%s instead of %s), as "
+                        "--allow_data_change asks", output_dir, new["path"], old["path"])
+    merged = dict(a, **b) if isinstance(a, dict) and isinstance(b, dict) else b
+    return {"path": new["path"], "fingerprint": merged}
+
+
+def _digests(fingerprint, keys):
+    if isinstance(keys, list) and isinstance(fingerprint, dict):
+        return ", ".join("%s %s" % (k, fingerprint[k]) for k in keys)
+    return "fingerprint %s" % json.dumps(fingerprint, sort_keys=True)
 
 
 def _train_changes(old, new):

@@ -69,6 +69,10 @@ class Task(object):
     - `check_data(phase, batch_size, splits)`: raise an expected error
       (`pretrain.errors.PretrainError`) now if the data cannot serve the
       phase, instead of hours into the run;
+    - `fingerprint(seq_lens)`: a JSON value that identifies the data the
+      phases of these lengths read, not its path (default None: unchecked);
+      the run dir records it, and a resume on data with another fingerprint
+      is refused, since it would not continue the same run;
     - `baseline(seq_len, batch_size, eval_steps, seed)`: {name: value} of what
       a trivial predictor scores on the eval batches (default: none); the
       trainer logs it once per seq_len, at the first eval, and writes it into
@@ -110,6 +114,9 @@ class Task(object):
 
     def check_data(self, phase, batch_size, splits):
         raise NotImplementedError
+
+    def fingerprint(self, seq_lens):
+        return None
 
     @property
     def sums(self):
@@ -172,6 +179,9 @@ class MlmTask(Task):
 
     def check_data(self, phase, batch_size, splits):
         records.check_records(self.data, self.cfg, phase["seq_len"], batch_size, splits)
+
+    def fingerprint(self, seq_lens):
+        return records.fingerprint(self.data, seq_lens)
 
     @staticmethod
     def denominator(stack):

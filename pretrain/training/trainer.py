@@ -173,7 +173,8 @@ class Trainer(object):
     """
 
     def __init__(self, cfg, task, output_dir, strategy=None, init_checkpoint=None,
-                 steps_per_loop=100, precision="fp32", xla=None, allow_train_changes=False):
+                 steps_per_loop=100, precision="fp32", xla=None, allow_train_changes=False,
+                 allow_data_change=False):
         self.cfg, self.task, self.output_dir = cfg, task, output_dir
         self.strategy = strategy or tf.distribute.get_strategy()
         self.steps_per_loop = max(1, int(steps_per_loop))
@@ -182,10 +183,12 @@ class Trainer(object):
         # Multi-worker: the chief writes the run dir; every worker saves checkpoints
         # (TF's save is collective), the others to a scratch dir deleted at once.
         self.is_chief = self.strategy.extended.should_checkpoint
-        run_dir.check_output_dir(cfg, output_dir, allow_train_changes, write=self.is_chief)
+        # Checked now, written once the data passed too (`_start`): a failed
+        # start leaves nothing that would refuse the corrected command.
+        self._allow = (allow_train_changes, allow_data_change)
+        run_dir.check_output_dir(cfg, output_dir, allow_train_changes, write=False)
         self.record = run_dir.run_record(cfg)
-        if self.is_chief:
-            run_dir.write_run_record(output_dir, self.record)
+        self._started = False
         # No global seed: build_model draws weights from train.seed and dropout
         # masks come from step seeds (a global seed of 0 also breaks tf.data's
         # tensor-seeded shuffles). The precision policy is the model's alone:
@@ -194,9 +197,7 @@ class Trainer(object):
         with self.strategy.scope():
             self.bundle = task.build(precision)
         self.variables = self.task.model.trainable_variables
-        self.writers = {s: tf.summary.create_file_writer(
-            os.path.join(output_dir, "tensorboard", s)) if self.is_chief
-            else tf.summary.create_noop_writer() for s in ("train", "eval")}
+        self.writers = {}  # TensorBoard's, made at the first write
         self.history = []  # (global_step, phase name, loss) for tests and scripts
         self._baselines = {}  # seq_len -> the task's baseline on its eval batches
         self._checked_from = None  # data of phases from this index on checked
@@ -292,10 +293,25 @@ class Trainer(object):
                               else "nothing trained to save yet"), self._signal)
 
     # -- one phase -----------------------------------------------------------
+    def _start(self, index):
+        """Once the data of the phases from `index` on passed its checks: the
+        run dir's identity (with the data's fingerprint) and run.json."""
+        self.check_data(index)
+        if self._started:
+            return
+        seq_lens = sorted({p["seq_len"] for p in self.cfg["train"]["phases"]})
+        records = {"path": self.task.data, "fingerprint": self.task.fingerprint(seq_lens)}
+        run_dir.check_output_dir(self.cfg, self.output_dir, self._allow[0],
+                                 write=self.is_chief, records=records,
+                                 allow_data_change=self._allow[1])
+        if self.is_chief:
+            run_dir.write_run_record(self.output_dir, self.record)
+        self._started = True
+
     def run_phase(self, index, max_steps=None):
         """Train phase `index` to its end (or `max_steps` updates this call)."""
         with self._signals_stop_the_loop():
-            self.check_data(index)
+            self._start(index)
             train = self.cfg["train"]
             phase = train["phases"][index]
             optimizer, phase_step, manager = self._restore(index)
@@ -425,6 +441,10 @@ class Trainer(object):
         return result
 
     def _write(self, split, step, scalars):
+        if split not in self.writers:
+            self.writers[split] = tf.summary.create_file_writer(os.path.join(
+                self.output_dir, "tensorboard", split)) if self.is_chief \
+                else tf.summary.create_noop_writer()
         with self.writers[split].as_default():
             for k, v in scalars.items():
                 tf.summary.scalar(k, v, step=step)
@@ -442,7 +462,7 @@ class Trainer(object):
     # -- all phases ----------------------------------------------------------
     def run(self, start_phase=0):
         with self._signals_stop_the_loop():
-            self.check_data(start_phase)
+            self._start(start_phase)
             exports = []
             for index in range(start_phase, len(self.cfg["train"]["phases"])):
                 exports.append(self.run_phase(index))
