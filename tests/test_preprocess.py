@@ -444,3 +444,40 @@ def test_a_heldout_split_under_one_batch_is_warned_of(reference, cfg, small_corp
     quiet = preprocess.run(small, small_corpus, str(tmp_path / "out"), workers=1,
                            **dict(SETTINGS, seq_lens=[128], dupe_factor=1))
     assert quiet["heldout_docs"] > 0 and "warnings" not in quiet
+
+
+# ---------------------------------------------------------------- inputs by other names
+
+def test_the_same_corpus_by_another_path_resumes_and_another_corpus_is_refused(
+        cfg, tmp_path, monkeypatch):
+    (tmp_path / "adv").mkdir()
+    with open(SAMPLE, encoding="utf-8") as f:
+        lines = f.readlines()
+    (tmp_path / "base.txt").write_text("".join(lines[:60]), encoding="utf-8")
+    (tmp_path / "other.txt").write_text("".join(lines[60:120]), encoding="utf-8")
+    os.symlink(tmp_path / "base.txt", tmp_path / "adv" / "link.txt")
+    out = str(tmp_path / "out")
+    one = dict(SETTINGS, seq_lens=[128], dupe_factor=1)
+    monkeypatch.chdir(tmp_path)
+    first = preprocess.run(cfg, "base.txt", out, workers=1, **one)
+    before = read_tree(out)
+    for name, cwd in (("adv/../base.txt", tmp_path), (str(tmp_path / "base.txt"), tmp_path),
+                      ("../base.txt", tmp_path / "adv"), ("link.txt", tmp_path / "adv")):
+        monkeypatch.chdir(cwd)
+        again = preprocess.run(cfg, name, out, workers=1, **one)
+        assert again["lengths"] == first["lengths"] and read_tree(out) == before, name
+    # settings written before the names were resolved hold them as given
+    settings_path = os.path.join(out, preprocess_state.STATE_DIR, "settings.json")
+    with open(settings_path) as f:
+        settings = json.load(f)
+    assert settings["sources"][0]["path"] == str(tmp_path / "base.txt")
+    settings["sources"][0]["path"] = "base.txt"
+    with open(settings_path, "w") as f:
+        json.dump(settings, f)
+    monkeypatch.chdir(tmp_path)
+    preprocess.run(cfg, "base.txt", out, workers=1, **one)
+    with pytest.raises(preprocess.PreprocessError, match="records made with other settings: "
+                       "sources was"):
+        preprocess.run(cfg, "other.txt", out, workers=1, **one)
+    with pytest.raises(preprocess.PreprocessError, match="sources was"):
+        preprocess.run(cfg, "base.txt,other.txt", out, workers=1, **one)
