@@ -224,13 +224,15 @@ def heldout_advice(fraction, heldout_docs, docs):
     """Why a held-out split is empty or small and what to do: preprocessing's
     warning and the trainer's refusal say the same. `docs` counts all documents."""
     if not fraction:
-        return ("heldout_fraction is 0, so no document is held out: preprocess with "
-                "--heldout_fraction > 0, or set train.eval_steps to 0 to train without eval")
+        return ("heldout_fraction is 0, so no document is held out: preprocess into a new "
+                "--output with --heldout_fraction > 0, or set train.eval_steps to 0 to train "
+                "without eval")
     return ("%d of %d documents are held out at heldout_fraction %g: documents are held out "
             "whole, so a corpus of few or large documents gets few or none. Give more "
             "documents, split the text into documents (one a line: --input_format lines; "
-            "blank-line separated: --input_format paragraphs) or preprocess with a larger "
-            "--heldout_fraction; or set train.eval_steps to 0 to train without eval"
+            "blank-line separated: --input_format paragraphs) or preprocess into a new "
+            "--output with a larger --heldout_fraction; or set train.eval_steps to 0 to train "
+            "without eval"
             % (heldout_docs, docs, fraction))
 
 
