@@ -160,6 +160,10 @@ def test_bad_input_limit_and_counts(cfg, tmp_path):
     summary = preprocess.run(cfg, path, str(tmp_path / "b"), workers=1, progress=False,
                              max_bad_fraction=0.5, heldout_fraction=0.0, seq_lens=[128])
     assert summary["docs"] == 10 and summary["skipped"] == {"bad_json": 8}
+    assert summary["warnings"] == ["the held-out split is empty. heldout_fraction is 0, so no "
+                                   "document is held out: preprocess into a new --output with "
+                                   "--heldout_fraction > 0, or set train.eval_steps to 0 to "
+                                   "train without eval."]
     assert records.read_manifest(str(tmp_path / "b"), 128)["skipped"] == {"bad_json": 8}
 
 
