@@ -113,6 +113,8 @@ _KINDS = {
     "number": (lambda v, bound: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
                and _RANGES[bound](v), "a number {}"),
     "bool": (lambda v, bound: isinstance(v, bool), "true or false"),
+    "pool": (lambda v, bound: isinstance(v, (bool, str)), "true, false or an activation name"),
+    "list": (lambda v, bound: isinstance(v, list), "a list of integers"),  # items: _check_data
     "str": (lambda v, bound: isinstance(v, str), "a string"),
     "strs": (lambda v, bound: isinstance(v, list) and all(isinstance(x, str) for x in v),
              "a list of strings"),
@@ -123,7 +125,7 @@ _PROB, _DROPOUT = ("number", "in [0, 1]"), ("number", "in [0, 1)")
 _TYPES = {
     "model": dict(dict.fromkeys(_MODEL_REQUIRED[1:6] + (
         "max_position_embeddings", "type_vocab_size", "relative_attention_num_buckets",
-        "relative_attention_max_distance"), _INT1), application=("str",),
+        "relative_attention_max_distance"), _INT1), application=("str",), with_pool=("pool",),
         embedding_size=("int", 1, True), attention_head_size=("int", 1, True),
         hidden_dropout_prob=_DROPOUT, attention_probs_dropout_prob=_DROPOUT,
         initializer_range=("number", "> 0")),
@@ -131,7 +133,8 @@ _TYPES = {
                       keep_tokens=_STR_OR_NULL, spm_model=_STR_OR_NULL),
     "data": dict(masked_lm_prob=("number", "in (0, 1)"), whole_word_mask=_BOOL,
                  mask_token_prob=_PROB, random_token_prob=_PROB, dupe_factor=_INT1,
-                 user_dict=_STR_OR_NULL, heldout_fraction=_DROPOUT),
+                 user_dict=_STR_OR_NULL, heldout_fraction=_DROPOUT, seq_lens=("list",),
+                 max_predictions=("list",)),
     "train": dict(dict.fromkeys(("batch_size", "grad_accum_steps", "log_every", "save_every",
                                  "eval_every", "keep_checkpoints"), _INT1),
                   eval_steps=_INT0, seed=_INT0, weight_decay=("number", ">= 0"),
@@ -279,10 +282,6 @@ def _check_data(path, data):
     """The data section's values."""
     if not isinstance(data["task"], str) or not data["task"] or data["task"] in _TOP_LEVEL:
         raise ConfigError("%s: data.task must name a task, got %r" % (path, data["task"]))
-    for key in ("seq_lens", "max_predictions"):
-        if not isinstance(data[key], list):
-            raise ConfigError("%s: data.%s must be a list of integers, got %s" % (
-                path, key, json.dumps(data[key], ensure_ascii=False)))
     if len(data["seq_lens"]) != len(data["max_predictions"]):
         raise ConfigError("%s: data.seq_lens and data.max_predictions must have the "
                           "same length (%d vs %d)" % (

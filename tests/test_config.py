@@ -315,6 +315,7 @@ _TYPED = [
     ("model.initializer_range", "0.02", "model.initializer_range", "a number > 0"),
     ("model.relative_attention_num_buckets", True, "model.relative_attention_num_buckets",
      "an integer >= 1"),
+    ("model.with_pool", 1, "model.with_pool", "true, false or an activation name"),
     ("tokenizer.do_lower_case", "true", "tokenizer.do_lower_case", "true or false"),
     ("tokenizer.do_lower_case", 1, "tokenizer.do_lower_case", "true or false"),
     ("tokenizer.simplified", 0, "tokenizer.simplified", "true or false"),
