@@ -19,6 +19,7 @@ A config is one plain JSON file with these sections:
 """
 import copy
 import json
+import math
 import os
 import sys
 
@@ -33,17 +34,10 @@ CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 _MODEL_REQUIRED = ("type", "vocab_size", "hidden_size", "num_hidden_layers",
                    "num_attention_heads", "intermediate_size", "hidden_act")
 _MODEL_OPTIONAL = {
-    "embedding_size": None,
-    "attention_head_size": None,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-    "initializer_range": 0.02,
-    "with_pool": False,
-    "application": "encoder",
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
+    "embedding_size": None, "attention_head_size": None, "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
+    "initializer_range": 0.02, "with_pool": False, "application": "encoder",
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
 }
 _MODEL_TYPES = ("bert", "roberta", "t5s")
 
@@ -82,23 +76,13 @@ MASKING_MODES = ("static", "dynamic")
 
 _TRAIN_OPTIONAL = {
     "optimizer": "lamb",  # "lamb" or "adamw"
-    "batch_size": 32,
-    "grad_accum_steps": 1,
-    "weight_decay": 0.01,
-    "beta_1": 0.9,
-    "beta_2": 0.999,
-    "epsilon": 1e-6,
-    "bias_correction": False,
-    "clip_norm": None,
+    "batch_size": 32, "grad_accum_steps": 1, "weight_decay": 0.01,
+    "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-6, "bias_correction": False, "clip_norm": None,
     "exclude_from_weight_decay": ["Norm", "bias"],
     "exclude_from_layer_adaptation": ["Norm", "bias"],
-    "log_every": 100,
-    "save_every": 1000,
-    "eval_every": 1000,
-    "eval_steps": 20,
-    "keep_checkpoints": 3,
-    "seed": 12345,
-    "phases": None,
+    "log_every": 100, "save_every": 1000, "eval_every": 1000,
+    "eval_steps": 20,  # 0: no eval
+    "keep_checkpoints": 3, "seed": 12345, "phases": None,
 }
 _PHASE_REQUIRED = ("seq_len", "steps", "learning_rate")
 _PHASE_OPTIONAL = {"warmup_steps": 0, "name": None, "end_learning_rate": 0.0}
@@ -120,14 +104,56 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_int(path, key, value, minimum=1):
-    if not _is_int(value) or value < minimum:
-        raise ConfigError("%s: %s must be an integer >= %d, got %r" % (path, key, minimum, value))
+# What a value must be: (kind, bound, null allowed). A boolean is no number and
+# a string no boolean; a number's bound is the range its message quotes.
+_RANGES = {"> 0": lambda x: x > 0, ">= 0": lambda x: x >= 0, "in [0, 1]": lambda x: 0 <= x <= 1,
+           "in [0, 1)": lambda x: 0 <= x < 1, "in (0, 1)": lambda x: 0 < x < 1}
+_KINDS = {
+    "int": (lambda v, bound: _is_int(v) and v >= bound, "an integer >= {}"),
+    "number": (lambda v, bound: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+               and _RANGES[bound](v), "a number {}"),
+    "bool": (lambda v, bound: isinstance(v, bool), "true or false"),
+    "pool": (lambda v, bound: isinstance(v, (bool, str)), "true, false or an activation name"),
+    "list": (lambda v, bound: isinstance(v, list), "a list of integers"),  # items: _check_data
+    "str": (lambda v, bound: isinstance(v, str), "a string"),
+    "strs": (lambda v, bound: isinstance(v, list) and all(isinstance(x, str) for x in v),
+             "a list of strings"),
+}
+_INT0, _INT1, _BOOL, _STRS, _STR_OR_NULL = ("int", 0), ("int", 1), ("bool",), ("strs",), (
+    "str", None, True)
+_PROB, _DROPOUT = ("number", "in [0, 1]"), ("number", "in [0, 1)")
+_TYPES = {
+    "model": dict(dict.fromkeys(_MODEL_REQUIRED[1:6] + (
+        "max_position_embeddings", "type_vocab_size", "relative_attention_num_buckets",
+        "relative_attention_max_distance"), _INT1), application=("str",), with_pool=("pool",),
+        embedding_size=("int", 1, True), attention_head_size=("int", 1, True),
+        hidden_dropout_prob=_DROPOUT, attention_probs_dropout_prob=_DROPOUT,
+        initializer_range=("number", "> 0")),
+    "tokenizer": dict(vocab=_STR_OR_NULL, do_lower_case=_BOOL, simplified=_BOOL, startswith=_STRS,
+                      keep_tokens=_STR_OR_NULL, spm_model=_STR_OR_NULL),
+    "data": dict(masked_lm_prob=("number", "in (0, 1)"), whole_word_mask=_BOOL,
+                 mask_token_prob=_PROB, random_token_prob=_PROB, dupe_factor=_INT1,
+                 user_dict=_STR_OR_NULL, heldout_fraction=_DROPOUT, seq_lens=("list",),
+                 max_predictions=("list",)),
+    "train": dict(dict.fromkeys(("batch_size", "grad_accum_steps", "log_every", "save_every",
+                                 "eval_every", "keep_checkpoints"), _INT1),
+                  eval_steps=_INT0, seed=_INT0, weight_decay=("number", ">= 0"),
+                  beta_1=_DROPOUT, beta_2=_DROPOUT, epsilon=("number", "> 0"),
+                  bias_correction=_BOOL, clip_norm=("number", "> 0", True),
+                  exclude_from_weight_decay=_STRS, exclude_from_layer_adaptation=_STRS),
+    "phase": dict(seq_len=("int", 3), steps=_INT1, warmup_steps=_INT0, name=_STR_OR_NULL,
+                  learning_rate=("number", "> 0"), end_learning_rate=("number", ">= 0")),
+}
 
 
-def _check_prob(path, key, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ConfigError("%s: %s must be in [0, 1], got %r" % (path, key, value))
+def check_value(path, key, value, spec):
+    """ConfigError naming `key` unless `value` is what `spec` (see _KINDS) asks for."""
+    kind, bound, nullable = (spec + (None, False))[:3]
+    ok, expected = _KINDS[kind]
+    if not (value is None and nullable) and not ok(value, bound):
+        raise ConfigError("%s: %s must be %s%s, got %s" % (
+            path, key, expected.format(bound), " or null" if nullable else "",
+            json.dumps(value, ensure_ascii=False)))
 
 
 def resolve_config_path(name_or_path):
@@ -233,6 +259,8 @@ def validate(raw, path="<config>"):
     for name, (required, optional) in _SECTIONS.items():
         section = _renamed_keys(name, raw.get(name, {}), path)
         cfg[name] = _check_keys(name, section, required, optional, path)
+        for key, spec in _TYPES[name].items():
+            check_value(path, "%s.%s" % (name, key), cfg[name][key], spec)
     for name in own & set(raw):  # the task's own section: its check validates it
         if not isinstance(raw[name], dict):
             raise ConfigError("%s: %s must be a JSON object" % (path, name))
@@ -242,11 +270,6 @@ def validate(raw, path="<config>"):
     if model["type"] not in _MODEL_TYPES:
         raise ConfigError("%s: model.type must be one of %s, got %r" % (
             path, _MODEL_TYPES, model["type"]))
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers",
-                "num_attention_heads", "intermediate_size"):
-        if not isinstance(model[key], int) or model[key] <= 0:
-            raise ConfigError("%s: model.%s must be a positive integer, got %r" % (
-                path, key, model[key]))
     if (tok["vocab"] is None) == (tok["spm_model"] is None):
         raise ConfigError("%s: tokenizer needs exactly one of tokenizer.vocab or "
                           "tokenizer.spm_model" % path)
@@ -264,19 +287,14 @@ def _check_data(path, data):
                           "same length (%d vs %d)" % (
                               path, len(data["seq_lens"]), len(data["max_predictions"])))
     for i, (L, P) in enumerate(zip(data["seq_lens"], data["max_predictions"])):
-        _check_int(path, "data.seq_lens[%d]" % i, L, minimum=3)  # [CLS] token [SEP]
+        check_value(path, "data.seq_lens[%d]" % i, L, ("int", 3))  # [CLS] token [SEP]
         if not _is_int(P) or not 1 <= P <= L - 2:  # only tokens between [CLS] and [SEP]
             raise ConfigError("%s: data.max_predictions[%d] must be an integer in [1, seq_len "
-                              "- 2 = %d], got %r" % (path, i, L - 2, P))
-    if not 0.0 < data["masked_lm_prob"] < 1.0:
-        raise ConfigError("%s: data.masked_lm_prob must be in (0, 1)" % path)
-    for key in ("mask_token_prob", "random_token_prob", "heldout_fraction"):
-        _check_prob(path, "data." + key, data[key])
+                              "- 2 = %d], got %s" % (path, i, L - 2, json.dumps(P)))
     if data["mask_token_prob"] + data["random_token_prob"] > 1:
         raise ConfigError("%s: data.mask_token_prob + data.random_token_prob must be <= 1, "
                           "got %r + %r" % (path, data["mask_token_prob"],
                                            data["random_token_prob"]))
-    _check_int(path, "data.dupe_factor", data["dupe_factor"])
     if data["masking"] not in MASKING_MODES:
         raise ConfigError("%s: data.masking must be 'static' or 'dynamic', got %r" % (
             path, data["masking"]))
@@ -287,21 +305,14 @@ def _check_train(path, train):
     if train["optimizer"] not in ("lamb", "adamw"):
         raise ConfigError("%s: train.optimizer must be 'lamb' or 'adamw', got %r" % (
             path, train["optimizer"]))
-    for key in ("batch_size", "grad_accum_steps"):
-        if not isinstance(train[key], int) or train[key] <= 0:
-            raise ConfigError("%s: train.%s must be a positive integer" % (path, key))
-    for key in ("log_every", "save_every", "eval_every", "keep_checkpoints"):
-        _check_int(path, "train." + key, train[key])
-    _check_int(path, "train.eval_steps", train["eval_steps"], minimum=0)  # 0: no eval
     if not isinstance(train["phases"], list) or not train["phases"]:
         raise ConfigError("%s: train.phases must be a non-empty list" % path)
     phases = []
     for i, phase in enumerate(train["phases"]):
         phase = _check_keys("train.phases[%d]" % i, phase, _PHASE_REQUIRED,
                             _PHASE_OPTIONAL, path)
-        _check_int(path, "train.phases[%d].seq_len" % i, phase["seq_len"], minimum=3)
-        _check_int(path, "train.phases[%d].steps" % i, phase["steps"])
-        _check_int(path, "train.phases[%d].warmup_steps" % i, phase["warmup_steps"], minimum=0)
+        for key, spec in _TYPES["phase"].items():
+            check_value(path, "train.phases[%d].%s" % (i, key), phase[key], spec)
         if phase["warmup_steps"] > phase["steps"]:
             raise ConfigError("%s: train.phases[%d].warmup_steps=%d is longer than the phase "
                               "(steps=%d)" % (path, i, phase["warmup_steps"], phase["steps"]))
@@ -311,11 +322,11 @@ def _check_train(path, train):
     return phases
 
 
-def where(cfg):
+def where(cfg, overrides=None):
     """The config's file and --set overrides, as its ConfigErrors name them."""
-    overrides = cfg.get("overrides")
-    return "%s%s" % (cfg.get("path") or cfg["name"],
-                     " with --set " + " ".join(overrides) if overrides else "")
+    overrides = cfg.get("overrides") if overrides is None else overrides
+    return (cfg.get("path") or cfg.get("name") or "<config>") + (
+        " with --set " + " ".join(overrides) if overrides else "")
 
 
 def max_predictions_for(cfg, seq_len):
@@ -387,8 +398,7 @@ def override(cfg, overrides):
     Nothing mutates a loaded config; code that needs other settings (a
     benchmark, a quality script) derives a new one here."""
     raw = {k: v for k, v in cfg.items() if k not in ("path", "smoke", "overrides")}
-    where = "%s with --set %s" % (cfg.get("path", "<config>"), " ".join(overrides))
-    out = validate(apply_overrides(raw, overrides), where)  # keeps the name unless set
+    out = validate(apply_overrides(raw, overrides), where(cfg, overrides))  # name kept unless set
     out["path"] = cfg.get("path")
     out["smoke"] = cfg.get("smoke", False)
     out["overrides"] = list(cfg.get("overrides", ())) + list(overrides)
@@ -415,8 +425,7 @@ def load_config(name_or_path, smoke=False, overrides=()):
         if bad:
             raise ConfigError("%s: unknown key smoke.%s" % (path, sorted(bad)[0]))
         raw = _merge(raw, smoke_over)
-    where = path + (" with --set " + " ".join(overrides) if overrides else "")
-    cfg = validate(apply_overrides(raw, overrides), where)
+    cfg = validate(apply_overrides(raw, overrides), where({"path": path}, overrides))
     if smoke_over and not smoke:
         validate(_merge(raw, smoke_over), path + " (smoke)")  # catch typos early
     cfg["path"] = path

@@ -22,6 +22,12 @@ def is_remote(path):
     return "://" in str(path)
 
 
+def resolve(path):
+    """The one name of a file: a local path absolute, normalized and with its
+    symlinks resolved; a remote one as it is."""
+    return path if is_remote(path) else os.path.realpath(path)
+
+
 def _gfile():
     # lazy: TensorFlow (~3 CPU-s, ~550 MB) only for remote paths
     import tensorflow as tf

@@ -90,12 +90,27 @@ def test_run_py_as_a_script_and_as_a_module():
                 "train.batch_size=0"])
     assert bad.returncode == 2
     assert _error_line(bad) == ("error: %s with --set train.batch_size=0: train.batch_size "
-                                "must be a positive integer"
+                                "must be an integer >= 1, got 0"
                                 % os.path.join(ROOT, "configs", "roberta_tiny.json"))
     bad = _run(["-m", "pretrain.run", "--config", "roberta_tiny", "--set", "train.phases.2.steps=1"])
     assert bad.returncode == 2
     assert _error_line(bad) == ("error: --set train.phases.2.steps=1: train.phases has no "
                                 "item 2 (it has 2)")
+
+
+@pytest.mark.parametrize("item,message", [
+    ("train.batch_size=true", "train.batch_size must be an integer >= 1, got true"),
+    ("train.phases.0.learning_rate=abc",
+     'train.phases[0].learning_rate must be a number > 0, got "abc"'),
+])
+def test_a_set_value_of_the_wrong_type_stops_the_run_before_it_writes(tmp_path, item, message):
+    out = tmp_path / "out"
+    done = _run(["pretrain/run.py", "--config", "roberta_tiny.json", "--smoke", "--set", item,
+                 "--output", str(out)])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert _error_line(done) == "error: %s with --set %s: %s" % (
+        os.path.join(ROOT, "configs", "roberta_tiny.json"), item, message)
+    assert not out.exists()
 
 
 def test_preprocess_bad_set_and_bad_input_exit_2_with_the_message(tmp_path):

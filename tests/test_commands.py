@@ -34,6 +34,8 @@ CASES = {
          "--steps 1: config roberta_tiny has 2 phases"),
         (["--config", "roberta_tiny", "--smoke", "--set", "data.seq_lens=[128]"],
          "data.seq_lens and data.max_predictions"),
+        (["--config", "roberta_tiny", "--smoke", "--set", "train.phases.0.learning_rate=true",
+          "--output", "{TMP}/o"], "train.phases[0].learning_rate must be a number > 0, got true"),
     ],
     "pretrain.preprocess": [
         (["--config", "roberta_tiny", "--input", SAMPLE], "--output are required"),
@@ -44,6 +46,8 @@ CASES = {
         (["--config", "{BAD}", "--input", SAMPLE, "--output", "{TMP}/r"], "{BAD}: model.type"),
         (["--config", "roberta_tiny", "--input", SAMPLE, "--output", "{TMP}/r",
           "--set", "data.dupe_factr=2"], "unknown key data.dupe_factr"),
+        (["--config", "roberta_tiny", "--input", SAMPLE, "--output", "{TMP}/r",
+          "--set", 'data.masked_lm_prob="0.15"'], 'data.masked_lm_prob must be a number in (0, 1)'),
     ],
     "pretrain.export": [
         (["--config", "roberta_tiny"], "--output must have a value"),

@@ -1,5 +1,6 @@
 """Config loading: every shipped config validates; bad keys are named."""
 import json
+import re
 import os
 
 import pytest
@@ -91,9 +92,10 @@ def _refused(tmp_path, raw, pattern):
     ("train", "keep_checkpoints", 0, r"train\.keep_checkpoints must be an integer >= 1"),
     ("train", "save_every", 2.5, r"train\.save_every must be an integer >= 1, got 2\.5"),
     ("data", "dupe_factor", 0, r"data\.dupe_factor must be an integer >= 1"),
-    ("data", "mask_token_prob", 1.2, r"data\.mask_token_prob must be in \[0, 1\], got 1\.2"),
-    ("data", "random_token_prob", -0.1, r"data\.random_token_prob must be in \[0, 1\]"),
-    ("data", "heldout_fraction", 2, r"data\.heldout_fraction must be in \[0, 1\]"),
+    ("data", "mask_token_prob", 1.2,
+     r"data\.mask_token_prob must be a number in \[0, 1\], got 1\.2"),
+    ("data", "random_token_prob", -0.1, r"data\.random_token_prob must be a number in \[0, 1\]"),
+    ("data", "heldout_fraction", 2, r"data\.heldout_fraction must be a number in \[0, 1\)"),
     ("data", "mask_token_prob", 0.95,
      r"data\.mask_token_prob \+ data\.random_token_prob must be <= 1, got 0\.95 \+ 0\.1"),
     ("data", "max_predictions", [20, 0], r"data\.max_predictions\[1\] must be an integer "
@@ -207,9 +209,9 @@ def test_set_parses_numbers_strings_lists_and_nested_keys():
      r"train\.batch_sise \(allowed: batch_size, "),
     ("train.phases.0.stepz=1", r"unknown key train\.phases\[0\]\.stepz"),
     ("trian.batch_size=1", r"unknown top-level key 'trian'"),
-    ("train.batch_size=0", r"with --set train\.batch_size=0: train\.batch_size must be a "
-     r"positive integer"),
-    ("train.batch_size=8.5", r"train\.batch_size must be a positive integer"),
+    ("train.batch_size=0", r"with --set train\.batch_size=0: train\.batch_size must be an "
+     r"integer >= 1, got 0"),
+    ("train.batch_size=8.5", r"train\.batch_size must be an integer >= 1, got 8\.5"),
     ("data.masking=statik", r"data\.masking must be 'static' or 'dynamic', got 'statik'"),
     ("train.phases.0.steps=-5", r"train\.phases\[0\]\.steps must be an integer >= 1, got -5"),
     ("train.phases.2.steps=10", r"--set train\.phases\.2\.steps=10: train\.phases has no item 2 "
@@ -295,3 +297,106 @@ def test_steps_needs_an_update_per_phase_and_warmup_fits_its_phase(tmp_path):
     raw["train"]["phases"][1]["warmup_steps"] = raw["train"]["phases"][1]["steps"] + 1
     _refused(tmp_path, raw, r"bad\.json: train\.phases\[1\]\.warmup_steps=12501 is longer "
              r"than the phase \(steps=12500\)")
+
+
+# ---------------------------------------------------------------- value types
+
+# (dotted --set key, the value, the key as the message names it, what it expects):
+# a boolean is not a number, a string is not a number or a boolean.
+_TYPED = [
+    ("model.hidden_size", True, "model.hidden_size", "an integer >= 1"),
+    ("model.num_hidden_layers", "4", "model.num_hidden_layers", "an integer >= 1"),
+    ("model.embedding_size", True, "model.embedding_size", "an integer >= 1 or null"),
+    ("model.max_position_embeddings", 512.0, "model.max_position_embeddings", "an integer >= 1"),
+    ("model.type_vocab_size", False, "model.type_vocab_size", "an integer >= 1"),
+    ("model.hidden_dropout_prob", True, "model.hidden_dropout_prob", r"a number in \[0, 1\)"),
+    ("model.attention_probs_dropout_prob", 1.0, "model.attention_probs_dropout_prob",
+     r"a number in \[0, 1\)"),
+    ("model.initializer_range", "0.02", "model.initializer_range", "a number > 0"),
+    ("model.relative_attention_num_buckets", True, "model.relative_attention_num_buckets",
+     "an integer >= 1"),
+    ("model.with_pool", 1, "model.with_pool", "true, false or an activation name"),
+    ("tokenizer.do_lower_case", "true", "tokenizer.do_lower_case", "true or false"),
+    ("tokenizer.do_lower_case", 1, "tokenizer.do_lower_case", "true or false"),
+    ("tokenizer.simplified", 0, "tokenizer.simplified", "true or false"),
+    ("tokenizer.startswith", "[PAD]", "tokenizer.startswith", "a list of strings"),
+    ("data.masked_lm_prob", "0.15", "data.masked_lm_prob", r"a number in \(0, 1\)"),
+    ("data.masked_lm_prob", True, "data.masked_lm_prob", r"a number in \(0, 1\)"),
+    ("data.whole_word_mask", "yes", "data.whole_word_mask", "true or false"),
+    ("data.mask_token_prob", True, "data.mask_token_prob", r"a number in \[0, 1\]"),
+    ("data.heldout_fraction", True, "data.heldout_fraction", r"a number in \[0, 1\)"),
+    ("data.heldout_fraction", "0.01", "data.heldout_fraction", r"a number in \[0, 1\)"),
+    ("data.dupe_factor", True, "data.dupe_factor", "an integer >= 1"),
+    ("data.seq_lens", [True, 512], r"data.seq_lens\[0\]", "an integer >= 3"),
+    ("data.seq_lens", 128, "data.seq_lens", "a list of integers"),
+    ("data.max_predictions", [20, True], r"data.max_predictions\[1\]",
+     r"an integer in \[1, seq_len - 2 = 510\]"),
+    ("train.batch_size", True, "train.batch_size", "an integer >= 1"),
+    ("train.grad_accum_steps", True, "train.grad_accum_steps", "an integer >= 1"),
+    ("train.weight_decay", True, "train.weight_decay", "a number >= 0"),
+    ("train.beta_1", True, "train.beta_1", r"a number in \[0, 1\)"),
+    ("train.beta_2", "0.999", "train.beta_2", r"a number in \[0, 1\)"),
+    ("train.epsilon", True, "train.epsilon", "a number > 0"),
+    ("train.clip_norm", True, "train.clip_norm", "a number > 0 or null"),
+    ("train.bias_correction", 1, "train.bias_correction", "true or false"),
+    ("train.seed", True, "train.seed", "an integer >= 0"),
+    ("train.eval_steps", False, "train.eval_steps", "an integer >= 0"),
+    ("train.log_every", True, "train.log_every", "an integer >= 1"),
+    ("train.exclude_from_weight_decay", "Norm", "train.exclude_from_weight_decay",
+     "a list of strings"),
+    ("train.phases.0.learning_rate", True, r"train.phases\[0\].learning_rate", "a number > 0"),
+    ("train.phases.0.learning_rate", "abc", r"train.phases\[0\].learning_rate", "a number > 0"),
+    ("train.phases.1.end_learning_rate", True, r"train.phases\[1\].end_learning_rate",
+     "a number >= 0"),
+    ("train.phases.0.steps", True, r"train.phases\[0\].steps", "an integer >= 1"),
+    ("train.phases.0.seq_len", True, r"train.phases\[0\].seq_len", "an integer >= 3"),
+    ("train.phases.1.warmup_steps", False, r"train.phases\[1\].warmup_steps",
+     "an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("key,value,named,expect", _TYPED)
+def test_a_value_of_the_wrong_type_is_named_from_the_file_and_from_set(
+        tmp_path, key, value, named, expect):
+    raw = _base()
+    node, parts = raw, [int(k) if k.isdigit() else k for k in key.split(".")]
+    for k in parts[:-1]:
+        node = node[k]
+    node[parts[-1]] = value
+    pattern = r"%s: %s must be %s, got " % ("%s", named.replace(".", r"\."), expect)
+    _refused(tmp_path, raw, pattern % r"bad\.json")
+    item = "%s=%s" % (key, json.dumps(value))
+    with pytest.raises(ConfigError, match=pattern % (r"roberta_tiny\.json with --set "
+                                                     + re.escape(item))):
+        load_config("roberta_tiny", overrides=[item])
+
+
+@pytest.mark.parametrize("item,expect", [
+    ("train.batch_size=true", r"train\.batch_size must be an integer >= 1, got true"),
+    ("train.phases.0.learning_rate=abc",
+     r"train\.phases\[0\]\.learning_rate must be a number > 0, got \"abc\""),
+    ("train.phases.0.learning_rate=NaN", r"train\.phases\[0\]\.learning_rate must be a "
+     r"number > 0, got NaN"),
+    ("train.phases.0.learning_rate=Infinity", r"train\.phases\[0\]\.learning_rate must be "
+     r"a number > 0, got Infinity"),
+    ("data.masked_lm_prob=0", r"data\.masked_lm_prob must be a number in \(0, 1\), got 0"),
+    ("model.embedding_size=null", None),  # null: the hidden size (bert4keras)
+    ("train.clip_norm=null", None),
+    ("train.phases.0.learning_rate=1", None),  # an integer is a number
+])
+def test_set_values_are_checked_like_the_file(item, expect):
+    if expect is None:
+        load_config("roberta_tiny", smoke=True, overrides=[item])
+        return
+    with pytest.raises(ConfigError, match=r"roberta_tiny\.json with --set %s: %s" % (
+            re.escape(item), expect)):
+        load_config("roberta_tiny", smoke=True, overrides=[item])
+
+
+def test_the_simbert_section_takes_an_integer_maxlen_only():
+    from pretrain.simbert import data as simbert_data
+    for value in ("true", '"32"', "32.0"):
+        cfg = load_config("simbert_tiny", overrides=["simbert.maxlen=" + value])
+        with pytest.raises(ConfigError, match=r"simbert_tiny\.json with --set simbert\.maxlen="
+                           r".*: simbert\.maxlen must be an integer >= 2, got "):
+            simbert_data.settings(cfg)

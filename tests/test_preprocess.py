@@ -160,6 +160,10 @@ def test_bad_input_limit_and_counts(cfg, tmp_path):
     summary = preprocess.run(cfg, path, str(tmp_path / "b"), workers=1, progress=False,
                              max_bad_fraction=0.5, heldout_fraction=0.0, seq_lens=[128])
     assert summary["docs"] == 10 and summary["skipped"] == {"bad_json": 8}
+    assert summary["warnings"] == ["the held-out split is empty. heldout_fraction is 0, so no "
+                                   "document is held out: preprocess into a new --output with "
+                                   "--heldout_fraction > 0, or set train.eval_steps to 0 to "
+                                   "train without eval."]
     assert records.read_manifest(str(tmp_path / "b"), 128)["skipped"] == {"bad_json": 8}
 
 
@@ -399,3 +403,85 @@ def test_documents_tokenized_together_equal_one_by_one(cfg):
         assert ids.tolist() == ids1.tolist() and ends.tolist() == ends1.tolist(), text[:30]
         if len(ids1):
             assert (np.diff(words) != 0).tolist() == (np.diff(words1) != 0).tolist(), text[:30]
+
+
+# ---------------------------------------------------------------- the held-out split
+
+@pytest.fixture(scope="module")
+def one_document(tmp_path_factory):
+    """The small corpus as one long line: one document, which is not held out."""
+    path = tmp_path_factory.mktemp("one_doc") / "one.txt"
+    with open(SAMPLE, encoding="utf-8") as f:
+        path.write_text("".join(line.strip() for line in f.readlines()[:250]) + "\n",
+                        encoding="utf-8")
+    return str(path)
+
+
+def test_an_empty_heldout_split_is_warned_of_with_the_reason(cfg, one_document, tmp_path,
+                                                             caplog):
+    out = str(tmp_path / "out")
+    one = dict(SETTINGS, seq_lens=[128], dupe_factor=1)
+    with caplog.at_level("WARNING"):
+        summary = preprocess.run(cfg, one_document, out, workers=1, **one)
+    assert summary["docs"] == 1 and summary["heldout_docs"] == 0
+    assert summary["lengths"][128]["train"]["sequences"] > 8
+    [warning] = summary["warnings"]
+    assert warning in caplog.text
+    assert "held-out split is empty" in warning and "0 of 1 documents" in warning
+    assert "held out whole" in warning and "--heldout_fraction" in warning
+    # the trainer's refusal gives the same reason, and the flag that exists
+    with pytest.raises(records.ManifestError) as err:
+        records.check_records(out, cfg, 128, 8)
+    message = str(err.value)
+    assert "held out whole" in message and "0 of 1 documents" in message
+    assert "--eval_fraction" not in message and "heldout_fraction > 0" not in message
+
+
+def test_a_heldout_split_under_one_batch_is_warned_of(reference, cfg, small_corpus, tmp_path):
+    _, summary = reference  # ~5% of 250 documents: fewer sequences than a batch of 800
+    held = summary["lengths"][128]["heldout"]["sequences"]
+    assert 0 < held < cfg["train"]["batch_size"] == 800
+    [warning] = summary["warnings"]
+    assert ("seq_len 128: %d sequences" % held) in warning
+    assert "one batch of 800 (train.batch_size)" in warning
+    small = config.override(cfg, ["train.batch_size=2", 'data.masking="static"'])
+    quiet = preprocess.run(small, small_corpus, str(tmp_path / "out"), workers=1,
+                           **dict(SETTINGS, seq_lens=[128], dupe_factor=1))
+    assert quiet["heldout_docs"] > 0 and "warnings" not in quiet
+
+
+# ---------------------------------------------------------------- inputs by other names
+
+def test_the_same_corpus_by_another_path_resumes_and_another_corpus_is_refused(
+        cfg, tmp_path, monkeypatch):
+    (tmp_path / "adv").mkdir()
+    with open(SAMPLE, encoding="utf-8") as f:
+        lines = f.readlines()
+    (tmp_path / "base.txt").write_text("".join(lines[:60]), encoding="utf-8")
+    (tmp_path / "other.txt").write_text("".join(lines[60:120]), encoding="utf-8")
+    os.symlink(tmp_path / "base.txt", tmp_path / "adv" / "link.txt")
+    out = str(tmp_path / "out")
+    one = dict(SETTINGS, seq_lens=[128], dupe_factor=1)
+    monkeypatch.chdir(tmp_path)
+    first = preprocess.run(cfg, "base.txt", out, workers=1, **one)
+    before = read_tree(out)
+    for name, cwd in (("adv/../base.txt", tmp_path), (str(tmp_path / "base.txt"), tmp_path),
+                      ("../base.txt", tmp_path / "adv"), ("link.txt", tmp_path / "adv")):
+        monkeypatch.chdir(cwd)
+        again = preprocess.run(cfg, name, out, workers=1, **one)
+        assert again["lengths"] == first["lengths"] and read_tree(out) == before, name
+    # settings written before the names were resolved hold them as given
+    settings_path = os.path.join(out, preprocess_state.STATE_DIR, "settings.json")
+    with open(settings_path) as f:
+        settings = json.load(f)
+    assert settings["sources"][0]["path"] == str(tmp_path / "base.txt")
+    settings["sources"][0]["path"] = "base.txt"
+    with open(settings_path, "w") as f:
+        json.dump(settings, f)
+    monkeypatch.chdir(tmp_path)
+    preprocess.run(cfg, "base.txt", out, workers=1, **one)
+    with pytest.raises(preprocess.PreprocessError, match="records made with other settings: "
+                       "sources was"):
+        preprocess.run(cfg, "other.txt", out, workers=1, **one)
+    with pytest.raises(preprocess.PreprocessError, match="sources was"):
+        preprocess.run(cfg, "base.txt,other.txt", out, workers=1, **one)

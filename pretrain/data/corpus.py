@@ -48,7 +48,9 @@ BAD_REASONS = ("bad_json", "bad_utf8", "not_an_object", "no_text_field", "empty_
 # ---------------------------------------------------------------- inputs
 
 def expand_inputs(patterns):
-    """Sorted, de-duplicated files from comma-separated globs, dirs and files."""
+    """Sorted, de-duplicated files from comma-separated globs, dirs and files, by
+    their resolved names (`fs.resolve`): a file has one name and one place in
+    the order, however it was given."""
     if isinstance(patterns, str):
         patterns = [patterns]
     files = []
@@ -62,7 +64,7 @@ def expand_inputs(patterns):
         if not found:
             raise FileNotFoundError("--input %r matches no file" % pattern)
         files.extend(found)
-    return sorted(set(files))
+    return sorted({fs.resolve(f) for f in files})
 
 
 # ---------------------------------------------------------------- formats

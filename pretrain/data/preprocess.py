@@ -150,12 +150,29 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
     for L, _ in job["lengths"]:
         fs.makedirs(records.seq_dir(output_dir, L))
     try:
-        return _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
-                           max_bad_fraction, inputs)
+        summary = _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
+                              max_bad_fraction, inputs)
     except PreprocessError:
         if fresh:  # records of unusable input: leave nothing that a good corpus trips on
             preprocess_state.remove_records(output_dir)
         raise
+    return _warn_small_heldout(summary, job["eval_fraction"], cfg["train"]["batch_size"])
+
+
+def _warn_small_heldout(summary, fraction, batch_size):
+    """`summary` with a warning (also logged) if the held-out split cannot fill
+    one batch at some length: the trainer evaluates on whole batches of it."""
+    short = ["seq_len %d: %d sequences" % (L, n["heldout"]["sequences"])
+             for L, n in sorted(summary["lengths"].items())
+             if n["heldout"]["sequences"] < batch_size]
+    if not short:
+        return summary
+    what = ("is empty" if not summary["heldout_docs"] else "holds fewer sequences than one "
+            "batch of %d (train.batch_size): %s" % (batch_size, ", ".join(short)))
+    warning = "the held-out split %s. %s." % (what, records.heldout_advice(
+        fraction, summary["heldout_docs"], summary["docs"] + summary["heldout_docs"]))
+    logging.warning("preprocess: %s", warning)
+    return dict(summary, warnings=[warning])
 
 
 def _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,

@@ -238,6 +238,22 @@ def check_config(cfg):
                               % (where(cfg), i, phase["seq_len"], cfg["data"]["seq_lens"]))
 
 
+def heldout_advice(fraction, heldout_docs, docs):
+    """Why a held-out split is empty or small and what to do: preprocessing's
+    warning and the trainer's refusal say the same. `docs` counts all documents."""
+    if not fraction:
+        return ("heldout_fraction is 0, so no document is held out: preprocess into a new "
+                "--output with --heldout_fraction > 0, or set train.eval_steps to 0 to train "
+                "without eval")
+    return ("%d of %d documents are held out at heldout_fraction %g: documents are held out "
+            "whole, so a corpus of few or large documents gets few or none. Give more "
+            "documents, split the text into documents (one a line: --input_format lines; "
+            "blank-line separated: --input_format paragraphs) or preprocess into a new "
+            "--output with a larger --heldout_fraction; or set train.eval_steps to 0 to train "
+            "without eval"
+            % (heldout_docs, docs, fraction))
+
+
 def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
     """What a run needs from the records of one length, checked before its first step.
 
@@ -251,8 +267,10 @@ def check_records(data_dir, cfg, seq_len, batch_size, splits=("train", "eval")):
     for split in splits:
         examples = manifest[split]["examples"]
         if examples < batch_size:
-            hint = (" (preprocess with --heldout_fraction > 0, or set train.eval_steps to 0 "
-                    "to train without eval)" if split == "eval" else "")
+            held = manifest.get("eval_docs", 0)
+            hint = (" (%s)" % heldout_advice(manifest.get("eval_fraction"), held,
+                                             manifest.get("docs", 0) + held)
+                    if split == "eval" else "")
             problems.append("the %s split has %d examples, fewer than one batch of %d%s"
                             % ("heldout" if split == "eval" else split, examples,
                                batch_size, hint))

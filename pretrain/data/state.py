@@ -79,6 +79,8 @@ def settings_change(old, new):
     """'key was A, now B; ...' for settings that differ (None if none do).
     A length not made yet is no change; another P for a made length is."""
     old = dict({"masking": "static"}, **old)  # records made before dynamic masking existed
+    # Settings written before sources were resolved hold the names as given.
+    old["sources"] = [dict(s, path=fs.resolve(s["path"])) for s in old.get("sources", [])]
     old_p, new_p = dict(map(tuple, old.get("lengths", []))), dict(map(tuple, new["lengths"]))
     diffs = ["max_predictions at seq_len %s was %s, now %s" % (L, old_p[L], P)
              for L, P in sorted(new_p.items()) if L in old_p and old_p[L] != P]

@@ -21,7 +21,7 @@ from absl import logging
 
 from pretrain import fs
 from pretrain.data import corpus
-from pretrain.config import ConfigError, resolve_path, where
+from pretrain.config import ConfigError, check_value, resolve_path, where
 from pretrain.errors import PretrainError
 from pretrain.data.tokenization import load_vocab
 
@@ -42,9 +42,7 @@ def settings(cfg):
             raise ConfigError("%s: unknown key simbert.%s (allowed: %s)"
                               % (where(cfg), key, ", ".join(sorted(SETTINGS))))
     maxlen = section["maxlen"]
-    if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 2:
-        raise ConfigError("%s: simbert.maxlen must be an integer >= 2, got %r"
-                          % (where(cfg), maxlen))
+    check_value(where(cfg), "simbert.maxlen", maxlen, ("int", 2))
     for i, phase in enumerate(cfg["train"]["phases"]):
         if 2 * maxlen - 1 > phase["seq_len"]:
             raise ConfigError("%s: simbert.maxlen=%d needs train.phases[%d].seq_len >= %d for "
