@@ -31,6 +31,7 @@ from pretrain.data import preprocess, records  # noqa: E402
 from pretrain.simbert import data as simbert_data  # noqa: E402
 from pretrain.config import ConfigError, as_overrides, load_config, override, where  # noqa: E402
 from pretrain.runtime import tpu_runtime  # noqa: E402
+from pretrain.training import disk  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -59,6 +60,10 @@ def define_flags():
     flags.DEFINE_bool("allow_train_changes", False, "Resume although the config's train section "
                       "changed (e.g. more steps in the last phase); batch_size, grad_accum_steps, "
                       "seed and a phase's name/seq_len can never change.")
+    flags.DEFINE_bool("skip_space_check", False, "Start although the free space of a local "
+                      "--output's filesystem is below what the run will write (checkpoints "
+                      "kept per phase, an export per phase, a margin); by default the run "
+                      "stops at start and says both figures.")
     cli.define_set_flag()
     flags.mark_flag_as_required("config")
 
@@ -179,6 +184,7 @@ def run(cfg):
     start_phase = _phase_index(cfg, FLAGS.phase)
     if output.startswith("gs://"):
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
+    disk.check_output(cfg, output, FLAGS.skip_space_check)  # writable, room, no partial saves
     # lazy: TensorFlow loads only after the config, flags and paths are checked
     from pretrain.training import trainer as train
     from pretrain.runtime.strategy import (check_paths_for_hosts, choose_precision,
