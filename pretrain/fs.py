@@ -61,13 +61,13 @@ def _nearest_existing(path):
 
 def refused_write(error, path, flag="--output", what=None, needed=None):
     """The OutputWriteError for `error` (see `write_refusal`) under output `path`,
-    naming the file it failed on and the bytes `needed` (when known) and free;
-    None if `error` is something else."""
+    naming what was written (`what`, else the file the error names) and the
+    bytes `needed` (when known) and free; None if `error` is something else."""
     cause = write_refusal(error)
     if cause is None:
         return None
-    failed = getattr(error, "filename", None)
-    if failed is None:  # TensorFlow names the file in its message
+    failed = None if what else getattr(error, "filename", None)
+    if failed is None and not what:  # TensorFlow names the file in its message
         found = re.search(re.escape(str(path)) + r"[^\s;,'\"]*", str(error))
         failed = found.group(0) if found else None
     full = cause not in ("read-only file system", "permission denied")

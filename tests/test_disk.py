@@ -147,3 +147,39 @@ def test_preprocessing_removes_its_own_leftover_tmp_files_only(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     assert [p for p in leftovers if os.path.exists(p)] == []
     assert all(os.path.exists(p) for p in kept)
+
+
+def _file_size_limit(limit):
+    """preexec_fn: writes past `limit` bytes fail with EFBIG (SIGXFSZ ignored,
+    which exec keeps), as on a quota: no mount needed."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_file_size_limit_during_preprocessing_ends_in_one_line(tmp_path):
+    output = str(tmp_path / "records")
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "pretrain.preprocess", "--config", "roberta_tiny", "--input",
+         SAMPLE, "--output", output, "--seq_lens", "128", "--workers", "1", "--noprogress"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        preexec_fn=_file_size_limit(64 << 10))
+    line = _one_error_line(done, output)
+    assert "file too large" in line, line
+    assert _temporaries(output) == []
+
+
+@pytest.mark.parametrize("name", ["roberta_tiny", "t5s_tiny", "simbert_tiny"])
+def test_the_start_up_estimate_counts_the_parameters_the_trainer_saves(name):
+    """Against the model bert4keras builds: within 1%."""
+    from pretrain.config import load_config
+    from pretrain.models import build
+    from pretrain.training import disk
+    cfg = load_config(name)
+    built = build.build_model(cfg, check_vocab=False).encoder.count_params()
+    assert abs(disk.estimated_params(cfg) - built) < 0.01 * built

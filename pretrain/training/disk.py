@@ -117,7 +117,12 @@ def saving(directory, step, cfg, output):
         partial = fs.join(directory, "ckpt-%d_temp" % step)
         if fs.isdir(partial):
             fs.rmtree(partial)
-        raise refused from e
+        raise _resumable(refused) from e
+
+
+def _resumable(refused):
+    return fs.OutputWriteError("%s; the partial save is removed: rerun the same command to "
+                               "resume from the last checkpoint" % refused)
 
 
 def ends_cleanly(method):
@@ -134,5 +139,5 @@ def ends_cleanly(method):
                 raise
             if getattr(self, "is_chief", True):
                 remove_partial_checkpoints(self.output_dir)
-            raise refused from e
+            raise _resumable(refused) from e
     return run
