@@ -33,20 +33,22 @@ def estimated_params(cfg):
     the config alone: the layers of `models.build` counted by their shapes."""
     m = cfg["model"]
     h, f, V = m["hidden_size"], m["intermediate_size"], m["vocab_size"]
-    e = m.get("embedding_size") or h
+    e = m["embedding_size"] or h
     heads = m["num_attention_heads"]
-    inner = heads * (m.get("attention_head_size") or h // heads)
+    inner = heads * (m["attention_head_size"] or h // heads)
     gates = len(m["hidden_act"]) if isinstance(m["hidden_act"], list) else 1
     mapping = e * h + h if e != h else 0
     if m["type"] == "t5s":  # no biases, RMS norms (a scale), relative position buckets
         layer = 4 * h * inner + 2 * h + gates * h * f + f * h
-        rest = (V + m.get("type_vocab_size", 3)) * e + mapping + h + (
-            m.get("relative_attention_num_buckets", 32) * heads)
-        return m["num_hidden_layers"] * layer + rest + h * e + e
-    layer = 4 * (h * inner + inner) - 3 * inner + 3 * h + gates * (h * f + f) + f * h + 2 * h
-    embeddings = (V + m.get("type_vocab_size", 2) + m.get("max_position_embeddings", 512)) * e
+        rest = (V + m["type_vocab_size"]) * e + mapping + h + (
+            m["relative_attention_num_buckets"] * heads)
+        head = h * e + e + e + V  # MLM dense (biased), its norm's scale, output bias
+        return m["num_hidden_layers"] * layer + rest + head
+    attention = 3 * (h * inner + inner) + inner * h + h  # query, key, value; output
+    layer = attention + gates * (h * f + f) + f * h + h + 2 * 2 * h  # FFN, two norms
+    embeddings = (V + m["type_vocab_size"] + m["max_position_embeddings"]) * e
     head = h * e + e + 2 * e + V  # MLM dense, norm, output bias (the embedding is tied)
-    pool = h * h + h if m.get("with_pool") else 0
+    pool = h * h + h if m["with_pool"] else 0
     return m["num_hidden_layers"] * layer + embeddings + 2 * e + mapping + head + pool
 
 
