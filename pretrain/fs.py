@@ -70,15 +70,17 @@ def refused_write(error, path, flag="--output", what=None, needed=None):
     if failed is None and not what:  # TensorFlow names the file in its message
         found = re.search(re.escape(str(path)) + r"[^\s;,'\"]*", str(error))
         failed = found.group(0) if found else None
+    if cause == "permission denied" and not what and not str(failed).startswith(str(path)):
+        return None  # a file it may not read, say: not the output's doing
     full = cause not in ("read-only file system", "permission denied")
     free = free_bytes(path) if full else None
     sizes = ", ".join(s for s in ("needs about %s" % _mb(needed) if needed else None,
                                   "%s free" % _mb(free) if free is not None else None) if s)
-    return OutputWriteError("%s %s: %s%s%s%s; %s another %s" % (
+    return OutputWriteError("%s %s: %s%s%s%s; %s %s" % (
         flag, path, cause, " " + what if what else "",
         " (at %s)" % failed if failed and failed != str(path) else "",
         " (%s)" % sizes if sizes else "",
-        "free some space or choose" if full else "choose a writable", flag))
+        "free some space or choose another" if full else "choose a writable", flag))
 
 
 def _mb(n):

@@ -183,3 +183,22 @@ def test_the_start_up_estimate_counts_the_parameters_the_trainer_saves(name):
     cfg = load_config(name)
     built = build.build_model(cfg, check_vocab=False).encoder.count_params()
     assert abs(disk.estimated_params(cfg) - built) < 0.01 * built
+
+
+def test_only_refused_writes_under_the_output_become_its_error(tmp_path):
+    """A file the run may not read (its data) is not the output's fault; a
+    refused write under the output is, and the message says where and why."""
+    import errno
+    from pretrain import fs
+    out = str(tmp_path / "run")
+    denied = PermissionError(errno.EACCES, "Permission denied", "/data/part-00000")
+    assert fs.refused_write(denied, out) is None
+    assert fs.refused_write(FileNotFoundError(errno.ENOENT, "No such file", out), out) is None
+    under = PermissionError(errno.EACCES, "Permission denied", os.path.join(out, "run.json"))
+    assert str(fs.refused_write(under, out)) == (
+        "--output %s: permission denied (at %s/run.json); choose a writable --output"
+        % (out, out))
+    full = str(fs.refused_write(OSError(errno.ENOSPC, "No space left on device"), out,
+                                needed=5e6))
+    assert full.startswith("--output %s: no space left on device (needs about 5.0 MB, " % out)
+    assert full.endswith(" MB free); free some space or choose another --output")
