@@ -6,16 +6,102 @@ code that only ever sees local paths (preprocessing workers, config loading)
 never imports TensorFlow. `open` reads and writes text as UTF-8.
 """
 import builtins
+import errno
 import glob as globlib
 import os
 import posixpath
+import re
 import shutil
+import tempfile
 
 from pretrain.errors import PretrainError
 
 
 class OutputPathError(PretrainError, ValueError):
     """An output path that cannot be a directory."""
+
+
+class OutputWriteError(PretrainError, RuntimeError):
+    """The filesystem of an output refused a write: it is full or read-only."""
+
+
+# errno (OSError) and the text TensorFlow's errors carry (ResourceExhausted,
+# PermissionDenied, ...) for a refused write, and the cause a message gives.
+_REFUSALS = ((errno.ENOSPC, "No space left on device", "no space left on device"),
+             (errno.EDQUOT, "Disk quota exceeded", "disk quota exceeded"),
+             (errno.EFBIG, "File too large", "file too large for this filesystem or limit"),
+             (errno.EROFS, "Read-only file system", "read-only file system"),
+             (errno.EACCES, "Permission denied", "permission denied"))
+
+
+def write_refusal(error):
+    """The cause (say "no space left on device") when `error`, an OSError or a
+    TensorFlow error, is a write the filesystem refused; else None."""
+    if isinstance(error, OSError):
+        return next((cause for number, _, cause in _REFUSALS if error.errno == number), None)
+    if any(c.__name__ == "OpError" for c in type(error).__mro__):  # tf.errors, by name: no TF here
+        return next((cause for _, text, cause in _REFUSALS if text in str(error)), None)
+    return None
+
+
+def free_bytes(path):
+    """Free bytes on the filesystem that holds (or would hold) local `path`; None
+    for a remote one."""
+    if is_remote(path):
+        return None
+    return shutil.disk_usage(_nearest_existing(path)).free
+
+
+def _nearest_existing(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def refused_write(error, path, flag="--output", what=None, needed=None):
+    """The OutputWriteError for `error` (see `write_refusal`) under output `path`,
+    naming what was written (`what`, else the file the error names) and the
+    bytes `needed` (when known) and free; None if `error` is something else."""
+    cause = write_refusal(error)
+    if cause is None:
+        return None
+    failed = None if what else getattr(error, "filename", None)
+    if failed is None and not what:  # TensorFlow names the file in its message
+        found = re.search(re.escape(str(path)) + r"[^\s;,'\"]*", str(error))
+        failed = found.group(0) if found else None
+    if cause == "permission denied" and not what and not str(failed).startswith(str(path)):
+        return None  # a file it may not read, say: not the output's doing
+    full = cause not in ("read-only file system", "permission denied")
+    free = free_bytes(path) if full else None
+    sizes = ", ".join(s for s in ("needs about %s" % _mb(needed) if needed else None,
+                                  "%s free" % _mb(free) if free is not None else None) if s)
+    return OutputWriteError("%s %s: %s%s%s%s; %s %s" % (
+        flag, path, cause, " " + what if what else "",
+        " (at %s)" % failed if failed and failed != str(path) else "",
+        " (%s)" % sizes if sizes else "",
+        "free some space or choose another" if full else "choose a writable", flag))
+
+
+def _mb(n):
+    return "%.1f MB" % (n / 1e6)
+
+
+def check_writable(path, flag="--output"):
+    """Raise OutputWriteError unless a file can be created in local `path` (or
+    where it would be made): a read-only output fails at start, not hours in."""
+    if is_remote(path):
+        return
+    where = _nearest_existing(path)
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".pretrain-write-check-", dir=where)
+    except OSError as e:
+        if write_refusal(e) is None:
+            raise
+        raise OutputWriteError("%s %s: %s: cannot create a file in %s; choose a writable "
+                               "directory" % (flag, path, write_refusal(e), where)) from None
+    os.close(handle)
+    os.remove(probe)
 
 
 def is_remote(path):

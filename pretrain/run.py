@@ -32,6 +32,7 @@ from pretrain.simbert import data as simbert_data  # noqa: E402
 from pretrain.config import (ConfigError, as_overrides, load_config, override,  # noqa: E402
                              resolve_path, where)  # noqa: E402
 from pretrain.runtime import tpu_runtime  # noqa: E402
+from pretrain.training import disk  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -64,6 +65,10 @@ def define_flags():
                       "than the run was trained on (the run dir records their fingerprint: "
                       "manifest settings, shard names and sizes); the resumed run is then not "
                       "the exact continuation.")
+    flags.DEFINE_bool("skip_space_check", False, "Start although the free space of a local "
+                      "--output's filesystem is below what the run will write (checkpoints "
+                      "kept per phase, an export per phase, a margin); by default the run "
+                      "stops at start and says both figures.")
     cli.define_set_flag()
     flags.mark_flag_as_required("config")
 
@@ -195,6 +200,7 @@ def run(cfg):
     start_phase = _phase_index(cfg, FLAGS.phase)
     if output.startswith("gs://"):
         gcs.preflight(output)  # fail in seconds, not after building a model on a TPU
+    disk.check_output(cfg, output, FLAGS.skip_space_check)  # writable, room, no partial saves
     # lazy: TensorFlow loads only after the config, flags and paths are checked
     from pretrain.training import trainer as train
     from pretrain.runtime.strategy import (check_paths_for_hosts, choose_precision,

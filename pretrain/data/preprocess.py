@@ -143,19 +143,24 @@ def run(cfg, inputs, output_dir, seq_lens=None, dupe_factor=None, workers=1, see
         else:  # lengths may be added: the settings file lists all made so far
             settings = dict(settings, lengths=sorted(
                 {tuple(x) for x in old["lengths"]} | {tuple(x) for x in settings["lengths"]}))
-    fs.makedirs(state)
-    with fs.open(settings_path + ".tmp", "w") as f:
-        json.dump(settings, f, indent=1, sort_keys=True)
-    fs.rename(settings_path + ".tmp", settings_path)
-    for L, _ in job["lengths"]:
-        fs.makedirs(records.seq_dir(output_dir, L))
+    preprocess_state.remove_temporaries(output_dir)
     try:
+        fs.makedirs(state)
+        preprocess_state.write_json(settings_path, settings, indent=1, sort_keys=True)
+        for L, _ in job["lengths"]:
+            fs.makedirs(records.seq_dir(output_dir, L))
         summary = _run_chunks(job, vocab, files, tasks, chunks, settings, workers, progress,
                               max_bad_fraction, inputs)
     except PreprocessError:
         if fresh:  # records of unusable input: leave nothing that a good corpus trips on
             preprocess_state.remove_records(output_dir)
         raise
+    except OSError as e:  # a full or read-only disk: one line, naming it
+        refused = fs.refused_write(e, output_dir)  # the free space at the failure
+        preprocess_state.remove_temporaries(output_dir)  # of workers stopped mid-shard
+        if refused is None:
+            raise
+        raise refused from e
     return _warn_small_heldout(summary, job["eval_fraction"], cfg["train"]["batch_size"])
 
 

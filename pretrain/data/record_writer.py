@@ -5,6 +5,7 @@ The features are `records.FEATURES` (static masking) or
 `records.DYNAMIC_FEATURES`; the bytes equal what `tf.train.Example` and
 `tf.io.TFRecordWriter` write for the same values.
 """
+import contextlib
 import struct
 
 import google_crc32c
@@ -19,6 +20,8 @@ except ImportError:  # no wheel for this platform
 
 from pretrain import fs
 from pretrain.data.records import mask_crc
+
+TEMP_SUFFIX = ".tmp"  # a shard being written: PATH.tmp, renamed to PATH when complete
 
 
 # ---------------------------------------------------------------- writing
@@ -264,16 +267,29 @@ def _framed(rows):
     return out
 
 
+@contextlib.contextmanager
+def _naming(path):
+    """An OSError without a file name (a write or close on a full disk) gets
+    `path`, so the message can say which output refused it."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
+
+
 class ShardWriter(object):
     """Writes one shard under a temporary name; `commit()` renames it into place.
 
     A shard is therefore either complete under its final name or absent: a
-    killed run never leaves a truncated shard that a resume would trust.
+    killed run never leaves a truncated shard that a resume would trust (its
+    temporary, `TEMP_SUFFIX`, is removed by the next run: `state.remove_temporaries`).
     """
 
     def __init__(self, path, compress):
         self.path = path
-        self.tmp_path = path + ".tmp"
+        self.tmp_path = path + TEMP_SUFFIX
         self.count = 0
         self.size = None  # bytes on disk, known at commit; the manifest records it
         self._raw = fs.open(self.tmp_path, "wb")
@@ -300,21 +316,25 @@ class ShardWriter(object):
             self._flush()
 
     def _flush(self):
-        self._out.write(b"".join(x.tobytes() for x in self._buffer))
+        with _naming(self.tmp_path):
+            self._out.write(b"".join(x.tobytes() for x in self._buffer))
         self._buffer, self._buffered = [], 0
 
     def commit(self):
         self._flush()
-        if self._out is not self._raw:
-            self._out.close()
-        self.size = self._raw.tell()
-        self._raw.close()
+        with _naming(self.tmp_path):
+            if self._out is not self._raw:
+                self._out.close()
+            self.size = self._raw.tell()
+            self._raw.close()
         fs.rename(self.tmp_path, self.path)
 
     def abort(self):
-        try:
-            if self._out is not self._raw:
-                self._out.close()
-            self._raw.close()
-        finally:
-            fs.remove(self.tmp_path, missing_ok=True)
+        """Delete the temporary file. Closing it may fail as its write did (a
+        full disk): the file goes all the same, and the first error is the one raised."""
+        for f in (self._out, self._raw):
+            try:
+                f.close()
+            except OSError:
+                pass
+        fs.remove(self.tmp_path, missing_ok=True)

@@ -9,15 +9,61 @@ whose shards have the sizes it recorded (`done_chunks`), so a truncated shard
 is rewritten; other settings are refused with a message naming the old and
 new values and the flags that give the old ones (`settings_change`,
 `old_flags`).
+
+Every file is written under a temporary name (`PATH.tmp`) and renamed when
+complete; the next run removes the temporaries a killed one left
+(`remove_temporaries`).
 """
 import collections
 import hashlib
 import json
+import re
+
+from absl import logging
 
 from pretrain import fs
 from pretrain.data import records
 
 STATE_DIR = ".preprocess"
+
+
+# The temporaries this command writes, and nothing else: shards
+# (records.shard_name), manifests, chunk markers and the settings file.
+_SEQ_TEMPORARY = re.compile(r"((part|eval)-\d{5}-of-\d{5}\.tfrecord(\.gz)?|%s)\.tmp$"
+                            % re.escape(records.MANIFEST))
+_STATE_TEMPORARY = re.compile(r"(chunk-\d{5}|settings)\.json\.tmp$")
+
+
+def remove_temporaries(output):
+    """Delete the temporary files a killed or failed run left in records dir
+    `output` (only names this command writes); returns their paths."""
+    found = []
+    if not fs.isdir(output):
+        return found
+    for name in fs.listdir(output):
+        pattern = (_STATE_TEMPORARY if name == STATE_DIR else _SEQ_TEMPORARY
+                   if re.match(r"seq\d+$", name) else None)
+        if pattern is not None and fs.isdir(fs.join(output, name)):
+            found += [fs.join(output, name, n) for n in fs.listdir(fs.join(output, name))
+                      if pattern.match(n)]
+    for path in found:
+        fs.remove(path)
+    if found:
+        logging.info("preprocess: removed %d temporary files a stopped run left in %s",
+                     len(found), output)
+    return found
+
+
+def write_json(path, value, **dump_args):
+    """Write `value` to `path` whole or not at all: a temporary file renamed
+    into place, deleted if the write fails (a full disk)."""
+    try:
+        with fs.open(path + ".tmp", "w") as f:
+            json.dump(value, f, **dump_args)
+    except BaseException:
+        fs.remove(path + ".tmp", missing_ok=True)
+        raise
+    fs.rename(path + ".tmp", path)
 
 
 def marker_path(output, chunk_index):

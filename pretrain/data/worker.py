@@ -235,8 +235,6 @@ def process_task(chunks):
             if fs.exists(marker):  # done before for other lengths: keep those
                 with fs.open(marker) as f:
                     stats["lengths"] = dict(json.load(f)["lengths"], **stats["lengths"])
-            with fs.open(marker + ".tmp", "w") as f:
-                json.dump(stats, f, sort_keys=True)
-            fs.rename(marker + ".tmp", marker)
+            preprocess_state.write_json(marker, stats, sort_keys=True)
         results.append(stats)
     return results

@@ -32,6 +32,7 @@ from pretrain.runtime import compat
 from pretrain.models import dropout
 from pretrain.training import inputs
 from pretrain.models import costs
+from pretrain.training import disk
 from pretrain.training import monitor
 from pretrain.training import optim
 from pretrain.training import run_dir
@@ -160,9 +161,6 @@ def make_eval_fn(strategy, task, xla):
 
 
 # --------------------------------------------------------------------------
-# Data per phase
-# --------------------------------------------------------------------------
-# --------------------------------------------------------------------------
 # The loop over phases
 # --------------------------------------------------------------------------
 class Trainer(object):
@@ -172,6 +170,7 @@ class Trainer(object):
     trainer builds its model under `strategy`).
     """
 
+    @disk.ends_cleanly  # a full or read-only disk: one line, no partial checkpoint
     def __init__(self, cfg, task, output_dir, strategy=None, init_checkpoint=None,
                  steps_per_loop=100, precision="fp32", xla=None, allow_train_changes=False,
                  allow_data_change=False):
@@ -221,7 +220,8 @@ class Trainer(object):
 
     def _save(self, manager, phase, step):
         """Save at `step`; the path of the checkpoint the chief keeps."""
-        path = manager.save(checkpoint_number=step)
+        with disk.saving(manager.directory, step, self.cfg, self.output_dir):
+            path = manager.save(checkpoint_number=step)
         if not self.is_chief:
             shutil.rmtree(os.path.dirname(manager.directory), ignore_errors=True)
         return os.path.join(self._phase_dir(phase), os.path.basename(path))
@@ -460,6 +460,7 @@ class Trainer(object):
                                     self.record)
 
     # -- all phases ----------------------------------------------------------
+    @disk.ends_cleanly
     def run(self, start_phase=0):
         with self._signals_stop_the_loop():
             self._start(start_phase)
