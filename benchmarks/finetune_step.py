@@ -22,7 +22,7 @@ from pretrain.export import writer as export
 from pretrain.finetune import classifier as finetune
 from pretrain.models import build as models
 from pretrain.training import optim
-from pretrain.training import trainer as train
+from pretrain.training import step as train_step
 from pretrain.config import load_config  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -56,7 +56,7 @@ def main(argv):
     optimizer = optim.AdamW(optim.WarmupLinearDecay(1e-4, steps * epochs), bias_correction=True,
                             clip_norm=finetune.CLIP_NORM)
     optimizer._create_all_weights(variables)
-    loop = train.make_train_loop(strategy, train.make_replica_step(
+    loop = train_step.make_train_loop(strategy, train_step.make_replica_step(
         task, optimizer, variables, 0, dropout.rng_alg(FLAGS.xla)), task.metrics, FLAGS.xla)
     iterator = iter(batches)
     t0 = time.perf_counter()

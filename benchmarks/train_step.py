@@ -28,7 +28,7 @@ from pretrain import model_summary
 from pretrain.models import build as models
 from pretrain.training import optim
 from pretrain.training import tasks
-from pretrain.training import trainer as train
+from pretrain.training import step as train_step
 from pretrain.training.acceptance import matmul_peak
 from pretrain.config import load_config, max_predictions_for  # noqa: E402
 
@@ -84,7 +84,7 @@ def time_step(cfg, task_cls, stack, steps, xla, rng_alg):
     task.attach(models.build_model(cfg))
     variables = task.model.trainable_variables
     optimizer = optim.make_optimizer(cfg, cfg["train"]["phases"][0])
-    step = tf.function(train.make_replica_step(task, optimizer, variables,
+    step = tf.function(train_step.make_replica_step(task, optimizer, variables,
                                                rng_alg=rng_alg), jit_compile=xla)
     for _ in range(2):
         loss, _, _ = step(stack)

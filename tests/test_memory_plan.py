@@ -80,7 +80,7 @@ _STEP = textwrap.dedent("""
     from pretrain.config import load_config, max_predictions_for
     from pretrain.models import build
     from pretrain.runtime import compat
-    from pretrain.training import optim, tasks, trainer
+    from pretrain.training import optim, step as train_step, tasks
     b, L = int(sys.argv[1]), int(sys.argv[2])
     cfg = load_config("roberta_tiny")
     P, V = max_predictions_for(cfg, L), cfg["model"]["vocab_size"]
@@ -95,7 +95,7 @@ _STEP = textwrap.dedent("""
     task.attach(bundle)
     opt = optim.make_optimizer(cfg, cfg["train"]["phases"][0])
     opt._create_all_weights(task.model.trainable_variables)
-    step = tf.function(trainer.make_replica_step(task, opt, task.model.trainable_variables),
+    step = tf.function(train_step.make_replica_step(task, opt, task.model.trainable_variables),
                        jit_compile=compat.cpu_xla())  # the trainer's choice on a CPU
     # The resident size is sampled, not read from ru_maxrss: a peak reached
     # before the step (or a kernel that keeps no high-water mark) hides the

@@ -14,6 +14,7 @@ from pretrain.runtime import compat
 from pretrain.models import dropout
 from pretrain.training import tasks
 from pretrain.training import trainer as train
+from pretrain.training import step as train_step
 from pretrain.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +75,7 @@ def _one_update(cfg, stack):
     task.attach(bundle)
     variables = task.model.trainable_variables
     optimizer = optim.make_optimizer(cfg, cfg["train"]["phases"][0])
-    step = train.make_replica_step(task, optimizer, variables)
+    step = train_step.make_replica_step(task, optimizer, variables)
     before = [v.numpy() for v in variables]
     loss, _, norm = tf.function(step, jit_compile=compat.cpu_xla())(stack)
     after = [v.numpy() for v in variables]

@@ -8,7 +8,7 @@ The model is what a bert4keras user builds: `build_transformer_model(config,
 checkpoint)` from the export, the last hidden state of the first token
 ([CLS]; the first token of a T5s too), dropout and a softmax layer. Training
 reuses the pretraining trainer's strategy and compiled step
-(`strategy.make_strategy`, `train.make_replica_step`, `make_train_loop`; XLA on one
+(`strategy.make_strategy`, `step.make_replica_step`, `make_train_loop`; XLA on one
 device), with AdamW from `pretrain.training.optim` (bias-corrected, weight decay 0.01
 except norms and biases, global-norm clip 1.0) and warmup then linear decay.
 Shapes are static: sequences padded to --maxlen, train batches full (the
@@ -42,9 +42,10 @@ from pretrain.training import inputs
 from pretrain.models import build as models
 from pretrain.training import optim
 from pretrain.training import tasks
-from pretrain.training import trainer as train
+from pretrain.training import step as train_step
 from pretrain.runtime.strategy import use_xla
 from pretrain.config import ConfigError
+from pretrain.errors import TrainingError
 
 BASELINES = ("majority", "tfidf_lr", "random_init")
 CLIP_NORM = 1.0
@@ -247,7 +248,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
             args["batch_size"], len(data["train"]["labels"])))
     optimizer = _optimizer(args, strategy, variables, steps * args["epochs"])
     compiled = xla or isinstance(strategy, tf.distribute.TPUStrategy)
-    loop = train.make_train_loop(strategy, train.make_replica_step(
+    loop = train_step.make_train_loop(strategy, train_step.make_replica_step(
         task, optimizer, variables, args["seed"], dropout.rng_alg(compiled)), task.metrics, xla)
     predict = make_predict(strategy, model, args["batch_size"], xla)
     writers = {s: tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard", s))
@@ -258,7 +259,7 @@ def fit(args, strategy, data, source, out_dir, random_init=False, log=print):
         losses, sums, lr = _epoch(loop, iterator, steps, "%sepoch %d/%d" % (
             "random init " if random_init else "", epoch, args["epochs"]))
         if not np.all(np.isfinite(losses)):
-            raise train.TrainingError("the loss became %s in epoch %d; lower --learning_rate"
+            raise TrainingError("the loss became %s in epoch %d; lower --learning_rate"
                                       % (losses[~np.isfinite(losses)][0], epoch))
         probs = predict(data["dev"])
         dev = finetune_baselines.scores(data["dev"]["labels"], probs.argmax(-1))

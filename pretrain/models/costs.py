@@ -5,7 +5,7 @@ computes. The memory plan is analytic too: per replica it adds
 
 - weights: the fp32 variables (under mixed bf16 also a bf16 copy for compute);
 - gradients: two fp32 copies (the sum over micro-batches and the one being
-  computed, `trainer.make_replica_step`);
+  computed, `step.make_replica_step`);
 - optimizer slots: LAMB and AdamW keep m and v per weight (`training/optim.py`);
 - activations: what the backward pass keeps per sequence of a micro-batch
   (`activation_elements`), times the micro-batch.
