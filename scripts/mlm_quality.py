@@ -22,6 +22,8 @@ FLAGS = flags.FLAGS
 def define_flags():
     flags.DEFINE_string("config", "roberta_tiny", "Model config to train.")
     flags.DEFINE_string("corpus", None, "Corpus files/globs (any format preprocess reads).")
+    flags.DEFINE_string("run", None, "Instead of training: report the held-out curve of this "
+                        "run dir (e.g. one of pretrain/run.py) and draw RUN/curves.png.")
     flags.DEFINE_string("output", "runs/mlm_quality", "Work dir: records/, run/.")
     flags.DEFINE_integer("steps", 2000, "Optimizer updates.")
     flags.DEFINE_integer("batch_size", 32, "Sequences per update.")
@@ -63,10 +65,11 @@ def main(argv):
     from pretrain.data import preprocess
     from pretrain.training import trainer as train
     from pretrain.training.tasks import MlmTask
-    import plot_curves
 
+    if FLAGS.run:
+        return report(FLAGS.run, os.path.join(FLAGS.run, "curves.png"))
     if not FLAGS.corpus:
-        raise app.UsageError("--corpus is required")
+        raise app.UsageError("--corpus (or --run) is required")
     os.makedirs(FLAGS.output, exist_ok=True)
     cfg = quality_config()
     records = os.path.join(FLAGS.output, "records")
@@ -78,14 +81,19 @@ def main(argv):
     run_dir = os.path.join(FLAGS.output, "run")
     trainer = train.Trainer(cfg, MlmTask(cfg, records), run_dir, steps_per_loop=FLAGS.steps_per_loop)
     export = trainer.run()[-1]
+    report(run_dir, os.path.join(FLAGS.output, "curves.png"))
+    print("export:", export)
+
+
+def report(run_dir, png):
+    """Print the held-out curve of `run_dir` by kind against the frequency
+    baseline, and draw it into `png`."""
+    import plot_curves
     curves = plot_curves.read_scalars(os.path.join(run_dir, "tensorboard", "eval"))
-    chance = 1.0 / cfg["model"]["vocab_size"]
     baseline = {k: (curves.get(k) or [(0, float("nan"))])[-1][1]
                 for k in ("baseline_acc", "baseline_loss")}
-    print("\nheld-out MLM (%d batches of %d), chance accuracy %.5f; frequency baseline "
-          "on the [MASK] positions: accuracy %.4f, loss %.4f" % (
-              FLAGS.eval_steps, FLAGS.batch_size, chance, baseline["baseline_acc"],
-              baseline["baseline_loss"]))
+    print("\nheld-out MLM of %s; frequency baseline on the [MASK] positions: accuracy %.4f, "
+          "loss %.4f" % (run_dir, baseline["baseline_acc"], baseline["baseline_loss"]))
     print("accuracy and loss over all selected positions, then by kind: [MASK], kept, random")
     print("%8s" % "step" + "".join("%10s" % k for k in ("loss", "acc", "acc_mask", "acc_kept",
                                                           "acc_rand", "loss_mask")))
@@ -96,10 +104,8 @@ def main(argv):
         print("%8d" % step + "".join("%10.4f" % c.get(step, float("nan")) for c in columns))
     print("watch acc_mask against the baseline %.4f: above it, the model has learned more "
           "than token frequencies" % baseline["baseline_acc"])
-    plot_curves.plot(run_dir, os.path.join(FLAGS.output, "curves.png"),
-                     ["mlm_loss", "mlm_acc", "mlm_loss_masked", "mlm_acc_masked"])
-    print("export:", export)
-    logging.info("curves: %s", os.path.join(FLAGS.output, "curves.png"))
+    plot_curves.plot(run_dir, png, ["mlm_loss", "mlm_acc", "mlm_loss_masked", "mlm_acc_masked"])
+    logging.info("curves: %s", png)
 
 
 if __name__ == "__main__":

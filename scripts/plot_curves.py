@@ -5,7 +5,8 @@
 Reads `RUN/tensorboard/{train,eval}` and draws the task's losses and
 accuracies (every `*_loss` and `*_acc` scalar: mlm_loss and mlm_acc for MLM;
 seq2seq_loss, similarity_loss and similarity_acc for SimBERT), or the given
-`--tags`, against the global step, train and eval in one panel per tag.
+`--tags`, against the global step, train and eval in one panel per tag; the
+[MASK]-position panels also draw the run's frequency baseline.
 """
 import os
 
@@ -15,10 +16,13 @@ from absl import app, flags  # noqa: E402
 from pretrain import fs  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run", None, "Run directory (the trainer's --output).")
-flags.DEFINE_string("out", None, "PNG to write (default RUN/curves.png).")
-flags.DEFINE_list("tags", None, "Scalar tags to plot (default: the task's *_loss and "
-                  "*_acc scalars, e.g. mlm_loss,mlm_acc).")
+
+
+def define_flags():  # only when run: other scripts import this module
+    flags.DEFINE_string("run", None, "Run directory (the trainer's --output).")
+    flags.DEFINE_string("out", None, "PNG to write (default RUN/curves.png).")
+    flags.DEFINE_list("tags", None, "Scalar tags to plot (default: the task's *_loss and "
+                      "*_acc scalars, e.g. mlm_loss,mlm_acc).")
 
 
 def read_scalars(event_dir):
@@ -50,6 +54,10 @@ def task_tags(splits):
             + sorted(t for t in tags if t.endswith("_acc")))
 
 
+# A panel's plateau: what predicting by token frequency scores on its positions.
+_BASELINES = {"mlm_acc_masked": "baseline_acc", "mlm_loss_masked": "baseline_loss"}
+
+
 def plot(run_dir, out_path, tags=None):
     import matplotlib
     matplotlib.use("Agg")
@@ -68,6 +76,9 @@ def plot(run_dir, out_path, tags=None):
             if points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, style, label=split, markersize=3)
+        baseline = _BASELINES.get(tag)
+        if baseline and splits["eval"].get(baseline):  # the frequency plateau
+            ax.axhline(splits["eval"][baseline][-1][1], ls="--", color="grey", label=baseline)
         ax.set_title(tag)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -86,4 +97,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
