@@ -140,15 +140,16 @@ def _recording_loops(monkeypatch):
 
 def test_host_calls_bounded_by_time_give_the_same_losses_without_retracing(
         tmp_path, records_dir, monkeypatch):
-    cfg = tiny_config(tmp_path, phases=((128, 12),), log_every=6, save_every=12,
-                      eval_every=12, dropout=0.1)
+    # 12 of 24 updates: no export, save or eval, only the training itself
+    cfg = tiny_config(tmp_path, phases=((128, 24),), log_every=6, save_every=1000,
+                      eval_every=1000, dropout=0.1)
     made = _recording_loops(monkeypatch)
     histories = []
     for name, seconds in (("uncapped", float("inf")), ("one_update", 0.0), ("timed", 0.05)):
         trainer = train.Trainer(cfg, tasks.MlmTask(cfg, records_dir), str(tmp_path / name),
                                 steps_per_loop=100)
         trainer.host_call_seconds = seconds
-        trainer.run_phase(0)
+        trainer.run_phase(0, max_steps=12)
         histories.append(trainer.history)
     uncapped_n, one_n, timed_n = [lengths for _, lengths in made]
     # the first call compiles: 1 update; then up to the log boundary, or 1 a call
