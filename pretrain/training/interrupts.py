@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+import tensorflow as tf
 from absl import logging
 
 from pretrain.training import monitor
@@ -29,8 +30,11 @@ class HostCalls(object):
     """The pace of a phase's host calls: how many updates the next one may run
     to last about `seconds`, and when the one in flight should end."""
 
-    def __init__(self, seconds):
-        self.seconds = seconds
+    def __init__(self, seconds, strategy=None):
+        # the workers of a multi-worker run must agree on every call's length:
+        # there the steps alone bound it
+        multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self.seconds = float("inf") if multi else seconds
         self.per_update = None  # seconds an update took in the last call
         self.current = None     # (start time, updates) of the call in flight
 

@@ -352,7 +352,7 @@ class Trainer(object):
                      train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
                      "" if evals else ", no eval (train.eval_steps is 0)")
         step, window = start, monitor.Window(self.task.ratios)  # since the last log line
-        compiled, self._calls = False, interrupts.HostCalls(self.host_call_seconds)
+        compiled, self._calls = False, interrupts.HostCalls(self.host_call_seconds, self.strategy)
         while step < end:
             self._stop_if_signalled(manager, phase, step, offset)
             n = self._loop_length(step, end)
