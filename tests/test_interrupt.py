@@ -14,6 +14,7 @@ import time
 
 import tensorflow as tf
 
+from pretrain.training import interrupts
 from pretrain.training import tasks
 from pretrain.training import trainer as train
 from test_train import (ROOT, records_dir,  # noqa: F401  (the module fixture)
@@ -157,3 +158,19 @@ def test_host_calls_bounded_by_time_give_the_same_losses_without_retracing(
     assert sum(timed_n) == 12
     assert histories[0] == histories[1] == histories[2]
     assert [loop.experimental_get_tracing_count() for loop, _ in made] == [1, 1, 1]
+
+
+def test_a_host_call_lasts_about_its_seconds_at_the_last_pace():
+    calls = interrupts.HostCalls(10.0)
+    assert calls.cap(1000) == 1  # the first call compiles: its pace is unknown
+    assert calls.when() == "at the next host-call boundary"
+    calls.start(1)
+    assert calls.when().startswith("when the first host call ends")
+    calls.end()
+    calls.per_update = 0.25  # as if measured
+    assert (calls.cap(1000), calls.cap(7)) == (40, 7)
+    calls.start(40)
+    assert re.match(r"in about (9|10)s \(the host call in flight runs up to 40 updates\)$",
+                    calls.when()), calls.when()
+    calls.per_update = 30.0  # slower than the bound: one update a call
+    assert calls.cap(1000) == 1
