@@ -54,7 +54,8 @@ def define_flags():
                          "in all, shared by the phases in the config's ratio, each warmup the "
                          "same share of its phase, log/save/eval intervals scaled alike (at "
                          "least 1).", lower_bound=1)
-    flags.DEFINE_integer("steps_per_loop", 100, "Optimizer updates per host call.")
+    flags.DEFINE_integer("steps_per_loop", 100, "Optimizer updates per host call, at most; a "
+                         "host call also lasts about 10 s at most (Ctrl-C acts between calls).")
     flags.DEFINE_enum("precision", "auto", ["auto", "fp32", "bf16"],
                       "bf16 = mixed bfloat16; auto picks bf16 on TPUs and Ampere or newer "
                       "GPUs, fp32 elsewhere.")

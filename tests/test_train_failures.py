@@ -201,7 +201,7 @@ def test_resume_refuses_a_changed_train_section(tmp_path, records_dir):
 def _interrupt_run(cfg, records_dir, out, signum, after_step):
     """`python pretrain/run.py` until it logs `after_step`, then send `signum`."""
     cmd = [sys.executable, "pretrain/run.py", "--config", cfg["path"], "--data", records_dir,
-           "--output", out, "--steps_per_loop", "1", "--logtostderr"]
+           "--output", out, "--steps_per_loop", "1000", "--logtostderr"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     seen = []
@@ -226,14 +226,17 @@ def test_a_signal_saves_the_step_reached_and_the_rerun_resumes_exactly(
     assert "Traceback" not in stderr, stderr[-3000:]
     lines = [l for l in stderr.splitlines() if "rerun the same command to resume" in l]
     assert len(lines) == 1, stderr[-3000:]
+    name = signal.Signals(signum).name  # acknowledged once, before the stop
+    acks = [l for l in stderr.splitlines() if "] %s: the run stops " % name in l]
+    assert len(acks) == 1 and stderr.index(acks[0]) < stderr.index(lines[0]), stderr[-3000:]
     reached = int(re.search(r"at step (\d+)", lines[0]).group(1))
     assert 5 <= reached < steps
     ckpt = tf.train.latest_checkpoint(os.path.join(out, "checkpoints", "p1_seq128"))
     assert ckpt in lines[0] and ckpt.endswith("ckpt-%d" % reached)
     step = tf.train.load_checkpoint(ckpt).get_tensor("phase_step/.ATTRIBUTES/VARIABLE_VALUE")
     assert step == reached
-    if signum == signal.SIGTERM:  # the rerun continues exactly where it stopped
-        resumed = _train(cfg, records_dir, out, max_steps=4)
-        full = _train(cfg, records_dir, str(tmp_path / "full"), max_steps=reached + 4)
-        assert [s for s, _, _ in resumed] == list(range(reached + 1, reached + 5))
-        assert resumed == full[reached:]
+    # the rerun continues exactly where it stopped (host calls of other lengths)
+    resumed = _train(cfg, records_dir, out, max_steps=4)
+    full = _train(cfg, records_dir, str(tmp_path / "full"), max_steps=reached + 4)
+    assert [s for s, _, _ in resumed] == list(range(reached + 1, reached + 5))
+    assert resumed == full[reached:]

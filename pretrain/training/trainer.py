@@ -15,7 +15,6 @@ import shutil
 import signal
 import tempfile
 import threading
-import time
 
 import tensorflow as tf
 from absl import logging
@@ -23,6 +22,7 @@ from absl import logging
 from pretrain.export import checkpoints
 from pretrain.models import dropout
 from pretrain.training import inputs
+from pretrain.training import interrupts
 from pretrain.models import costs
 from pretrain.training import disk
 from pretrain.training import monitor
@@ -49,6 +49,8 @@ class Trainer(object):
     `task`: a `tasks.Task` made from `cfg` and the data (not yet built: the
     trainer builds its model under `strategy`).
     """
+    host_call_seconds = 10.0  # a host call's length, about, at most: how soon a signal acts
+    _calls = None  # the phase's interrupts.HostCalls, while it trains
 
     @disk.ends_cleanly  # a full or read-only disk: one line, no partial checkpoint
     def __init__(self, cfg, task, output_dir, strategy=None, init_checkpoint=None,
@@ -139,26 +141,21 @@ class Trainer(object):
     @contextlib.contextmanager
     def _signals_stop_the_loop(self):
         """SIGINT (Ctrl-C) and SIGTERM (preemption) stop the run at the next host-call
-        boundary, with a checkpoint; a second signal acts at once."""
+        boundary, with a checkpoint; acknowledged at once, and a second signal acts
+        at once (interrupts.watch)."""
         if self._handling_signals or threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {}
-
-        def note(signum, frame):
-            self._signal = signum
-            signal.signal(signum, previous[signum])
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            previous[s] = signal.signal(s, note)
-            previous[s] = signal.SIG_DFL if previous[s] is None else previous[s]
         self._handling_signals = True
         try:
-            yield
+            with interrupts.watch(self._note_signal, lambda: self._calls):
+                yield
         finally:
             self._handling_signals = False
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+
+    def _note_signal(self, signum):
+        if self._signal is None:
+            self._signal = signum
 
     def _stop_if_signalled(self, manager, phase, step, offset):
         if self._signal is None:
@@ -251,21 +248,22 @@ class Trainer(object):
                      train["batch_size"], accum, self.xla, self.strategy.num_replicas_in_sync,
                      "" if evals else ", no eval (train.eval_steps is 0)")
         step, window = start, monitor.Window(self.task.ratios)  # since the last log line
-        compiled = False
+        compiled, self._calls = False, interrupts.HostCalls(self.host_call_seconds, self.strategy)
         while step < end:
             self._stop_if_signalled(manager, phase, step, offset)
             n = self._loop_length(step, end)
-            t0 = time.time()
+            self._calls.start(n)
             with inputs.naming_damaged_shards(self.task.data, phase["seq_len"]):
                 losses, norms, metric_sums, lr = loop(iterator, tf.constant(n))
             losses, norms = losses.numpy(), norms.numpy()
+            seconds = self._calls.end()
             monitor.check_finite(losses, norms, non_finite, step, phase, offset,
                                  manager.latest_checkpoint)
             step += n
             phase_step.assign(step)
             self.history.extend((offset + step - n + i + 1, phase["name"], float(l))
                                 for i, l in enumerate(losses))
-            window.add(n, time.time() - t0, losses, norms, metric_sums)
+            window.add(n, seconds, losses, norms, metric_sums)
             done = step == phase["steps"]
             if step % train["log_every"] == 0 or done or step == end:
                 scalars = window.scalars(train["batch_size"] * accum)
@@ -284,12 +282,13 @@ class Trainer(object):
         return step
 
     def _loop_length(self, step, end):
-        """Updates in the next host call: stop at log/save/eval boundaries."""
+        """Updates in the next host call: stop at log/save/eval boundaries (never
+        moved by timing), and last about `host_call_seconds` (interrupts.HostCalls)."""
         train = self.cfg["train"]
         n = min(self.steps_per_loop, end - step)
         for every in (train["log_every"], train["save_every"], train["eval_every"]):
             n = min(n, every - step % every)
-        return max(1, n)
+        return self._calls.cap(max(1, n))
 
     @property
     def total_steps(self):
