@@ -223,3 +223,15 @@ def test_t5s_dropout_replays_after_resume_whatever_the_import_order(tmp_path):
     line = [l for l in out.stdout.splitlines() if l.startswith("LOSSES")][0]
     full, resumed = json.loads(line.split(" ", 1)[1])
     assert len(full) == 4 and resumed == full
+
+
+def test_an_uncompiled_loop_of_several_updates_runs(tmp_path, records_dir):
+    """--noxla on a CPU that has XLA: grappler's AddOpsRewrite made the
+    uncompiled loop's sums collide (AlreadyExistsError ... TmpVar) once a
+    host call ran several updates at seq 512."""
+    cfg = tiny_config(tmp_path, phases=((512, 5),), log_every=5, save_every=5, eval_every=5,
+                      eval_steps=0)
+    trainer = train.Trainer(cfg, tasks.MlmTask(cfg, records_dir), str(tmp_path / "run"),
+                            steps_per_loop=5, xla=False)
+    trainer.run_phase(0)
+    assert [s for s, _, _ in trainer.history] == [1, 2, 3, 4, 5]

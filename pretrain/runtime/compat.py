@@ -4,11 +4,12 @@
 - The TPU build cannot XLA-compile for the host CPU ("could not find
   registered transfer manager for platform Host"): on a TPU the step compiles
   through TPUStrategy, and on a CPU it must run uncompiled (`cpu_xla`).
-- On the TPU build, grappler's AddOpsRewrite turns sums inside the
-  uncompiled train loop's nested while loops into TemporaryVariable ops that
-  collide across iterations (AlreadyExistsError ... TmpVar, seen in the
-  resume test): `uncompiled_loops` switches that rewrite off before such a
-  loop is built. XLA-compiled steps never meet it.
+- Grappler's AddOpsRewrite turns sums inside the uncompiled train loop's
+  nested while loops into TemporaryVariable ops that collide across
+  iterations (AlreadyExistsError ... TmpVar): on the TPU build's CPU, and on
+  TF 2.21 with --noxla or under MultiWorkerMirroredStrategy once a host call
+  runs several updates. `uncompiled_loops` switches that rewrite off before
+  such a loop is built. XLA-compiled steps never meet it.
 - The TPU build loads libtpu when TensorFlow is imported; on a machine without
   chips `pretrain/__init__.py` keeps it from doing so (TPU_LOAD_LIBRARY=0),
   since that must happen before the first TensorFlow import.
@@ -30,6 +31,5 @@ def cpu_xla():
 
 
 def uncompiled_loops():
-    """Graph options for a train loop that runs without XLA on this build."""
-    if not cpu_xla():
-        tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
+    """Graph options for a train loop that runs without XLA."""
+    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})

@@ -76,10 +76,6 @@ def make_train_loop(strategy, replica_step, metric_names, xla):
     step_fn = tf.function(replica_step, jit_compile=True) if xla else replica_step
     if not xla:
         compat.uncompiled_loops()
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            # its uncompiled loop of several updates meets the TmpVar collision of
-            # compat.uncompiled_loops on TF 2.21 too (AlreadyExistsError ... AddOpsRewrite)
-            tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
 
     def first(x):
         return strategy.experimental_local_results(x)[0]
