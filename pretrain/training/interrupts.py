@@ -21,6 +21,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
+from pretrain.runtime.strategy import num_hosts
 from pretrain.training import monitor
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -31,9 +32,10 @@ class HostCalls(object):
     to last about `seconds`, and when the one in flight should end."""
 
     def __init__(self, seconds, strategy=None):
-        # the workers of a multi-worker run must agree on every call's length:
-        # there the steps alone bound it
-        multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        # the workers of a multi-worker run (and the hosts of a pod slice) must
+        # agree on every call's length: there the steps alone bound it
+        multi = (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                 or (strategy is not None and num_hosts(strategy) > 1))
         self.seconds = float("inf") if multi else seconds
         self.per_update = None  # seconds an update took in the last call
         self.current = None     # (start time, updates) of the call in flight
